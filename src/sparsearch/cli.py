@@ -1,0 +1,112 @@
+"""`sparsearch <command>`: parses arguments, calls the pipeline, turns known errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import SparsearchError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (defaults apply to anything it leaves out)")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--name", help="run name (shorthand for --set name=...)")
+
+
+def _load(args):
+    from .config import load_config
+
+    overrides = list(args.set) + ([f"name={args.name}"] if args.name else [])
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args) -> int:
+    from .pipeline import run_train
+
+    summary = run_train(_load(args))
+    print(json.dumps(summary, indent=2))
+    print(f"results in {summary['out_dir']}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import dump_yaml
+
+    print(dump_yaml(_load(args)), end="")
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    from .data import load_dataset
+
+    ds = load_dataset(args.dataset, path=args.path, cache_dir=args.cache_dir)
+    print(json.dumps({
+        "name": ds.name, "train": len(ds.train_y), "test": len(ds.test_y), "classes": ds.classes,
+        "image": [ds.in_channels, *ds.image_size],
+    }, indent=2))
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from .data import download_dataset
+
+    path = download_dataset(args.dataset, args.root, mirror=args.mirror)
+    print(f"downloaded {args.dataset}; use --set data.path={path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    return bench.main(args.which, args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsearch", description="Find, train and run sparse neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (dense, or sparse with sparsity.* settings)")
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="print the fully resolved config")
+    _config_args(p)
+    p.set_defaults(func=cmd_config)
+
+    data = sub.add_parser("data", help="inspect or download datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = dsub.add_parser("info", help="load a dataset and print its sizes and classes")
+    p.add_argument("dataset")
+    p.add_argument("--path")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_data_info)
+    p = dsub.add_parser("download", help="download a dataset and check its checksum")
+    p.add_argument("dataset")
+    p.add_argument("--root", required=True, help="folder to download into")
+    p.add_argument("--mirror", help="base URL to download from instead of the official one")
+    p.set_defaults(func=cmd_data_download)
+
+    p = sub.add_parser("bench", help="benchmarks that print a table and write JSON (bench WHICH --help)")
+    p.add_argument("which", choices=["train", "sparsity"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SparsearchError as exc:
+        print(f"sparsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsearch: interrupted (the run resumes from its last checkpoint)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

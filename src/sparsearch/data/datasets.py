@@ -1,0 +1,404 @@
+"""Dataset registry: every dataset becomes uint8 image tensors (N, C, H, W) held in memory.
+
+Sources that need decoding (JPEG/PNG trees, archives, pickled batches, idx files) are decoded once and
+cached as `.npz` under the cache directory, keyed by the source's path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import SparsearchError
+from .download import fetch
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar", ".txz")
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train_x.shape[2:])
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images on the [0, 1] scale."""
+        x = self.train_x.double().div_(255)
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+Loader = Callable[..., Dataset]
+DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str):
+    def wrap(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def load_dataset(name: str, path: str | None = None, cache_dir: str | None = None, **kwargs) -> Dataset:
+    if name not in DATASETS:
+        raise SparsearchError(f"unknown dataset '{name}' (known: {', '.join(sorted(DATASETS))})")
+    return DATASETS[name](path=path, cache_dir=cache_dir, **kwargs)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("SPARSEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sparsearch")
+    return Path(root)
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+def _source_key(path: Path) -> str:
+    """Identity of a source: its path plus size and mtime of every file in it (cheap, no reading)."""
+    digest = hashlib.sha1(str(path.resolve()).encode())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(path) if f != path else ''}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _cached(name: str, path: Path, cache_dir: str | None, build: Callable[[], dict]) -> dict:
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    file = cache / f"{name}-{_source_key(path)}.npz"
+    if file.exists():
+        try:
+            with np.load(file) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):
+            file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
+    arrays = build()
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".npz.part")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, file)
+    return arrays
+
+
+def _to_dataset(name: str, arrays: dict) -> Dataset:
+    return Dataset(
+        name=name,
+        train_x=torch.from_numpy(arrays["train_x"]),
+        train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
+        test_x=torch.from_numpy(arrays["test_x"]),
+        test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
+        classes=[str(c) for c in arrays["classes"]],
+    )
+
+
+def _require(path: str | None, name: str) -> Path:
+    if path is None:
+        raise SparsearchError(f"dataset '{name}' needs data.path (a folder or archive)")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SparsearchError(f"dataset path does not exist: {p}")
+    return p
+
+
+# ---------------------------------------------------------------------------------- image-folder trees
+
+def _is_archive(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _read_tree(path: Path) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
+    """{split: {class: [(filename, encoded bytes)]}} from a folder or a tar archive of `split/class/file`.
+
+    A single top-level folder above `train/` (as archives often have) is skipped.
+    """
+    entries: list[tuple[tuple[str, ...], bytes]] = []
+    if path.is_dir():
+        for f in path.rglob("*"):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                entries.append((f.relative_to(path).parts, f.read_bytes()))
+    elif _is_archive(path):
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for member in tar:
+                    if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                        entries.append((Path(member.name).parts, tar.extractfile(member).read()))
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise SparsearchError(f"cannot read archive {path}: {exc}") from None
+    else:
+        raise SparsearchError(f"{path} is neither a folder nor a .tar/.tar.gz/.tar.xz archive")
+    if not entries:
+        raise SparsearchError(f"no images found under {path}")
+    while len({parts[0] for parts, _ in entries}) == 1 and all(len(p) > 3 for p, _ in entries):
+        entries = [(parts[1:], data) for parts, data in entries]
+    tree: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
+    for parts, data in entries:
+        if len(parts) != 3:
+            raise SparsearchError(f"image {'/'.join(parts)} in {path} is not at <split>/<class>/<file>")
+        split, cls, fname = parts
+        tree.setdefault(split, {}).setdefault(cls, []).append((fname, data))
+    if "train" not in tree:
+        raise SparsearchError(f"{path} has no train/ folder (found: {', '.join(sorted(tree))})")
+    return tree
+
+
+def _decode(blobs: list[bytes], size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for blob in blobs:
+        img = Image.open(io.BytesIO(blob)).convert("RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(img, dtype=np.uint8))
+    return np.stack(out)
+
+
+def _decode_all(blobs: list[bytes], size: int | None) -> np.ndarray:
+    """Decode images in parallel worker processes (JPEG decoding is the slow part of a first load)."""
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    if workers == 1 or len(blobs) < 2000:
+        arrays = [_decode(blobs, size)]
+    else:
+        chunk = (len(blobs) + workers * 4 - 1) // (workers * 4)
+        parts = [blobs[i : i + chunk] for i in range(0, len(blobs), chunk)]
+        with ProcessPoolExecutor(workers) as pool:
+            arrays = list(pool.map(_decode, parts, [size] * len(parts)))
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) != 1:
+        raise SparsearchError(f"images have different sizes {sorted(shapes)}; set data.image_size to resize")
+    return np.concatenate(arrays).transpose(0, 3, 1, 2).copy()  # NHWC -> NCHW
+
+
+def _tree_arrays(path: Path, classes: list[str] | None, size: int | None, test_fraction: float) -> dict:
+    tree = _read_tree(path)
+    found = sorted(tree["train"])
+    if classes is not None and found != sorted(classes):
+        raise SparsearchError(f"class folders in {path}/train do not match the expected classes: {found}")
+    classes = classes or found
+    out: dict = {"classes": np.array(classes)}
+    splits = {"train": tree["train"]}
+    if "test" in tree:
+        if sorted(tree["test"]) != sorted(classes):
+            raise SparsearchError(
+                f"class folders differ between train/ and test/ in {path}: "
+                f"{sorted(set(classes) ^ set(tree['test']))}"
+            )
+        splits["test"] = tree["test"]
+    for split, by_class in splits.items():
+        blobs, labels = [], []
+        for label, cls in enumerate(classes):
+            for _, blob in sorted(by_class.get(cls, [])):
+                blobs.append(blob)
+                labels.append(label)
+        out[f"{split}_x"] = _decode_all(blobs, size)
+        out[f"{split}_y"] = np.array(labels, dtype=np.int64)
+    if "test" not in splits:  # hold out a stratified, fixed test split
+        train_idx, test_idx = stratified_split(torch.from_numpy(out["train_y"]), 1 - test_fraction, seed=0)
+        x, y = out.pop("train_x"), out.pop("train_y")
+        out.update(train_x=x[train_idx.numpy()], train_y=y[train_idx.numpy()],
+                   test_x=x[test_idx.numpy()], test_y=y[test_idx.numpy()])
+    return out
+
+
+# ------------------------------------------------------------------------------------------- datasets
+
+@register_dataset("digits")
+def load_digits(path=None, cache_dir=None, **_) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images): the offline default. Fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.from_numpy(np.clip(np.rint(bunch.images * (255 / 16)), 0, 255).astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    train_idx, test_idx = stratified_split(y, 0.8, seed=0)
+    return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], [str(i) for i in range(10)])
+
+
+def _cifar_batches(path: Path) -> dict:
+    """The official CIFAR-10 python release: a folder of pickled batches, or its .tar.gz."""
+    def read(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            d = pickle.loads(blob, encoding="bytes")
+            return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
+        except Exception as exc:  # noqa: BLE001 - any unpickling problem means a corrupt batch
+            raise SparsearchError(f"corrupt CIFAR-10 batch in {path}: {exc}") from None
+
+    blobs: dict[str, bytes] = {}
+    if path.is_dir():
+        for f in path.rglob("*_batch*"):
+            blobs[f.name] = f.read_bytes()
+    else:
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for m in tar:
+                    if m.isfile() and "_batch" in Path(m.name).name:
+                        blobs[Path(m.name).name] = tar.extractfile(m).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise SparsearchError(f"cannot read archive {path}: {exc}") from None
+    train_names = [f"data_batch_{i}" for i in range(1, 6)]
+    missing = [n for n in train_names + ["test_batch"] if n not in blobs]
+    if missing:
+        raise SparsearchError(f"CIFAR-10 batches missing in {path}: {', '.join(missing)}")
+    train = [read(blobs[n]) for n in train_names]
+    test_x, test_y = read(blobs["test_batch"])
+    return {
+        "train_x": np.concatenate([x for x, _ in train]), "train_y": np.concatenate([y for _, y in train]),
+        "test_x": test_x, "test_y": test_y, "classes": np.array(CIFAR10_CLASSES),
+    }
+
+
+def _has_cifar_batches(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.rglob("data_batch_1"))
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:  # the batches folder is near the start of the official archive
+                if Path(m.name).name == "data_batch_1":
+                    return True
+                if Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+                    return False
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise SparsearchError(f"cannot read archive {path}: {exc}") from None
+    return False
+
+
+@register_dataset("cifar10")
+def load_cifar10(path=None, cache_dir=None, **_) -> Dataset:
+    """CIFAR-10 from the official python batches (folder or .tar.gz) or an image-folder tree (folder or archive)."""
+    p = _require(path, "cifar10")
+    if _has_cifar_batches(p):
+        arrays = _cached("cifar10-batches", p, cache_dir, lambda: _cifar_batches(p))
+    else:
+        arrays = _cached("cifar10-images", p, cache_dir, lambda: _tree_arrays(p, CIFAR10_CLASSES, None, 0.0))
+    return _to_dataset("cifar10", arrays)
+
+
+@register_dataset("imagefolder")
+def load_imagefolder(path=None, cache_dir=None, image_size: int | None = None, **_) -> Dataset:
+    """Any `train/<class>/*` (+ optional `test/<class>/*`) tree or archive; without test/, 10% is held out."""
+    p = _require(path, "imagefolder")
+    arrays = _cached(f"imagefolder-{image_size}", p, cache_dir, lambda: _tree_arrays(p, None, image_size, 0.1))
+    return _to_dataset(p.name.split(".")[0], arrays)
+
+
+# --------------------------------------------------------------------------------------------- idx files
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def _read_idx(file: Path) -> np.ndarray:
+    raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise SparsearchError(f"{file} is not an unsigned-byte idx file")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise SparsearchError(f"{file} is truncated: expected {int(np.prod(dims))} values, got {data.size}")
+    return data.reshape(dims)
+
+
+def _idx_dataset(name: str, classes: list[str]) -> Loader:
+    def load(path=None, cache_dir=None, **_) -> Dataset:
+        p = _require(path, name)
+        out: dict = {"classes": np.array(classes)}
+        for key, stem in IDX_FILES.items():
+            found = [f for f in (p / stem, p / f"{stem}.gz") if f.exists()]
+            if not found:
+                raise SparsearchError(f"{name}: {stem}[.gz] not found in {p}")
+            arr = _read_idx(found[0])
+            out[key] = arr[:, None] if key.endswith("_x") else arr.astype(np.int64)
+        return _to_dataset(name, out)
+
+    return load
+
+
+register_dataset("mnist")(_idx_dataset("mnist", [str(i) for i in range(10)]))
+register_dataset("fashion-mnist")(_idx_dataset("fashion-mnist", [
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]))
+
+
+# -------------------------------------------------------------------------------------------- downloads
+
+# (file name, md5) per dataset, and the mirror they are served from.
+REMOTE = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/", [("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]),
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", [
+        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+    ]),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", [
+        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+    ]),
+}
+
+
+def download_dataset(name: str, root: str | Path, mirror: str | None = None,
+                     checksums: dict[str, str] | None = None) -> Path:
+    """Fetch `name` into `root` and return the path to pass as `data.path`.
+
+    `mirror` replaces the default base URL and `checksums` the known md5s (used by tests and private mirrors).
+    """
+    if name not in REMOTE:
+        raise SparsearchError(f"no download for dataset '{name}' (downloadable: {', '.join(sorted(REMOTE))})")
+    base, files = REMOTE[name]
+    base = mirror or base
+    root = Path(root).expanduser()
+    for fname, md5 in files:
+        fetch(base.rstrip("/") + "/" + fname, root / fname, (checksums or {}).get(fname, md5))
+    return root / files[0][0] if len(files) == 1 else root
+
+
+# -------------------------------------------------------------------------------------------- splitting
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (a, b): `fraction` of every class goes to a, the rest to b; both sorted, seeded, disjoint."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = [], []
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        cut = int(round(fraction * len(idx)))
+        a.append(idx[:cut])
+        b.append(idx[cut:])
+    return torch.sort(torch.cat(a)).values, torch.sort(torch.cat(b)).values

@@ -1,0 +1,248 @@
+"""The one training loop. Pruning schedules, sparse-training updates and architecture search plug in as
+callbacks; everything stateful is checkpointed, so a run killed at any step resumes to the same result."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ..config import TrainConfig
+from ..data import TensorLoader
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .metrics import MetricsLog, Reporter
+from .schedule import build_optimizer, lr_at, set_lr
+
+
+class Callback:
+    """Hooks into `Trainer.fit`. Override what you need; keep all state in `state_dict()` so resume is exact."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_before_optimizer_step(self, trainer: Trainer) -> None: ...  # gradients are ready
+    def on_step_end(self, trainer: Trainer) -> None: ...
+    def on_epoch_end(self, trainer: Trainer) -> None: ...  # before evaluation
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...  # may add entries
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Models may return logits or (logits, auxiliary logits)."""
+    if isinstance(output, (tuple, list)):
+        return output[0], (output[1] if len(output) > 1 else None)
+    return output, None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TensorLoader, amp: bool = False) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    device_type = loader.device.type
+    for xb, yb in loader.batches():
+        with _autocast(device_type, amp):
+            logits, _ = split_logits(model(xb))
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(yb)
+    model.train(was_training)
+    return {"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)}
+
+
+def _autocast(device_type: str, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+class Trainer:
+    """Trains `model` on `train_loader` for `cfg.epochs`, evaluating on `eval_loader` after each epoch.
+
+    Writes into `out_dir`: `checkpoints/last.ckpt` (resumable state), `final.safetensors` (weights) and
+    `summary.json`; metric lines go to `metrics` (the run's shared `metrics.jsonl`).
+    """
+
+    def __init__(self, model: nn.Module, train_loader: TensorLoader, eval_loader: TensorLoader | None,
+                 cfg: TrainConfig, out_dir: str | Path, *, callbacks: list[Callback] | tuple = (),
+                 metrics: MetricsLog | None = None, param_groups: list[dict] | None = None,
+                 show_progress: bool = True):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.train_loader, self.eval_loader = train_loader, eval_loader
+        self.out_dir = Path(out_dir)
+        self.callbacks = list(callbacks)
+        self.metrics = metrics or MetricsLog(self.out_dir / "metrics.jsonl")
+        self.optimizer = build_optimizer(param_groups or [p for p in model.parameters() if p.requires_grad], cfg)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.steps_per_epoch = len(train_loader)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.reporter = Reporter(self.metrics.stage, enabled=show_progress)
+        # position and epoch accumulators: all part of the checkpoint
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self._acc = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        self.last_eval: dict[str, float] = {}
+        self.best_acc = 0.0
+        self.elapsed = 0.0
+        self.loss: torch.Tensor | None = None  # the current step's loss, for callbacks
+
+    # ----------------------------------------------------------------------------------- checkpointing
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.ckpt"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
+            "accumulators": dict(self._acc),
+            "last_eval": dict(self.last_eval),
+            "best_acc": self.best_acc,
+            "elapsed": self.elapsed,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "rng": rng_state(),
+            "metrics_offset": self.metrics.offset(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        pos = state["position"]
+        self.epoch, self.batch, self.step = pos["epoch"], pos["batch"], pos["step"]
+        self._acc = dict(state["accumulators"])
+        self.last_eval = dict(state["last_eval"])
+        self.best_acc = state["best_acc"]
+        self.elapsed = state["elapsed"]
+        if len(state["callbacks"]) != len(self.callbacks):
+            raise RuntimeError("checkpoint was written with a different set of callbacks")
+        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        set_rng_state(state["rng"])
+        self.metrics.truncate(state["metrics_offset"])  # drop lines logged after this checkpoint
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    # ---------------------------------------------------------------------------------------- the loop
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / "summary.json"
+
+    def fit(self) -> dict[str, Any]:
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        if self.cfg.resume and self.summary_path.exists():
+            return json.loads(self.summary_path.read_text())  # finished earlier: nothing to do
+        if self.cfg.resume and self.checkpoint_path.exists():
+            self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        self._call("on_train_start")
+        try:
+            while self.epoch < self.cfg.epochs:
+                self._run_epoch()
+        finally:
+            self.reporter.close()
+        self._call("on_train_end")
+        return self._finish()
+
+    def _run_epoch(self) -> None:
+        cfg, model = self.cfg, self.model
+        if self.batch == 0:
+            self._call("on_epoch_start")
+        self.train_loader.set_epoch(self.epoch)
+        self.reporter.start_epoch(self.epoch, cfg.epochs, self.steps_per_epoch, self.batch)
+        model.train()
+        started = time.perf_counter()
+        for xb, yb in self.train_loader.batches(self.batch):
+            set_lr(self.optimizer, lr_at(self.step, self.total_steps, self.steps_per_epoch, cfg))
+            with _autocast(self.device.type, cfg.amp):
+                logits, aux = split_logits(model(xb))
+                loss = self.criterion(logits.float(), yb)
+                if aux is not None:
+                    loss = loss + cfg.aux_weight * self.criterion(aux.float(), yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.loss = loss
+            self._call("on_before_optimizer_step")
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            self.batch += 1
+            loss_value = loss.item()
+            self._acc["loss_sum"] += loss_value * len(yb)
+            self._acc["correct"] += (logits.argmax(1) == yb).sum().item()
+            self._acc["seen"] += len(yb)
+            self._call("on_step_end")
+            if cfg.log_every and self.step % cfg.log_every == 0:
+                self.metrics.log({"kind": "step", "epoch": self.epoch, "step": self.step, "loss": loss_value,
+                                  "lr": self.optimizer.param_groups[0]["lr"]})
+            self.reporter.advance(f"loss {loss_value:.3f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.batch < self.steps_per_epoch:
+                self.elapsed += time.perf_counter() - started
+                started = time.perf_counter()
+                self.save()
+        self.elapsed += time.perf_counter() - started
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        self._call("on_epoch_end")
+        seen = max(1, self._acc["seen"])
+        record: dict[str, Any] = {
+            "kind": "epoch", "epoch": self.epoch, "step": self.step,
+            "train_loss": self._acc["loss_sum"] / seen, "train_acc": self._acc["correct"] / seen,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if self.eval_loader is not None:
+            self.last_eval = evaluate(self.model, self.eval_loader, self.cfg.amp)
+            self.best_acc = max(self.best_acc, self.last_eval["acc"])
+            record.update(test_loss=self.last_eval["loss"], test_acc=self.last_eval["acc"])
+        self._call("on_evaluate", record)
+        self.metrics.log(record)
+        self.reporter.end_epoch(
+            f"epoch {self.epoch + 1}/{self.cfg.epochs}  train_loss {record['train_loss']:.4f}  "
+            f"train_acc {record['train_acc']:.4f}" + (f"  test_acc {record['test_acc']:.4f}" if "test_acc" in record else "")
+        )
+        self.epoch += 1
+        self.batch = 0
+        self._acc = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        self.save()
+
+    def _finish(self) -> dict[str, Any]:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(self.out_dir / "final.safetensors"))
+        summary = {
+            "epochs": self.cfg.epochs, "steps": self.step,
+            "final_test_acc": self.last_eval.get("acc"), "final_test_loss": self.last_eval.get("loss"),
+            "best_test_acc": self.best_acc, "train_seconds": round(self.elapsed, 3),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+        for cb in self.callbacks:
+            summary.update(getattr(cb, "summary", lambda: {})())
+        tmp = self.summary_path.with_suffix(".json.part")
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.summary_path)
+        return summary
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
