@@ -330,7 +330,7 @@ def _read_idx(file: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise SparsearchError(f"{file} is truncated: expected {int(np.prod(dims))} values, got {data.size}")
-    return data.reshape(dims)
+    return data.reshape(dims).copy()
 
 
 def _idx_dataset(name: str, classes: list[str]) -> Loader:

@@ -1,0 +1,11 @@
+"""Benchmarks: each prints a table, writes JSON, and compares side by side in one process."""
+
+from __future__ import annotations
+
+
+def main(which: str, argv: list[str]) -> int:
+    if which == "train":
+        from .train_loop import main as run
+    else:
+        from .sparsity import main as run
+    return run(argv)

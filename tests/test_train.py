@@ -1,0 +1,165 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparsearch.config import Config, TrainConfig, from_dict
+from sparsearch.pipeline import build_for, run_train
+from sparsearch.train import Callback, CheckpointError, Trainer, load_checkpoint, lr_at, save_checkpoint
+
+TINY = {"data": {"name": "digits", "batch_size": 64}, "model": {"name": "cnn", "kwargs": {"width": 8}},
+        "train": {"epochs": 3, "lr": 0.05, "log_every": 5, "checkpoint_every": 7, "warmup_epochs": 0.5}}
+
+
+def tiny_cfg(tmp_path, **train) -> Config:
+    cfg = from_dict({**TINY, "out_dir": str(tmp_path)})
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_training_learns_digits(tmp_path):
+    summary = run_train(tiny_cfg(tmp_path, epochs=4, lr=0.1), show_progress=False)
+    assert summary["final_test_acc"] > 0.7
+    run = tmp_path / "run"
+    assert (run / "config.yaml").exists() and (run / "train/dense/final.safetensors").exists()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [0, 1, 2, 3]
+
+
+class Crash(Callback):
+    """Raises at one step, after the trainer has checkpointed past it (a crash between checkpoints)."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_step_end(self, trainer):
+        if trainer.step == self.at_step:
+            raise KeyboardInterrupt
+
+
+class Counter(Callback):
+    """A stateful callback: its state must survive resume."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, trainer):
+        self.steps += 1
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+    def summary(self):
+        return {"counted_steps": self.steps}
+
+
+def _fit(cfg, out, callbacks):
+    _, model, train_loader, test_loader = build_for(cfg)
+    trainer = Trainer(model, train_loader, test_loader, cfg.train, out, callbacks=callbacks, show_progress=False)
+    return trainer.fit(), trainer
+
+
+def test_resume_in_process_is_exact(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    ref, ref_trainer = _fit(cfg, tmp_path / "ref", [Counter()])
+    with pytest.raises(KeyboardInterrupt):
+        _fit(cfg, tmp_path / "resumed", [Counter(), Crash(at_step=30)])  # mid-epoch 2, 2 steps after a checkpoint
+    got, trainer = _fit(cfg, tmp_path / "resumed", [Counter(), Crash(at_step=-1)])
+    for k in ("final_test_acc", "final_test_loss", "steps", "counted_steps"):
+        assert got[k] == ref[k], k
+    for name, tensor in ref_trainer.model.state_dict().items():
+        assert torch.equal(tensor, trainer.model.state_dict()[name]), name
+    assert (tmp_path / "ref/metrics.jsonl").read_text() == (tmp_path / "resumed/metrics.jsonl").read_text()
+
+
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    """A real SIGKILL of a training subprocess, then the same command again."""
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(json.dumps({**TINY, "model": {"name": "resnet20", "kwargs": {"width": 8}},
+                                    "data": {"name": "digits", "batch_size": 32},
+                                    "train": {**TINY["train"], "epochs": 4, "log_every": 1, "checkpoint_every": 5}}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def cmd(out):
+        return [sys.executable, "-m", "sparsearch", "train", "-c", str(cfg_file), "--set", f"out_dir={out}",
+                "--set", "train.threads=1"]
+
+    subprocess.run(cmd(tmp_path / "a"), check=True, env=env, capture_output=True)
+
+    metrics = tmp_path / "b/run/metrics.jsonl"
+    proc = subprocess.Popen(cmd(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 70:  # inside epoch 2 of 4
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b/run/train/dense/summary.json").exists()
+    assert (tmp_path / "b/run/train/dense/checkpoints/last.ckpt").exists()
+
+    subprocess.run(cmd(tmp_path / "b"), check=True, env=env, capture_output=True)
+    wa = load_file(tmp_path / "a/run/train/dense/final.safetensors")
+    wb = load_file(tmp_path / "b/run/train/dense/final.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert (tmp_path / "a/run/metrics.jsonl").read_text() == metrics.read_text()
+    sa, sb = (json.loads((tmp_path / p / "run/train/dense/summary.json").read_text()) for p in "ab")
+    for k in ("final_test_acc", "final_test_loss", "best_test_acc", "steps"):
+        assert sa[k] == sb[k]
+
+
+def test_checkpoint_rejects_corruption(tmp_path):
+    path = save_checkpoint(tmp_path / "x.ckpt", {"w": torch.arange(10.0), "meta": {"epoch": 3}})
+    assert load_checkpoint(path)["meta"]["epoch"] == 3
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
+    (tmp_path / "y.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a sparsearch checkpoint"):
+        load_checkpoint(tmp_path / "y.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] and not list(tmp_path.glob("*.part"))
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=0.1, warmup_epochs=1, min_lr=0.0)
+    lrs = [lr_at(s, 100, 10, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # cosine decays monotonically after warm-up
+    assert lrs[-1] < 0.001
+    step = TrainConfig(lr=1.0, schedule="step", step_milestones=[0.5, 0.75], step_gamma=0.1)
+    assert [lr_at(s, 100, 10, step) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_gradient_clipping_and_label_smoothing_run(tmp_path):
+    summary = run_train(tiny_cfg(tmp_path, epochs=1, grad_clip=1.0, label_smoothing=0.1, optimizer="adamw",
+                                 lr=1e-3), show_progress=False)
+    assert summary["steps"] == 22
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "sparsearch", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+
+    r = run("train", "--set", "train.epochz=1")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "unknown config key 'train.epochz'" in r.stderr
+    r = run("train", "--set", "data.name=cifar10", "--set", f"data.path={tmp_path}/nope")
+    assert r.returncode == 2 and "does not exist" in r.stderr and not (tmp_path / "runs").exists()
+    r = run("--help")
+    assert r.returncode == 0 and "train" in r.stdout
