@@ -53,7 +53,8 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     ds, model, train_loader, test_loader = build_for(cfg)
     callbacks = []
     if cfg.sparsity.sparsity > 0:
-        from .sparsity import SparsityCallback, sparsify
+        from .sparsity import sparsify
+        from .train import SparsityCallback
 
         sparsify(model, cfg.sparsity)
         callbacks.append(SparsityCallback(check=cfg.train.check_sparsity))

@@ -1,11 +1,12 @@
 """The training loop, its checkpoints, schedules and metric sinks."""
 
+from .callbacks import SparsityCallback
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, Reporter
 from .schedule import build_optimizer, lr_at, set_lr
 from .trainer import Callback, Trainer, evaluate, resolve_device, split_logits
 
 __all__ = [
-    "Callback", "CheckpointError", "MetricsLog", "Reporter", "Trainer", "build_optimizer", "evaluate",
+    "Callback", "CheckpointError", "SparsityCallback", "MetricsLog", "Reporter", "Trainer", "build_optimizer", "evaluate",
     "load_checkpoint", "lr_at", "resolve_device", "save_checkpoint", "set_lr", "split_logits",
 ]

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from .. import sparsity as sp
 from ..config import TrainConfig
 from ..data import TensorLoader
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -227,9 +228,13 @@ class Trainer:
         self.save()
 
     def _finish(self) -> dict[str, Any]:
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # vanilla weights (masked entries as exact zeros) that an unmodified model loads, plus the masks
+        state = {k: v.detach().cpu().contiguous() for k, v in sp.squash(self.model).items()}
         save_file(state, str(self.out_dir / "final.safetensors"))
+        if masks := sp.current_masks(self.model):
+            save_file({k: v.cpu().to(torch.uint8).contiguous() for k, v in masks.items()},
+                      str(self.out_dir / "masks.safetensors"))
         summary = {
             "epochs": self.cfg.epochs, "steps": self.step,
             "final_test_acc": self.last_eval.get("acc"), "final_test_loss": self.last_eval.get("loss"),

@@ -1,0 +1,320 @@
+"""Masks on weights, as `torch.nn.utils.parametrize` parametrizations. The only place a mask is stored.
+
+Two parametrizations:
+- `Mask`: a fixed binary mask (buffer). The stored weight is kept exactly zero where the mask is zero, and
+  `bind_optimizer` keeps it so through every optimiser step (gradients and optimiser state are masked too).
+- `LearnedMask`: HYDRA / edge-popup scores. The forward pass keeps the top-k |scores| (straight-through
+  gradient to the scores); the stored weight stays dense, because the chosen entries change while scores train.
+
+Both record their kind and density in the module's extra state, so masks save and load with the model's
+state_dict and `check` can verify the exact counts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from ..errors import SparsearchError
+from .select import MaskKind, Unstructured, expected_kept, parse_kind, select
+
+MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+class SparsityError(SparsearchError):
+    pass
+
+
+def unit_density(mask: torch.Tensor, kind: MaskKind) -> float:
+    """Fraction of units (weights, blocks, channels) a mask keeps: the density it was selected at."""
+    if hasattr(kind, "m"):
+        return kind.n / kind.m
+    return float((kind.units(mask.float()) > 0).float().mean())
+
+
+class Mask(nn.Module):
+    def __init__(self, mask: torch.Tensor, kind: MaskKind = Unstructured(), density: float | None = None):
+        super().__init__()
+        self.register_buffer("mask", mask.detach().clone().float())
+        self.kind = kind
+        self.density = unit_density(mask, kind) if density is None else density
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask.to(weight.dtype)
+
+    def current(self) -> torch.Tensor:
+        return self.mask.bool()
+
+    def get_extra_state(self):
+        return {"kind": str(self.kind), "density": self.density}
+
+    def set_extra_state(self, state):
+        self.kind, self.density = parse_kind(state["kind"]), float(state["density"])
+
+
+class _TopKStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores, density, kind):
+        return select(scores, density, kind).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+class LearnedMask(nn.Module):
+    """Learned scores S with a top-k mask in the forward pass (HYDRA). Scaled init: S = sqrt(6/fan_in) W / max|W|."""
+
+    def __init__(self, weight: torch.Tensor, density: float, kind: MaskKind = Unstructured()):
+        super().__init__()
+        self.scores = nn.Parameter(torch.empty_like(weight))
+        self.kind, self.density = kind, density
+        self.scaled_init(weight)
+
+    @torch.no_grad()
+    def scaled_init(self, weight: torch.Tensor) -> None:
+        fan_in = math.prod(weight.shape[1:])
+        self.scores.copy_(math.sqrt(6.0 / fan_in) * weight / weight.abs().max().clamp_min(1e-12))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * _TopKStraightThrough.apply(self.scores.abs(), self.density, self.kind).to(weight.dtype)
+
+    def current(self) -> torch.Tensor:
+        return select(self.scores.detach().abs(), self.density, self.kind)
+
+    get_extra_state = Mask.get_extra_state
+    set_extra_state = Mask.set_extra_state
+
+
+# ------------------------------------------------------------------------------------------ selection
+
+def _parametrization(module: nn.Module) -> Mask | LearnedMask | None:
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations.weight:
+            if isinstance(p, (Mask, LearnedMask)):
+                return p
+    return None
+
+
+def find_layers(model: nn.Module, include: Iterable[str] = ("*",), exclude: Iterable[str] = (),
+                dense_first_last: bool = True) -> dict[str, nn.Module]:
+    """Conv1d/Conv2d/Linear layers by fully-qualified-name globs, in registration order.
+
+    By the field's convention the first convolution and the last Linear (the classifier) stay dense
+    unless `dense_first_last=False`.
+    """
+    found = {name: m for name, m in model.named_modules() if isinstance(m, MASKABLE)}
+    if dense_first_last and found:
+        first_conv = next((n for n, m in found.items() if isinstance(m, (nn.Conv1d, nn.Conv2d))), None)
+        last_linear = next((n for n, m in reversed(found.items()) if isinstance(m, nn.Linear)), None)
+        found = {n: m for n, m in found.items() if n not in (first_conv, last_linear)}
+    include, exclude = list(include), list(exclude)
+    chosen = {n: m for n, m in found.items()
+              if any(fnmatch.fnmatchcase(n, g) for g in include) and not any(fnmatch.fnmatchcase(n, g) for g in exclude)}
+    if not chosen:
+        raise SparsityError(f"no maskable layers match include={include} exclude={exclude}")
+    return chosen
+
+
+def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if _parametrization(m) is not None}
+
+
+def weight_param(module: nn.Module) -> nn.Parameter:
+    """The stored (leaf) weight: the parametrization's `original` when masked, else `weight`."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+# ------------------------------------------------------------------------------- attach / update / remove
+
+def attach(model: nn.Module, masks: dict[str, torch.Tensor], kind: MaskKind = Unstructured(),
+           densities: dict[str, float] | None = None) -> None:
+    """Register a fixed `Mask` on each named layer and zero the masked stored weights."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        module = modules[name]
+        if _parametrization(module) is not None:
+            raise SparsityError(f"layer '{name}' already has a mask; use update() or remove() first")
+        if mask.shape != module.weight.shape:
+            raise SparsityError(f"mask for '{name}' has shape {tuple(mask.shape)}, weight has {tuple(module.weight.shape)}")
+        density = (densities or {}).get(name)
+        with torch.no_grad():
+            module.weight.mul_(mask.to(module.weight.dtype))
+        parametrize.register_parametrization(module, "weight", Mask(mask.to(module.weight.device), kind, density),
+                                             unsafe=True)
+
+
+def attach_learned(model: nn.Module, densities: dict[str, float], kind: MaskKind = Unstructured()) -> None:
+    """Register HYDRA score masks (scaled score initialisation from the current weights)."""
+    modules = dict(model.named_modules())
+    for name, density in densities.items():
+        module = modules[name]
+        if _parametrization(module) is not None:
+            raise SparsityError(f"layer '{name}' already has a mask")
+        parametrize.register_parametrization(module, "weight", LearnedMask(module.weight.detach(), density, kind),
+                                             unsafe=True)
+
+
+@torch.no_grad()
+def update(model: nn.Module, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None,
+           densities: dict[str, float] | None = None) -> None:
+    """Replace fixed masks in place (pruning schedules, DST). Newly masked weights and their optimiser
+    state are zeroed, so nothing stale can revive them; newly unmasked weights start at zero."""
+    modules = dict(model.named_modules())
+    for name, new in masks.items():
+        p = _parametrization(modules[name])
+        if not isinstance(p, Mask):
+            raise SparsityError(f"layer '{name}' has no fixed mask to update")
+        p.mask.copy_(new)
+        p.density = (densities or {}).get(name, unit_density(new, p.kind))
+    _enforce(model, optimizer)
+
+
+@torch.no_grad()
+def freeze(model: nn.Module) -> None:
+    """Turn learned score masks into fixed masks at their current top-k (HYDRA: prune -> finetune)."""
+    for name, module in masked_layers(model).items():
+        p = _parametrization(module)
+        if isinstance(p, LearnedMask):
+            mask, kind, density = p.current(), p.kind, p.density
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+            attach(model, {name: mask}, kind, {name: density})
+
+
+def remove(model: nn.Module) -> None:
+    """Remove every mask in place, leaving plain layers whose weights hold the zeros."""
+    for module in masked_layers(model).values():
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def squash(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A vanilla state_dict (masked weights as exact zeros, no mask entries) that an unmodified model loads."""
+    state = model.state_dict()
+    for name, module in masked_layers(model).items():
+        prefix = f"{name}.parametrizations.weight."
+        for key in [k for k in state if k.startswith(prefix)]:
+            del state[key]
+        state[f"{name}.weight"] = module.weight.detach().clone()
+    return state
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: _parametrization(m).current() for name, m in masked_layers(model).items()}
+
+
+def load_masked_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state_dict saved from a masked model into a fresh (unmasked) model of the same architecture."""
+    modules = dict(model.named_modules())
+    for key in state:
+        if key.endswith(".parametrizations.weight.0.mask"):
+            name = key[: -len(".parametrizations.weight.0.mask")]
+            if _parametrization(modules[name]) is None:
+                extra = state.get(f"{name}.parametrizations.weight.0._extra_state", {})
+                attach(model, {name: state[key].bool()}, parse_kind(extra.get("kind", "unstructured")))
+        elif key.endswith(".parametrizations.weight.0.scores"):
+            name = key[: -len(".parametrizations.weight.0.scores")]
+            if _parametrization(modules[name]) is None:
+                extra = state.get(f"{name}.parametrizations.weight.0._extra_state", {})
+                attach_learned(model, {name: extra.get("density", 1.0)}, parse_kind(extra.get("kind", "unstructured")))
+    model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------- the optimiser's side
+
+def _fixed(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    return [(weight_param(m), p.mask) for m in masked_layers(model).values()
+            if isinstance(p := _parametrization(m), Mask)]
+
+
+@torch.no_grad()
+def _enforce(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    for param, mask in _fixed(model):
+        mask = mask.to(param.dtype)
+        param.mul_(mask)
+        if optimizer is not None:
+            for value in optimizer.state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.mul_(mask)
+
+
+def bind_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Keep masked entries exactly zero through every step: grads masked before, weights and state after.
+
+    Returns the two hook handles (call `.remove()` on them to unbind).
+    """
+    def before(opt, args, kwargs):
+        with torch.no_grad():
+            for param, mask in _fixed(model):
+                if param.grad is not None:
+                    param.grad.mul_(mask.to(param.grad.dtype))
+
+    def after(opt, args, kwargs):
+        _enforce(model, opt)
+
+    return optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)
+
+
+# ------------------------------------------------------------------------------------- check and report
+
+@torch.no_grad()
+def check(model: nn.Module) -> list[str]:
+    """Every violated invariant, as readable lines (empty when all hold)."""
+    problems = []
+    for name, module in masked_layers(model).items():
+        p = _parametrization(module)
+        mask = p.current()
+        if isinstance(p, Mask):
+            if not torch.all((p.mask == 0) | (p.mask == 1)):
+                problems.append(f"{name}: mask is not binary")
+            stored = weight_param(module)
+            if torch.any(stored[~mask] != 0):
+                problems.append(f"{name}: {int((stored[~mask] != 0).sum())} masked stored weights are non-zero")
+        want = expected_kept(p.kind, p.density, mask.shape)
+        if int(mask.sum()) != want:
+            problems.append(f"{name}: keeps {int(mask.sum())} weights, expected {want} ({p.kind}, density {p.density:.4f})")
+        kind = p.kind
+        if hasattr(kind, "m"):
+            per_group = kind.groups(mask.to(torch.int64)).sum(1)
+            if int(per_group.max()) > kind.n:
+                problems.append(f"{name}: an N:M group has {int(per_group.max())} non-zeros (> {kind.n})")
+    return problems
+
+
+def report(model: nn.Module) -> list[dict]:
+    """One row per masked layer plus a total row: name, shape, kind, density, kept, numel."""
+    rows, kept_total, numel_total = [], 0, 0
+    for name, module in masked_layers(model).items():
+        p = _parametrization(module)
+        mask = p.current()
+        kept, numel = int(mask.sum()), mask.numel()
+        rows.append({"name": name, "shape": list(mask.shape), "kind": str(p.kind), "mask": type(p).__name__,
+                     "density": kept / numel, "kept": kept, "numel": numel})
+        kept_total += kept
+        numel_total += numel
+    all_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, MASKABLE))
+    dense_rest = all_weights - numel_total
+    rows.append({"name": "(masked layers)", "density": kept_total / max(1, numel_total), "kept": kept_total,
+                 "numel": numel_total})
+    rows.append({"name": "(all conv/linear weights)", "density": (kept_total + dense_rest) / max(1, all_weights),
+                 "kept": kept_total + dense_rest, "numel": all_weights})
+    return rows
+
+
+def print_report(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="per-layer sparsity")
+    for col in ("layer", "shape", "kind", "density", "kept", "numel"):
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for r in rows:
+        table.add_row(r["name"], "x".join(map(str, r.get("shape", []))), r.get("kind", ""), f"{r['density']:.4f}",
+                      str(r["kept"]), str(r["numel"]))
+    Console().print(table)

@@ -1,0 +1,37 @@
+"""Callbacks that tie the sparsity layer to the training loop."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import sparsity as sp
+from .trainer import Callback
+
+
+class SparsityCallback(Callback):
+    """Binds the masks to the Trainer's optimiser (masked entries stay exactly zero), checks the invariants
+    after every epoch and fails loudly on a violation, and writes the per-layer report at the end."""
+
+    def __init__(self, check: bool = True):
+        self.check = check
+        self._bound = False
+        self._model = None
+
+    def on_train_start(self, trainer) -> None:
+        if not self._bound:
+            sp.bind_optimizer(trainer.model, trainer.optimizer)
+            self._bound = True
+        self._model = trainer.model
+
+    def on_epoch_end(self, trainer) -> None:
+        if self.check and (problems := sp.check(trainer.model)):
+            raise sp.SparsityError("sparsity invariant violated: " + "; ".join(problems[:3]))
+
+    def on_train_end(self, trainer) -> None:
+        trainer.out_dir.mkdir(parents=True, exist_ok=True)
+        (trainer.out_dir / "sparsity.json").write_text(json.dumps(sp.report(trainer.model), indent=2))
+
+    def summary(self) -> dict[str, Any]:
+        rows = sp.report(self._model) if self._model is not None else []
+        return {"weight_density": rows[-1]["density"]} if rows else {}
