@@ -13,7 +13,13 @@ from PIL import Image
 
 from conftest import SHARED_CIFAR
 from sparsearch.data import (
-    CIFAR10_CLASSES, Augment, TensorLoader, download_dataset, load_dataset, search_split, stratified_split,
+    CIFAR10_CLASSES,
+    Augment,
+    TensorLoader,
+    download_dataset,
+    load_dataset,
+    search_split,
+    stratified_split,
 )
 from sparsearch.errors import SparsearchError
 

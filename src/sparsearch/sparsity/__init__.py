@@ -22,10 +22,37 @@ from ..config import SparsityConfig
 from ..errors import SparsearchError
 from .criteria import CRITERIA, lamp_scores
 from .masks import (
-    LearnedMask, Mask, SparsityError, attach, attach_learned, bind_optimizer, check, current_masks, find_layers,
-    freeze, load_masked_state_dict, masked_layers, print_report, remove, report, squash, update, weight_param,
+    LearnedMask,
+    Mask,
+    SparsityError,
+    attach,
+    attach_learned,
+    bind_optimizer,
+    check,
+    current_masks,
+    find_layers,
+    freeze,
+    load_masked_state_dict,
+    masked_layers,
+    print_report,
+    remove,
+    report,
+    squash,
+    update,
+    weight_param,
 )
-from .select import NM, Block, Channel, Unstructured, allocate, global_select, keep_count, parse_kind, select, topk_mask
+from .select import (
+    NM,
+    Block,
+    Channel,
+    Unstructured,
+    allocate,
+    global_select,
+    keep_count,
+    parse_kind,
+    select,
+    topk_mask,
+)
 
 __all__ = [
     "NM", "Block", "Channel", "LearnedMask", "Mask", "SparsityError", "Unstructured",
