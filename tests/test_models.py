@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+
+from sparsearch import sparsity as sp
+from sparsearch.errors import SparsearchError
+from sparsearch.models import build_model, count_parameters
+from sparsearch.models.genotypes import GENOTYPES, Genotype, load_genotype
+
+
+@pytest.mark.parametrize("name, expected", [("resnet20", 0.27e6), ("resnet56", 0.85e6)])
+def test_resnet_parameter_counts(name, expected):
+    assert count_parameters(build_model(name)) == pytest.approx(expected, rel=0.02)
+
+
+# Dense parameter counts (no auxiliary head) at DASS-Small size 36/20, from shared/reference/dass.md;
+# DARTS_V2's 3.349M is also DARTS' published 3.3M.
+@pytest.mark.parametrize("genotype, millions", [
+    ("DARTS_V2", 3.349), ("DASS_99", 1.714), ("DASS_95", 3.962), ("DASS_90", 3.936), ("DARTS_ORIG_120", 2.118),
+])
+def test_genotype_network_parameter_counts(genotype, millions):
+    model = build_model("genotype", genotype=genotype, channels=36, layers=20)
+    assert count_parameters(model) / 1e6 == pytest.approx(millions, abs=0.0005)
+
+
+def test_genotype_network_forward_aux_and_drop_path():
+    torch.manual_seed(0)
+    model = build_model("genotype", genotype="DASS_95", channels=8, layers=5, auxiliary=True, drop_path_prob=0.2)
+    logits, aux = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == aux.shape == (2, 10)
+    model.eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)  # no auxiliary output at inference
+
+
+def test_dass_style_masks_on_every_layer():
+    """DASS makes every conv (depthwise, pointwise, preprocessing, stem) and the classifier sparse."""
+    model = build_model("genotype", genotype="DARTS_V2", channels=8, layers=5)
+    layers = sp.find_layers(model, dense_first_last=False)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert len(layers) == convs + 1
+    sp.attach_learned(model, {n: 0.05 for n in layers})
+    out = model(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert sp.check(model) == []
+    assert all(m.parametrizations.weight[0].scores.grad is not None for m in layers.values())
+
+
+def test_genotype_json_round_trip_and_errors(tmp_path):
+    g = GENOTYPES["DASS_99"]
+    g.save(tmp_path / "g.json")
+    assert load_genotype(str(tmp_path / "g.json")) == g
+    assert g.parameter_free_count("normal") == 7
+    with pytest.raises(SparsearchError, match="unknown genotype"):
+        load_genotype("NOPE")
+    with pytest.raises(SparsearchError, match="unknown operation"):
+        Genotype((("conv_9x9", 0), ("skip_connect", 1)), (("skip_connect", 0), ("skip_connect", 1)))
+    with pytest.raises(SparsearchError, match="not before it"):
+        Genotype((("skip_connect", 2), ("skip_connect", 1)), (("skip_connect", 0), ("skip_connect", 1)))
+    (tmp_path / "bad.json").write_text(json.dumps({"normal": []}))
+    with pytest.raises(SparsearchError, match="not a genotype"):
+        load_genotype(str(tmp_path / "bad.json"))
+
+
+def test_train_genotype_network_from_cli(tmp_path):
+    from sparsearch.config import from_dict
+    from sparsearch.pipeline import run_train
+
+    cfg = from_dict({"out_dir": str(tmp_path), "data": {"name": "digits"},
+                     "model": {"name": "genotype", "kwargs": {"genotype": "DASS_90", "channels": 8, "layers": 3,
+                                                              "auxiliary": True}},
+                     "train": {"epochs": 1}, "sparsity": {"sparsity": 0.9}})
+    summary = run_train(cfg, show_progress=False)
+    assert summary["steps"] > 0 and summary["final_test_acc"] is not None
