@@ -1,0 +1,8 @@
+"""Architecture search: the DARTS supernet, the architect, genotype derivation (DASS phases build on these)."""
+
+from ..models.genotypes import GENOTYPES, Genotype, load_genotype
+from .architect import Architect
+from .supernet import MixedOp, SearchCell, SuperNet, derive_genotype
+
+__all__ = ["GENOTYPES", "Architect", "Genotype", "MixedOp", "SearchCell", "SuperNet", "derive_genotype",
+           "load_genotype"]

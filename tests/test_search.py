@@ -1,0 +1,108 @@
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from sparsearch import sparsity as sp
+from sparsearch.models.operations import PRIMITIVES
+from sparsearch.search import Architect, SuperNet, derive_genotype
+
+
+def tiny(dtype=torch.float32):
+    torch.manual_seed(0)
+    return SuperNet(channels=4, layers=3, num_classes=10, in_channels=1).to(dtype)
+
+
+def batch(seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(6, 1, 8, 8, generator=g, dtype=dtype), torch.randint(0, 10, (6,), generator=g)
+
+
+def test_supernet_shapes_and_parameter_split():
+    net = tiny()
+    assert net.arch.normal.shape == (14, 8) and len(net.cells[0].edges) == 14
+    assert net(batch(0)[0]).shape == (6, 10)
+    weights, arch = net.weight_parameters(), net.arch_parameters()
+    assert {id(p) for p in weights}.isdisjoint({id(p) for p in arch})
+    assert len(weights) + len(arch) == len(list(net.parameters()))
+
+
+def test_derive_genotype_follows_darts_rule():
+    w = torch.zeros(14, 8)
+    w[:, PRIMITIVES.index("none")] = 10.0  # 'none' never counts
+    w[0, PRIMITIVES.index("sep_conv_3x3")] = 5.0  # node 0: edges 0 and 1
+    w[1, PRIMITIVES.index("max_pool_3x3")] = 4.0
+    w[3, PRIMITIVES.index("dil_conv_5x5")] = 3.0  # node 1: edges 2..4 (inputs 0, 1, 2)
+    w[4, PRIMITIVES.index("skip_connect")] = 2.0
+    g = derive_genotype(w, w)
+    assert g.normal[:4] == (("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("dil_conv_5x5", 1), ("skip_connect", 2))
+    assert g.normal_concat == (2, 3, 4, 5)
+
+
+def test_first_order_step_changes_only_alpha():
+    net = tiny()
+    arch = Architect(net, net.arch_parameters(), lr=1e-2)
+    before_w = [p.detach().clone() for p in net.weight_parameters()]
+    before_a = [p.detach().clone() for p in net.arch_parameters()]
+    arch.step(batch(1), batch(2), net.weight_parameters(), xi=0.1, weight_decay=3e-4)
+    assert all(torch.equal(a, b) for a, b in zip(before_w, net.weight_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_a, net.arch_parameters()))
+    assert all(p.grad is None for p in net.weight_parameters())
+
+
+class SmoothMixed(torch.nn.Module):
+    """A smooth two-op mixed layer: finite differences converge here (ReLU/max-pool kinks in the supernet
+    make the gradient jump, which is DARTS' approximation's known weakness, not a bug to test against)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = torch.nn.Linear(5, 8), torch.nn.Linear(5, 8), torch.nn.Linear(8, 3)
+        self.alpha = torch.nn.Parameter(torch.randn(2))
+
+    def forward(self, x):
+        w = F.softmax(self.alpha, 0)
+        return self.out(w[0] * torch.tanh(self.a(x)) + w[1] * torch.tanh(self.b(x)))
+
+
+def test_second_order_gradient_matches_exact_unroll():
+    """The finite-difference Hessian-vector product approximates the exact one-step unrolled gradient."""
+    torch.manual_seed(0)
+    net = SmoothMixed().double()
+    g = torch.Generator().manual_seed(1)
+    xt, yt = torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
+    xv, yv = torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
+    xi, wd = 0.5, 3e-4
+    weights = [p for n, p in net.named_parameters() if n != "alpha"]
+    names = {id(p): n for n, p in net.named_parameters()}
+
+    grads = torch.autograd.grad(F.cross_entropy(net(xt), yt), weights, create_graph=True)
+    unrolled = {names[id(w)]: w - xi * (gi + wd * w) for w, gi in zip(weights, grads)}
+    exact = torch.autograd.grad(F.cross_entropy(functional_call(net, unrolled, (xv,)), yv), [net.alpha])
+    first_order = torch.autograd.grad(
+        F.cross_entropy(functional_call(net, {k: v.detach() for k, v in unrolled.items()}, (xv,)), yv), [net.alpha])
+
+    arch = Architect(net, [net.alpha], second_order=True)
+    approx, _ = arch._unrolled_grads((xt, yt), (xv, yv), weights, xi, wd)
+    assert torch.allclose(exact[0], approx[0], rtol=1e-4, atol=1e-9), (exact, approx)
+    assert not torch.allclose(exact[0], first_order[0], rtol=1e-2)  # the second-order term matters here
+    assert all(torch.equal(a, b) for a, b in zip([p.detach() for p in weights], weights))
+
+
+def test_second_order_step_on_supernet_restores_weights():
+    net = tiny()
+    weights = net.weight_parameters()
+    before = [p.detach().clone() for p in weights]
+    alpha = net.arch.normal.detach().clone()
+    Architect(net, net.arch_parameters(), lr=1e-2, second_order=True).step(batch(3), batch(4), weights, 0.05, 3e-4)
+    assert all(torch.equal(a, b) for a, b in zip(before, weights))
+    assert not torch.equal(alpha, net.arch.normal)
+
+
+def test_dass_supernet_is_the_same_network_with_learned_masks():
+    net = tiny()
+    layers = sp.find_layers(net, dense_first_last=False)
+    assert all(not n.startswith("arch") for n in layers)
+    sp.attach_learned(net, {n: 0.1 for n in layers})
+    arch = Architect(net, net.arch_parameters(), second_order=True)
+    scores = [m.parametrizations.weight[0].scores for m in layers.values()]
+    arch.step(batch(5), batch(6), scores, xi=0.1, weight_decay=0.0)  # prune phase: scores are the weights
+    assert sp.check(net) == []
