@@ -106,3 +106,42 @@ def test_dass_supernet_is_the_same_network_with_learned_masks():
     scores = [m.parametrizations.weight[0].scores for m in layers.values()]
     arch.step(batch(5), batch(6), scores, xi=0.1, weight_decay=0.0)  # prune phase: scores are the weights
     assert sp.check(net) == []
+
+
+def _search_cfg(tmp_path, **search):
+    from sparsearch.config import from_dict
+
+    return from_dict({"out_dir": str(tmp_path), "name": "s",
+                      "data": {"name": "digits", "batch_size": 16, "train_subset": 96},
+                      "search": {"channels": 4, "layers": 3, "second_order": True, "pretrain_epochs": 1,
+                                 "prune_epochs": 1, "finetune_epochs": 1, "sparsity": 0.9, **search}})
+
+
+def test_dass_search_end_to_end_and_resume(tmp_path):
+    import json
+
+    from sparsearch.search import run_search
+    from sparsearch.train import load_checkpoint
+
+    cfg = _search_cfg(tmp_path, second_order=False)  # second order: covered by the architect tests above
+    genotype = run_search(cfg, show_progress=False)
+    out = tmp_path / "s" / "search"
+    assert json.loads((out / "genotype.json").read_text()) == genotype.to_dict()
+    stages = [json.loads(line)["stage"] for line in (out / "alphas.jsonl").read_text().splitlines()]
+    assert stages == ["search/pretrain", "search/prune", "search/finetune"]
+    final = load_checkpoint(out / "finetune" / "checkpoints" / "last.ckpt")["model"]
+    masks = {k: v for k, v in final.items() if k.endswith("weight.0.mask")}
+    assert masks and all(abs(float(m.mean()) - 0.1) < 0.02 or m.numel() < 50 for m in masks.values())
+    # alpha moved in every phase (the prune phase too: alpha_in_prune defaults to true)
+    alphas = [json.loads(line)["normal"] for line in (out / "alphas.jsonl").read_text().splitlines()]
+    assert alphas[0] != alphas[1] != alphas[2]
+    assert run_search(cfg, show_progress=False) == genotype  # finished phases are skipped, same result
+
+
+def test_darts_mode_is_one_dense_phase(tmp_path):
+    from sparsearch.search import run_search
+
+    run_search(_search_cfg(tmp_path, mode="darts", pretrain_epochs=1, prune_epochs=0, finetune_epochs=0,
+                           second_order=False), show_progress=False)
+    out = tmp_path / "s" / "search"
+    assert (out / "search" / "summary.json").exists() and not (out / "prune").exists()

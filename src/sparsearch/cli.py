@@ -32,6 +32,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from .search import run_search
+
+    cfg = _load(args)
+    genotype = run_search(cfg)
+    print(json.dumps(genotype.to_dict()))
+    print(f"genotype written to {cfg.run_dir / 'search' / 'genotype.json'}")
+    return 0
+
+
 def cmd_config(args) -> int:
     from .config import dump_yaml
 
@@ -71,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (dense, or sparse with sparsity.* settings)")
     _config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="DASS (or DARTS) architecture search; writes search/genotype.json")
+    _config_args(p)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("config", help="print the fully resolved config")
     _config_args(p)

@@ -81,6 +81,30 @@ class SparsityConfig:
 
 
 @dataclass
+class SearchConfig:
+    """DASS / DARTS search. Defaults are the paper's reference values (GPU scale); configs/ has CPU sizes."""
+
+    mode: Literal["dass", "darts"] = "dass"  # darts: the same supernet dense, one phase of the same total budget
+    sparsity: float = 0.9  # DASS target: fraction of weights pruned in every parametric layer
+    channels: int = 16
+    layers: int = 8
+    portion: float = 0.5  # fraction of the training set that trains weights; the rest trains alpha
+    second_order: bool = True
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    pretrain_epochs: int = 100
+    prune_epochs: int = 50
+    finetune_epochs: int = 100
+    weight_lr: float = 0.025
+    score_lr: float = 0.1
+    min_lr: float = 0.001
+    momentum: float = 0.0  # the reference search SGD has no momentum
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    alpha_in_prune: bool = True  # update alpha while scores train (the reference's `base` trainer does)
+
+
+@dataclass
 class Config:
     name: str = "run"
     out_dir: str = "runs"
@@ -89,6 +113,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @property
     def run_dir(self) -> Path:

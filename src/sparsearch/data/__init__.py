@@ -50,9 +50,11 @@ def search_split(ds: Dataset, portion: float = 0.5, seed: int = 0) -> tuple[Data
     return part(a), part(b)
 
 
-def build_loaders(ds: Dataset, cfg: DataConfig, seed: int, device="cpu") -> tuple[TensorLoader, TensorLoader]:
-    """Training loader (shuffled, augmented) and evaluation loader over the test split, both normalised."""
-    mean, std = ds.channel_stats()
+def build_loaders(ds: Dataset, cfg: DataConfig, seed: int, device="cpu",
+                  stats: tuple[list[float], list[float]] | None = None) -> tuple[TensorLoader, TensorLoader]:
+    """Training loader (shuffled, augmented) and evaluation loader over the test split, both normalised
+    with `stats` (mean, std) or, by default, the training split's own channel statistics."""
+    mean, std = stats or ds.channel_stats()
     augment = None
     if cfg.augment and ds.image_size[0] >= 16:  # cropping 8x8 digits by 4 pixels would destroy them
         augment = Augment(crop_padding=cfg.crop_padding, flip=cfg.flip)

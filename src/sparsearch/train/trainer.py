@@ -27,6 +27,7 @@ class Callback:
 
     def on_train_start(self, trainer: Trainer) -> None: ...
     def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_batch_start(self, trainer: Trainer) -> None: ...  # trainer.current_batch is set, no forward yet
     def on_before_optimizer_step(self, trainer: Trainer) -> None: ...  # gradients are ready
     def on_step_end(self, trainer: Trainer) -> None: ...
     def on_epoch_end(self, trainer: Trainer) -> None: ...  # before evaluation
@@ -104,6 +105,7 @@ class Trainer:
         self.best_acc = 0.0
         self.elapsed = 0.0
         self.loss: torch.Tensor | None = None  # the current step's loss, for callbacks
+        self.current_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------------- checkpointing
     @property
@@ -174,6 +176,8 @@ class Trainer:
         started = time.perf_counter()
         for xb, yb in self.train_loader.batches(self.batch):
             set_lr(self.optimizer, lr_at(self.step, self.total_steps, self.steps_per_epoch, cfg))
+            self.current_batch = (xb, yb)
+            self._call("on_batch_start")
             with _autocast(self.device.type, cfg.amp):
                 logits, aux = split_logits(model(xb))
                 loss = self.criterion(logits.float(), yb)
