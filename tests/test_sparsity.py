@@ -290,3 +290,20 @@ def test_trainer_fails_loudly_on_violation(tmp_path):
                       callbacks=[SparsityCallback(), Saboteur()])
     with pytest.raises(sp.SparsityError, match="invariant violated"):
         trainer.fit()
+
+
+def test_freeze_and_remove_on_a_deep_copy_leave_the_original_intact():
+    """torch's remove_parametrizations edits the parametrized class, which deep copies share."""
+    import copy
+
+    net = small_net()
+    sp.attach_learned(net, {n: 0.2 for n in sp.find_layers(net)})
+    x = torch.randn(2, 3, 8, 8)
+    expected = net(x)
+    frozen = copy.deepcopy(net)
+    sp.freeze(frozen)
+    removed = copy.deepcopy(frozen)
+    sp.remove(removed)
+    assert torch.allclose(net(x), expected) and torch.allclose(frozen(x), expected, atol=1e-6)
+    assert torch.allclose(removed(x), expected, atol=1e-6) and sp.masked_layers(removed) == {}
+    assert isinstance(frozen[2].parametrizations.weight[0], sp.Mask) and sp.check(frozen) == []

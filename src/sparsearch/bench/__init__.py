@@ -6,6 +6,8 @@ from __future__ import annotations
 def main(which: str, argv: list[str]) -> int:
     if which == "train":
         from .train_loop import main as run
+    elif which == "search":
+        from .search import main as run
     else:
         from .sparsity import main as run
     return run(argv)

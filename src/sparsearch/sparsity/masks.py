@@ -179,18 +179,24 @@ def update(model: nn.Module, masks: dict[str, torch.Tensor], optimizer: torch.op
 
 @torch.no_grad()
 def freeze(model: nn.Module) -> None:
-    """Turn learned score masks into fixed masks at their current top-k (HYDRA: prune -> finetune)."""
-    for name, module in masked_layers(model).items():
-        p = _parametrization(module)
-        if isinstance(p, LearnedMask):
-            mask, kind, density = p.current(), p.kind, p.density
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-            attach(model, {name: mask}, kind, {name: density})
+    """Turn learned score masks into fixed masks at their current top-k (HYDRA: prune -> finetune).
+    The parametrization is swapped in place: the stored weight and its optimiser entry stay the same."""
+    for module in masked_layers(model).values():
+        plist = module.parametrizations.weight
+        for i, p in enumerate(plist):
+            if isinstance(p, LearnedMask):
+                mask = p.current()
+                plist[i] = Mask(mask, p.kind, p.density)
+                plist.original.mul_(mask.to(plist.original.dtype))
 
 
 def remove(model: nn.Module) -> None:
     """Remove every mask in place, leaving plain layers whose weights hold the zeros."""
     for module in masked_layers(model).values():
+        # torch deletes the weight property from the module's parametrized class, which a deep copy of the
+        # model shares; a private copy of the class keeps other copies intact
+        cls = module.__class__
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 

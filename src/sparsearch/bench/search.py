@@ -1,0 +1,83 @@
+"""`sparsearch bench search`: one search step (alpha step + weight step) of DARTS (dense supernet) vs DASS
+(learned-score masks on every parametric layer, prune phase; fixed masks, finetune phase), on the same
+supernet and batch, first and second order. Configurations alternate within each trial; medians reported."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import sparsity as sp
+from ..search import Architect, SuperNet
+from .common import machine, print_table, stats, write_json
+
+
+def _variants(net: SuperNet, sparsity: float) -> dict[str, tuple[SuperNet, list]]:
+    dense = net
+    prune = copy.deepcopy(net)
+    layers = sp.find_layers(prune, dense_first_last=False)
+    sp.attach_learned(prune, {n: 1 - sparsity for n in layers})
+    masked = {id(sp.weight_param(m)) for m in sp.masked_layers(prune).values()}
+    prune_params = [p for p in prune.weight_parameters() if id(p) not in masked]
+    finetune = copy.deepcopy(prune)
+    sp.freeze(finetune)
+    return {"DARTS (dense)": (dense, dense.weight_parameters()),
+            f"DASS prune ({sparsity:.0%}, scores)": (prune, prune_params),
+            f"DASS finetune ({sparsity:.0%}, fixed masks)": (finetune, finetune.weight_parameters())}
+
+
+def _search_step(net, params, opt, architect, train, val) -> float:
+    t0 = time.perf_counter()
+    architect.step(train, val, params, xi=0.025, weight_decay=3e-4)
+    loss = F.cross_entropy(net(train[0]), train[1])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="sparsearch bench search", description=__doc__)
+    ap.add_argument("--channels", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--out", default="bench-results/search.json")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    net = SuperNet(args.channels, args.layers, 10, 3)
+    gen = torch.Generator().manual_seed(0)
+    shape = (args.batch_size, 3, args.image_size, args.image_size)
+    train = (torch.randn(shape, generator=gen), torch.randint(0, 10, (args.batch_size,), generator=gen))
+    val = (torch.randn(shape, generator=gen), torch.randint(0, 10, (args.batch_size,), generator=gen))
+    variants = _variants(net, args.sparsity)
+    results: dict[str, dict] = {}
+    for order in ("first", "second"):
+        setups = {name: (m, p, torch.optim.SGD(p, lr=0.025), Architect(m, m.arch_parameters(), second_order=order == "second"))
+                  for name, (m, p) in variants.items()}
+        times: dict[str, list[float]] = {name: [] for name in setups}
+        for name, s in setups.items():  # warm-up
+            _search_step(*s, train, val)
+        for _ in range(args.trials):
+            for name, s in setups.items():
+                times[name].append(_search_step(*s, train, val))
+        for name, ts in times.items():
+            results[f"{name} / {order} order"] = stats(ts)
+    rows = []
+    for order in ("first", "second"):
+        base = results[f"DARTS (dense) / {order} order"]["median"]
+        for name in variants:
+            r = results[f"{name} / {order} order"]
+            rows.append([f"{name} / {order}", r["median"], r["min"], r["max"], f"{100 * (r['median'] / base - 1):+.1f}%"])
+    info = machine()
+    print_table(f"search step (alpha + weights), supernet C={args.channels} L={args.layers}, batch {args.batch_size} x "
+                f"{args.image_size}x{args.image_size} ({info['cpu']}, {info['threads']} threads)",
+                ["configuration", "s/step (median)", "min", "max", "vs DARTS"], rows)
+    print(f"wrote {write_json(args.out, {'benchmark': 'search_step', 'args': vars(args), 'results': results})}")
+    return 0
