@@ -5,35 +5,21 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import Config, dump_yaml
+from .config import Config
 from .data import build_loaders, dataset_from_config
-from .errors import SparsearchError
 from .models import build_model
-from .train import MetricsLog, Trainer, resolve_device
+from .train import MetricsLog, Trainer, prepare_run_dir, resolve_device
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create the run directory and write the resolved config; refuse to mix two different configs."""
-    run_dir = cfg.run_dir
-    written = run_dir / "config.yaml"
-    text = dump_yaml(cfg)
-    if written.exists() and written.read_text() != text:
-        raise SparsearchError(f"{run_dir} holds a run with a different config; pick another name or delete it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    written.write_text(text)
-    return run_dir
 
 
 def build_for(cfg: Config):

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from .. import sparsity as sp
 from ..config import Config, SearchConfig
-from ..data import TensorLoader, build_loaders, search_split
+from ..data import TensorLoader, build_loaders, dataset_from_config, search_split
+from ..errors import SparsearchError
 from ..models.genotypes import Genotype
-from ..train import Callback, MetricsLog, Trainer, load_checkpoint, resolve_device
+from ..train import Callback, MetricsLog, SparsityCallback, Trainer, load_checkpoint, prepare_run_dir, resolve_device
 from .architect import Architect
 from .supernet import SuperNet
 
@@ -101,13 +102,8 @@ def build_supernet(cfg: Config, ds, upto: str) -> SuperNet:
 
 
 def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
-    from ..data import dataset_from_config
-    from ..pipeline import prepare_run_dir
-
     s = cfg.search
     if s.mode == "dass" and not 0 < s.sparsity < 1:
-        from ..errors import SparsearchError
-
         raise SparsearchError(f"search.sparsity must be in (0, 1) for DASS, got {s.sparsity}")
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     weight_half, arch_half = search_split(ds, s.portion, cfg.seed)
@@ -132,9 +128,7 @@ def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
         architect = Architect(net, net.arch_parameters(), s.arch_lr, (0.5, 0.999), s.arch_weight_decay, s.second_order)
         callbacks: list[Callback] = [ArchitectCallback(architect, val_loader, params, s.weight_decay,
                                                        enabled=phase != "prune" or s.alpha_in_prune)]
-        if phase != "pretrain" and phase != "search":
-            from ..train import SparsityCallback
-
+        if phase in ("prune", "finetune"):
             callbacks.append(SparsityCallback())
         trainer = Trainer(net, train_loader, eval_loader, _phase_train_cfg(cfg, epochs[phase], lr),
                           run_dir / "search" / phase, callbacks=callbacks, param_groups=[{"params": params}],
