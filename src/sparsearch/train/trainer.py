@@ -39,6 +39,10 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def summary(self) -> dict[str, Any]:
+        """Entries to add to the run's summary.json."""
+        return {}
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -246,7 +250,7 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
         for cb in self.callbacks:
-            summary.update(getattr(cb, "summary", lambda: {})())
+            summary.update(cb.summary())
         tmp = self.summary_path.with_suffix(".json.part")
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(self.summary_path)
