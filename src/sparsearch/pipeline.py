@@ -13,7 +13,8 @@ import torch
 from .config import Config
 from .data import build_loaders, dataset_from_config
 from .models import build_model
-from .train import MetricsLog, Trainer, prepare_run_dir, resolve_device
+from .sparsity import sparsify
+from .train import MetricsLog, SparsityCallback, Trainer, prepare_run_dir, resolve_device
 
 
 def seed_everything(seed: int) -> None:
@@ -39,9 +40,6 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     ds, model, train_loader, test_loader = build_for(cfg)
     callbacks = []
     if cfg.sparsity.sparsity > 0:
-        from .sparsity import sparsify
-        from .train import SparsityCallback
-
         sparsify(model, cfg.sparsity)
         callbacks.append(SparsityCallback(check=cfg.train.check_sparsity))
     run_dir = prepare_run_dir(cfg)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import sparsity as sp
 from ..search import Architect, SuperNet
+from ..search.phases import prune_phase_parameters
 from .common import machine, print_table, stats, write_json
 
 
@@ -24,10 +25,9 @@ def _variants(net: SuperNet, sparsity: float) -> dict[str, tuple[SuperNet, list]
     prune = copy.deepcopy(net)
     layers = sp.find_layers(prune, dense_first_last=False)
     sp.attach_learned(prune, {n: 1 - sparsity for n in layers})
-    masked = {id(sp.weight_param(m)) for m in sp.masked_layers(prune).values()}
-    prune_params = [p for p in prune.weight_parameters() if id(p) not in masked]
     finetune = copy.deepcopy(prune)
     sp.freeze(finetune)
+    prune_params = prune_phase_parameters(prune)  # the real prune phase: masked weights frozen
     return {"DARTS (dense)": (dense, dense.weight_parameters()),
             f"DASS prune ({sparsity:.0%}, scores)": (prune, prune_params),
             f"DASS finetune ({sparsity:.0%}, fixed masks)": (finetune, finetune.weight_parameters())}

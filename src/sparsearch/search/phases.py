@@ -72,7 +72,15 @@ def _phase_train_cfg(cfg: Config, epochs: int, lr: float):
     s = cfg.search
     return dataclasses.replace(cfg.train, epochs=epochs, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
                                schedule="cosine", min_lr=s.min_lr, warmup_epochs=0.0, grad_clip=s.grad_clip,
-                               check_sparsity=True, optimizer="sgd")
+                               optimizer="sgd")
+
+
+def prune_phase_parameters(net: SuperNet) -> list[torch.nn.Parameter]:
+    """DASS prune phase: freeze the masked weights; scores (and BN, biases) are what trains."""
+    masked = {id(sp.weight_param(m)) for m in sp.masked_layers(net).values()}
+    for p in net.weight_parameters():
+        p.requires_grad_(id(p) not in masked)
+    return [p for p in net.weight_parameters() if p.requires_grad]
 
 
 def phases(s: SearchConfig) -> list[str]:
@@ -118,18 +126,15 @@ def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
     net = None
     for phase in phases(s):
         net = build_supernet(cfg, ds, phase)
-        if phase == "prune":  # scores (and BN, biases) train; the masked weights stay frozen
-            masked = {id(sp.weight_param(m)) for m in sp.masked_layers(net).values()}
-            for p in net.weight_parameters():
-                p.requires_grad_(id(p) not in masked)
-            params, lr = [p for p in net.weight_parameters() if p.requires_grad], s.score_lr
+        if phase == "prune":
+            params, lr = prune_phase_parameters(net), s.score_lr
         else:
             params, lr = net.weight_parameters(), s.weight_lr
         architect = Architect(net, net.arch_parameters(), s.arch_lr, (0.5, 0.999), s.arch_weight_decay, s.second_order)
         callbacks: list[Callback] = [ArchitectCallback(architect, val_loader, params, s.weight_decay,
                                                        enabled=phase != "prune" or s.alpha_in_prune)]
         if phase in ("prune", "finetune"):
-            callbacks.append(SparsityCallback())
+            callbacks.append(SparsityCallback(check=cfg.train.check_sparsity))
         trainer = Trainer(net, train_loader, eval_loader, _phase_train_cfg(cfg, epochs[phase], lr),
                           run_dir / "search" / phase, callbacks=callbacks, param_groups=[{"params": params}],
                           metrics=MetricsLog(run_dir / "metrics.jsonl", stage=f"search/{phase}"),

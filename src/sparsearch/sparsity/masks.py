@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ..errors import SparsearchError
-from .select import MaskKind, Unstructured, expected_kept, parse_kind, select
+from .select import NM, MaskKind, Unstructured, expected_kept, parse_kind, select
 
 MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -32,8 +32,8 @@ class SparsityError(SparsearchError):
 
 def unit_density(mask: torch.Tensor, kind: MaskKind) -> float:
     """Fraction of units (weights, blocks, channels) a mask keeps: the density it was selected at."""
-    if hasattr(kind, "m"):
-        return kind.n / kind.m
+    if isinstance(kind, NM):
+        return kind.density
     return float((kind.units(mask.float()) > 0).float().mean())
 
 
@@ -286,7 +286,7 @@ def check(model: nn.Module) -> list[str]:
         if int(mask.sum()) != want:
             problems.append(f"{name}: keeps {int(mask.sum())} weights, expected {want} ({p.kind}, density {p.density:.4f})")
         kind = p.kind
-        if hasattr(kind, "m"):
+        if isinstance(kind, NM):
             per_group = kind.groups(mask.to(torch.int64)).sum(1)
             if int(per_group.max()) > kind.n:
                 problems.append(f"{name}: an N:M group has {int(per_group.max())} non-zeros (> {kind.n})")
