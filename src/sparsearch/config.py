@@ -60,6 +60,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max global L2 norm of the gradients
     label_smoothing: float = 0.0
     aux_weight: float = 0.4  # weight of an auxiliary head's loss, for models that return one
+    drop_path: float = 0.0  # drop-path probability for genotype networks, ramped linearly from 0 over the epochs
     amp: bool = False  # bfloat16 autocast on CPU, float16 on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads (None: torch's default)
@@ -71,13 +72,25 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
+    method: Literal["static", "hydra"] = "static"  # static: masks chosen at init; hydra: pretrain -> prune -> finetune
     sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense)
     kind: str = "unstructured"  # unstructured | nm:N:M | block:BH:BW | channel
-    criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"
+    criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static method only
     allocation: Literal["uniform", "er", "erk", "global"] = "erk"
     include: list[str] = field(default_factory=lambda: ["*"])  # fully-qualified-name globs
     exclude: list[str] = field(default_factory=list)
     dense_first_last: bool = True  # keep the first conv and the final classifier dense
+
+
+@dataclass
+class HydraConfig:
+    """HYDRA stages (`sparsity.method: hydra`, and the final training of `sparsearch run`). The dense pretrain
+    runs `train.epochs` at `train.lr`; these set the other two stages."""
+
+    prune_epochs: int = 20  # scores trained, weights frozen (HYDRA's released schedule uses 20)
+    finetune_epochs: int = 20  # mask fixed, surviving weights trained
+    score_lr: float = 0.1
+    finetune_lr: float = 0.01
 
 
 @dataclass
@@ -102,6 +115,19 @@ class SearchConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     alpha_in_prune: bool = True  # update alpha while scores train (the reference's `base` trainer does)
+    random_samples: int = 8  # random-search baseline: genotypes sampled from the same space
+    random_epochs: int = 2  # short sparse training per sample (weight half), ranked on the alpha half
+
+
+@dataclass
+class RunConfig:
+    """`sparsearch run`: search with each method, then train every derived cell with HYDRA at each sparsity
+    (network: `model.kwargs`; pretrain: `train.*`; prune and finetune: `hydra.*`)."""
+
+    methods: list[Literal["dass", "darts", "random"]] = field(default_factory=lambda: ["dass", "darts", "random"])
+    sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    executor: Literal["local", "process"] = "local"  # how independent trials (random-search samples) run
+    workers: int = 2  # process executor only
 
 
 @dataclass
@@ -114,6 +140,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    hydra: HydraConfig = field(default_factory=HydraConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import sparsity as sp
+from ..methods.hydra import stage_parameters
 from ..search import Architect, SuperNet
-from ..search.phases import prune_phase_parameters
 from .common import machine, print_table, stats, write_json
 
 
@@ -27,7 +27,7 @@ def _variants(net: SuperNet, sparsity: float) -> dict[str, tuple[SuperNet, list]
     sp.attach_learned(prune, {n: 1 - sparsity for n in layers})
     finetune = copy.deepcopy(prune)
     sp.freeze(finetune)
-    prune_params = prune_phase_parameters(prune)  # the real prune phase: masked weights frozen
+    prune_params = stage_parameters(prune, "prune", prune.weight_parameters())  # the real prune phase: masked weights frozen
     return {"DARTS (dense)": (dense, dense.weight_parameters()),
             f"DASS prune ({sparsity:.0%}, scores)": (prune, prune_params),
             f"DASS finetune ({sparsity:.0%}, fixed masks)": (finetune, finetune.weight_parameters())}

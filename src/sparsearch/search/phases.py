@@ -5,8 +5,9 @@ target sparsity on every parametric layer (scaled score init), scores trained wi
 updated on the masked supernet; (3) finetune: masks fixed, surviving weights trained, alpha updated.
 DARTS: the same supernet dense, one phase with the same total number of epochs.
 
-Each phase is a resumable Trainer run under `runs/<name>/search/<phase>/`; a finished phase is skipped,
-and the next one starts from the previous phase's final state. Outputs: `search/genotype.json`,
+The three DASS phases are the HYDRA stages (`methods.hydra`) run on the supernet with an architect callback.
+Each phase is a resumable Trainer run under `<search dir>/<phase>/`; a finished phase is skipped, and the
+next one starts from the previous phase's final state. Outputs: `search/genotype.json`,
 `search/alphas.jsonl` (one line per epoch), and per-epoch genotype diagnostics in `metrics.jsonl`.
 """
 
@@ -23,10 +24,11 @@ import torch.nn.functional as F
 
 from .. import sparsity as sp
 from ..config import Config, SearchConfig
-from ..data import TensorLoader, build_loaders, dataset_from_config, search_split
+from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, search_split
 from ..errors import SparsearchError
+from ..methods.hydra import STAGES, StageKind, train_stage
 from ..models.genotypes import Genotype
-from ..train import Callback, MetricsLog, SparsityCallback, Trainer, load_checkpoint, prepare_run_dir, resolve_device
+from ..train import Callback, MetricsLog, Trainer, prepare_run_dir, resolve_device
 from .architect import Architect
 from .supernet import SuperNet
 
@@ -72,44 +74,34 @@ def _phase_train_cfg(cfg: Config, epochs: int, lr: float):
     s = cfg.search
     return dataclasses.replace(cfg.train, epochs=epochs, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
                                schedule="cosine", min_lr=s.min_lr, warmup_epochs=0.0, grad_clip=s.grad_clip,
-                               optimizer="sgd")
+                               optimizer="sgd", drop_path=0.0)
 
 
-def prune_phase_parameters(net: SuperNet) -> list[torch.nn.Parameter]:
-    """DASS prune phase: freeze the masked weights; scores (and BN, biases) are what trains."""
-    masked = {id(sp.weight_param(m)) for m in sp.masked_layers(net).values()}
-    for p in net.weight_parameters():
-        p.requires_grad_(id(p) not in masked)
-    return [p for p in net.weight_parameters() if p.requires_grad]
+def phases(s: SearchConfig) -> list[tuple[str, StageKind]]:
+    """(directory, HYDRA stage kind) per phase; DARTS is one dense phase."""
+    return [(k, k) for k in STAGES] if s.mode == "dass" else [("search", "pretrain")]
 
 
-def phases(s: SearchConfig) -> list[str]:
-    return ["pretrain", "prune", "finetune"] if s.mode == "dass" else ["search"]
+def phase_epochs(s: SearchConfig, phase: str) -> int:
+    total = s.pretrain_epochs + s.prune_epochs + s.finetune_epochs
+    return {"pretrain": s.pretrain_epochs, "prune": s.prune_epochs, "finetune": s.finetune_epochs, "search": total}[phase]
 
 
-def build_supernet(cfg: Config, ds, upto: str) -> SuperNet:
-    """A supernet in the structure `upto` needs (masks attached for prune/finetune), on the previous phase's state."""
-    s = cfg.search
-    torch.manual_seed(cfg.seed)
-    net = SuperNet(s.channels, s.layers, ds.num_classes, ds.in_channels)
-    order = phases(s)
-    index = order.index(upto)
-    if index == 0:
-        return net
-    layers = sp.find_layers(net, dense_first_last=False)
-    previous = cfg.run_dir / "search" / order[index - 1] / "checkpoints" / "last.ckpt"
-    state = load_checkpoint(previous)["model"]
-    if upto == "prune":
-        net.load_state_dict(state)  # dense pretrained weights, then scaled score init from them
-        sp.attach_learned(net, {n: 1 - s.sparsity for n in layers})
-    else:  # finetune: the scores trained in prune decide the fixed masks
-        sp.attach_learned(net, {n: 1 - s.sparsity for n in layers})
-        net.load_state_dict(state)
-        sp.freeze(net)
-    return net
+def supernet_builder(cfg: Config, ds: Dataset):
+    def build() -> SuperNet:
+        torch.manual_seed(cfg.seed)
+        return SuperNet(cfg.search.channels, cfg.search.layers, ds.num_classes, ds.in_channels)
+
+    return build
 
 
-def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
+def supernet_densities(net: SuperNet, sparsity: float) -> dict[str, float]:
+    """DASS masks every parametric layer of the supernet, stem and classifier included, at one density."""
+    return {n: 1 - sparsity for n in sp.find_layers(net, dense_first_last=False)}
+
+
+def search(cfg: Config, search_dir: Path, show_progress: bool = True) -> Genotype:
+    """Run the configured search (DASS or DARTS) into `search_dir` (inside the prepared run directory)."""
     s = cfg.search
     if s.mode == "dass" and not 0 < s.sparsity < 1:
         raise SparsearchError(f"search.sparsity must be in (0, 1) for DASS, got {s.sparsity}")
@@ -120,36 +112,38 @@ def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
     # alpha batches are augmented like weight batches; accuracy is reported on the alpha half, unaugmented
     arch_as_test = dataclasses.replace(arch_half, test_x=arch_half.train_x, test_y=arch_half.train_y)
     val_loader, eval_loader = build_loaders(arch_as_test, cfg.data, cfg.seed + 1, device, stats)
-    run_dir = prepare_run_dir(cfg)
-    epochs = {"pretrain": s.pretrain_epochs, "prune": s.prune_epochs, "finetune": s.finetune_epochs,
-              "search": s.pretrain_epochs + s.prune_epochs + s.finetune_epochs}
-    net = None
-    for phase in phases(s):
-        net = build_supernet(cfg, ds, phase)
-        if phase == "prune":
-            params, lr = prune_phase_parameters(net), s.score_lr
-        else:
-            params, lr = net.weight_parameters(), s.weight_lr
-        architect = Architect(net, net.arch_parameters(), s.arch_lr, (0.5, 0.999), s.arch_weight_decay, s.second_order)
-        callbacks: list[Callback] = [ArchitectCallback(architect, val_loader, params, s.weight_decay,
-                                                       enabled=phase != "prune" or s.alpha_in_prune)]
-        if phase in ("prune", "finetune"):
-            callbacks.append(SparsityCallback(check=cfg.train.check_sparsity))
-        trainer = Trainer(net, train_loader, eval_loader, _phase_train_cfg(cfg, epochs[phase], lr),
-                          run_dir / "search" / phase, callbacks=callbacks, param_groups=[{"params": params}],
-                          metrics=MetricsLog(run_dir / "metrics.jsonl", stage=f"search/{phase}"),
-                          show_progress=show_progress)
-        trainer.fit()
-    net.load_state_dict(load_checkpoint(trainer.checkpoint_path)["model"])  # also when every phase was done before
-    genotype = net.genotype()
-    _write_outputs(run_dir, genotype)
+    build = supernet_builder(cfg, ds)
+    densities = supernet_densities(build(), s.sparsity)
+    run_dir, source, result = cfg.run_dir, None, None
+    for phase, kind in phases(s):
+        def callbacks(net: SuperNet, params: list[torch.nn.Parameter], kind=kind) -> list[Callback]:
+            architect = Architect(net, net.arch_parameters(), s.arch_lr, (0.5, 0.999), s.arch_weight_decay, s.second_order)
+            return [ArchitectCallback(architect, val_loader, params, s.weight_decay,
+                                      enabled=kind != "prune" or s.alpha_in_prune)]
+
+        out = search_dir / phase
+        lr = s.score_lr if kind == "prune" else s.weight_lr
+        result = train_stage(build, kind, densities, source, out, _phase_train_cfg(cfg, phase_epochs(s, phase), lr),
+                             train_loader, eval_loader, MetricsLog(run_dir / "metrics.jsonl", out.relative_to(run_dir).as_posix()),
+                             parameters=SuperNet.weight_parameters, callbacks=callbacks,
+                             check_sparsity=cfg.train.check_sparsity, show_progress=show_progress)
+        source = result.checkpoint
+    genotype = result.model.genotype()
+    _write_outputs(run_dir, search_dir, genotype)
     return genotype
 
 
-def _write_outputs(run_dir: Path, genotype: Genotype) -> None:
-    out = run_dir / "search"
-    genotype.save(out / "genotype.json")
+def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
+    """`sparsearch search`: the configured search into `runs/<name>/search/`."""
+    prepare_run_dir(cfg)
+    return search(cfg, cfg.run_dir / "search", show_progress)
+
+
+def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype) -> None:
+    genotype.save(search_dir / "genotype.json")
+    prefix = search_dir.relative_to(run_dir).as_posix() + "/"
     lines = [json.dumps({"stage": r["stage"], "epoch": r["epoch"], "normal": r["alphas_normal"],
                          "reduce": r["alphas_reduce"], "genotype": r["genotype"]})
-             for r in MetricsLog(run_dir / "metrics.jsonl").read() if r.get("kind") == "epoch" and "alphas_normal" in r]
-    (out / "alphas.jsonl").write_text("\n".join(lines) + "\n")
+             for r in MetricsLog(run_dir / "metrics.jsonl").read()
+             if r.get("kind") == "epoch" and "alphas_normal" in r and r["stage"].startswith(prefix)]
+    (search_dir / "alphas.jsonl").write_text("\n".join(lines) + "\n")

@@ -1,6 +1,6 @@
 """The training loop, its checkpoints, schedules and metric sinks."""
 
-from .callbacks import SparsityCallback
+from .callbacks import DropPathSchedule, SparsityCallback
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, Reporter
 from .rundir import prepare_run_dir
@@ -8,6 +8,6 @@ from .schedule import build_optimizer, lr_at, set_lr
 from .trainer import Callback, Trainer, evaluate, resolve_device, split_logits
 
 __all__ = [
-    "Callback", "CheckpointError", "SparsityCallback", "MetricsLog", "Reporter", "Trainer", "build_optimizer", "evaluate",
+    "Callback", "CheckpointError", "DropPathSchedule", "SparsityCallback", "MetricsLog", "Reporter", "Trainer", "build_optimizer", "evaluate",
     "load_checkpoint", "lr_at", "prepare_run_dir", "resolve_device", "save_checkpoint", "set_lr", "split_logits",
 ]

@@ -35,3 +35,13 @@ class SparsityCallback(Callback):
     def summary(self) -> dict[str, Any]:
         rows = sp.report(self._model) if self._model is not None else []
         return {"weight_density": rows[-1]["density"]} if rows else {}
+
+
+class DropPathSchedule(Callback):
+    """DARTS' drop-path ramp: the model's `drop_path_prob` grows linearly from 0 to `max_prob` over training."""
+
+    def __init__(self, max_prob: float):
+        self.max_prob = max_prob
+
+    def on_batch_start(self, trainer) -> None:  # per batch, so a run resumed mid-epoch gets it too
+        trainer.model.drop_path_prob = self.max_prob * trainer.epoch / trainer.cfg.epochs

@@ -1,0 +1,118 @@
+"""HYDRA (Sehwag et al., NeurIPS 2020) as three stages of the one training loop:
+
+    pretrain  dense weights
+    prune     learned-score masks at the target densities (scaled score init from the pretrained weights);
+              the scores train, the masked weights are frozen (BN and biases still train)
+    finetune  the masks are fixed at the scores' top-k; the surviving weights train
+
+DASS runs the same three stages inside its supernet, so `search` builds on `train_stage` too. Each stage
+is a resumable Trainer run in its own directory; a stage starts from the checkpoint of the stage before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch.nn as nn
+
+from .. import sparsity as sp
+from ..config import HydraConfig, TrainConfig
+from ..data import TensorLoader
+from ..train import Callback, DropPathSchedule, MetricsLog, SparsityCallback, Trainer, load_checkpoint
+
+StageKind = Literal["pretrain", "prune", "finetune"]
+STAGES: tuple[StageKind, ...] = ("pretrain", "prune", "finetune")
+
+
+def stage_model(build: Callable[[], nn.Module], kind: StageKind, densities: dict[str, float],
+                source: Path | None = None) -> nn.Module:
+    """A fresh model in the structure stage `kind` trains, holding the state of the checkpoint `source`."""
+    model = build()
+    if kind == "pretrain":
+        if source is not None:
+            model.load_state_dict(load_checkpoint(source)["model"])
+        return model
+    if source is None:
+        raise ValueError(f"the {kind} stage starts from a previous stage's checkpoint")
+    state = load_checkpoint(source)["model"]
+    if kind == "prune":  # dense weights first: the scaled score init reads them
+        model.load_state_dict(state)
+        sp.attach_learned(model, densities)
+    else:  # finetune: the trained scores decide the fixed masks
+        sp.attach_learned(model, densities)
+        model.load_state_dict(state)
+        sp.freeze(model)
+    return model
+
+
+def stage_parameters(model: nn.Module, kind: StageKind, params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """What the stage's optimiser steps: in prune, everything but the masked weights (scores, BN, biases)."""
+    if kind != "prune":
+        return params
+    masked = {id(sp.weight_param(m)) for m in sp.masked_layers(model).values()}
+    for p in params:
+        p.requires_grad_(id(p) not in masked)
+    return [p for p in params if p.requires_grad]
+
+
+@dataclasses.dataclass
+class StageResult:
+    model: nn.Module
+    summary: dict
+    checkpoint: Path
+
+
+def train_stage(build: Callable[[], nn.Module], kind: StageKind, densities: dict[str, float], source: Path | None,
+                out_dir: Path, cfg: TrainConfig, train_loader: TensorLoader, eval_loader: TensorLoader | None,
+                metrics: MetricsLog, *, parameters: Callable[[nn.Module], list[nn.Parameter]] | None = None,
+                callbacks: Callable[[nn.Module, list[nn.Parameter]], list[Callback]] | None = None,
+                check_sparsity: bool = True, show_progress: bool = True) -> StageResult:
+    """Run one stage (skipped when finished before) and return the model holding its final state.
+    `parameters(model)` picks the trainable set (default: all); `callbacks(model, params)` adds callbacks."""
+    model = stage_model(build, kind, densities, source)
+    params = stage_parameters(model, kind, parameters(model) if parameters else list(model.parameters()))
+    extra = callbacks(model, params) if callbacks else []
+    if kind != "pretrain":
+        extra.append(SparsityCallback(check=check_sparsity))
+    if cfg.drop_path:
+        extra.append(DropPathSchedule(cfg.drop_path))
+    trainer = Trainer(model, train_loader, eval_loader, cfg, out_dir, callbacks=extra,
+                      param_groups=[{"params": params}], metrics=metrics, show_progress=show_progress)
+    summary = trainer.fit()
+    # a stage finished in an earlier run returns at once: take its final state from the checkpoint
+    model.load_state_dict(load_checkpoint(trainer.checkpoint_path, map_location=trainer.device)["model"])
+    return StageResult(model, summary, trainer.checkpoint_path)
+
+
+def density_map(model: nn.Module, layers: dict[str, nn.Module], sparsity: float, allocation: str) -> dict[str, float]:
+    """Per-layer densities for learned masks at overall `sparsity` (global allocation is not defined for HYDRA)."""
+    if allocation == "global":
+        raise sp.SparsityError("HYDRA needs a per-layer allocation (uniform, er or erk), not global")
+    return sp.allocate({n: m.weight.shape for n, m in layers.items()}, sparsity, allocation)
+
+
+def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, float]], hydra: HydraConfig,
+              cfg: TrainConfig, train_loader: TensorLoader, eval_loader: TensorLoader | None, out_dir: Path,
+              metrics_path: Path, run_dir: Path, show_progress: bool = True) -> dict[float, StageResult]:
+    """The HYDRA pipeline at each sparsity in `densities` (sparsity -> per-layer densities). The dense
+    pretrain is shared: `out_dir/pretrain/`, then `out_dir/sparsity-<s>/{prune,finetune}/` per sparsity.
+    Returns the finetuned model of each sparsity."""
+
+    def stage(kind: StageKind, d: dict[str, float], source: Path | None, where: Path, epochs: int, lr: float):
+        metrics = MetricsLog(metrics_path, stage=where.relative_to(run_dir).as_posix())
+        return train_stage(build, kind, d, source, where, dataclasses.replace(cfg, epochs=epochs, lr=lr),
+                           train_loader, eval_loader, metrics, check_sparsity=cfg.check_sparsity,
+                           show_progress=show_progress)
+
+    pretrained = stage("pretrain", {}, None, out_dir / "pretrain", cfg.epochs, cfg.lr).checkpoint
+    results = {}
+    for sparsity, d in densities.items():
+        where = out_dir / f"sparsity-{sparsity:g}"
+        pruned = stage("prune", d, pretrained, where / "prune", hydra.prune_epochs, hydra.score_lr).checkpoint
+        results[sparsity] = stage("finetune", d, pruned, where / "finetune", hydra.finetune_epochs, hydra.finetune_lr)
+    return results
+
+
+__all__ = ["STAGES", "StageResult", "density_map", "run_hydra", "stage_model", "stage_parameters", "train_stage"]
