@@ -42,6 +42,26 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .pipeline.run import run_all
+
+    report = run_all(_load(args))
+    print((report / "report.md").read_text())
+    print(f"report: {report / 'index.html'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    if not (Path(args.run_dir) / "results.json").is_file():
+        raise SparsearchError(f"{args.run_dir} has no results.json (is it a finished `sparsearch run` directory?)")
+    print(f"report: {write_report(args.run_dir) / 'index.html'}")
+    return 0
+
+
 def cmd_config(args) -> int:
     from .config import dump_yaml
 
@@ -78,13 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsearch", description="Find, train and run sparse neural networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (dense, or sparse with sparsity.* settings)")
+    p = sub.add_parser("train", help="train a model (dense, static sparse or HYDRA with sparsity.* settings)")
     _config_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="DASS (or DARTS) architecture search; writes search/genotype.json")
     _config_args(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("run", help="search (DASS, DARTS, random) -> HYDRA training at each sparsity -> report")
+    _config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="rebuild the report of a finished `sparsearch run` directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="print the fully resolved config")
     _config_args(p)

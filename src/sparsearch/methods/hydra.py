@@ -59,9 +59,20 @@ def stage_parameters(model: nn.Module, kind: StageKind, params: list[nn.Paramete
 
 @dataclasses.dataclass
 class StageResult:
-    model: nn.Module
-    summary: dict
-    checkpoint: Path
+    model: nn.Module  # in its final state
+    summary: dict  # the stage's summary.json
+    out_dir: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.ckpt"
+
+
+@dataclasses.dataclass
+class HydraResult:
+    pretrain: StageResult
+    prune: dict[float, StageResult]  # by sparsity
+    finetune: dict[float, StageResult]
 
 
 def train_stage(build: Callable[[], nn.Module], kind: StageKind, densities: dict[str, float], source: Path | None,
@@ -83,7 +94,7 @@ def train_stage(build: Callable[[], nn.Module], kind: StageKind, densities: dict
     summary = trainer.fit()
     # a stage finished in an earlier run returns at once: take its final state from the checkpoint
     model.load_state_dict(load_checkpoint(trainer.checkpoint_path, map_location=trainer.device)["model"])
-    return StageResult(model, summary, trainer.checkpoint_path)
+    return StageResult(model, summary, trainer.out_dir)
 
 
 def density_map(model: nn.Module, layers: dict[str, nn.Module], sparsity: float, allocation: str) -> dict[str, float]:
@@ -95,10 +106,10 @@ def density_map(model: nn.Module, layers: dict[str, nn.Module], sparsity: float,
 
 def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, float]], hydra: HydraConfig,
               cfg: TrainConfig, train_loader: TensorLoader, eval_loader: TensorLoader | None, out_dir: Path,
-              metrics_path: Path, run_dir: Path, show_progress: bool = True) -> dict[float, StageResult]:
+              metrics_path: Path, run_dir: Path, show_progress: bool = True) -> HydraResult:
     """The HYDRA pipeline at each sparsity in `densities` (sparsity -> per-layer densities). The dense
     pretrain is shared: `out_dir/pretrain/`, then `out_dir/sparsity-<s>/{prune,finetune}/` per sparsity.
-    Returns the finetuned model of each sparsity."""
+    """
 
     def stage(kind: StageKind, d: dict[str, float], source: Path | None, where: Path, epochs: int, lr: float):
         metrics = MetricsLog(metrics_path, stage=where.relative_to(run_dir).as_posix())
@@ -106,13 +117,14 @@ def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, f
                            train_loader, eval_loader, metrics, check_sparsity=cfg.check_sparsity,
                            show_progress=show_progress)
 
-    pretrained = stage("pretrain", {}, None, out_dir / "pretrain", cfg.epochs, cfg.lr).checkpoint
-    results = {}
+    result = HydraResult(stage("pretrain", {}, None, out_dir / "pretrain", cfg.epochs, cfg.lr), {}, {})
     for sparsity, d in densities.items():
         where = out_dir / f"sparsity-{sparsity:g}"
-        pruned = stage("prune", d, pretrained, where / "prune", hydra.prune_epochs, hydra.score_lr).checkpoint
-        results[sparsity] = stage("finetune", d, pruned, where / "finetune", hydra.finetune_epochs, hydra.finetune_lr)
-    return results
+        result.prune[sparsity] = stage("prune", d, result.pretrain.checkpoint, where / "prune", hydra.prune_epochs,
+                                       hydra.score_lr)
+        result.finetune[sparsity] = stage("finetune", d, result.prune[sparsity].checkpoint, where / "finetune",
+                                          hydra.finetune_epochs, hydra.finetune_lr)
+    return result
 
 
-__all__ = ["STAGES", "StageResult", "density_map", "run_hydra", "stage_model", "stage_parameters", "train_stage"]
+__all__ = ["STAGES", "HydraResult", "StageResult", "density_map", "run_hydra", "stage_model", "stage_parameters", "train_stage"]

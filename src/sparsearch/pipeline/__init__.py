@@ -58,7 +58,7 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
         densities = density_map(model, find_layers(model, s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
         result = run_hydra(model_builder(cfg, ds), {s.sparsity: densities}, cfg.hydra, cfg.train, train_loader,
                            test_loader, run_dir / "train" / "hydra", run_dir / "metrics.jsonl", run_dir, show_progress)
-        summary, out_dir = dict(result[s.sparsity].summary), result[s.sparsity].checkpoint.parent.parent
+        summary, out_dir = dict(result.finetune[s.sparsity].summary), result.finetune[s.sparsity].out_dir
     else:
         callbacks = [DropPathSchedule(cfg.train.drop_path)] if cfg.train.drop_path else []
         if s.sparsity > 0:

@@ -87,6 +87,17 @@ def phase_epochs(s: SearchConfig, phase: str) -> int:
     return {"pretrain": s.pretrain_epochs, "prune": s.prune_epochs, "finetune": s.finetune_epochs, "search": total}[phase]
 
 
+def search_loaders(cfg: Config, ds: Dataset) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+    """Weight batches (weight half), alpha batches (alpha half, augmented like weight batches), and the
+    alpha half unaugmented for reporting accuracy. The test set is never looked at during search."""
+    weight_half, arch_half = search_split(ds, cfg.search.portion, cfg.seed)
+    device, stats = resolve_device(cfg.train.device), ds.channel_stats()
+    train_loader, _ = build_loaders(weight_half, cfg.data, cfg.seed, device, stats)
+    arch_as_test = dataclasses.replace(arch_half, test_x=arch_half.train_x, test_y=arch_half.train_y)
+    val_loader, eval_loader = build_loaders(arch_as_test, cfg.data, cfg.seed + 1, device, stats)
+    return train_loader, val_loader, eval_loader
+
+
 def supernet_builder(cfg: Config, ds: Dataset):
     def build() -> SuperNet:
         torch.manual_seed(cfg.seed)
@@ -100,18 +111,13 @@ def supernet_densities(net: SuperNet, sparsity: float) -> dict[str, float]:
     return {n: 1 - sparsity for n in sp.find_layers(net, dense_first_last=False)}
 
 
-def search(cfg: Config, search_dir: Path, show_progress: bool = True) -> Genotype:
+def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = True) -> Genotype:
     """Run the configured search (DASS or DARTS) into `search_dir` (inside the prepared run directory)."""
     s = cfg.search
     if s.mode == "dass" and not 0 < s.sparsity < 1:
         raise SparsearchError(f"search.sparsity must be in (0, 1) for DASS, got {s.sparsity}")
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
-    weight_half, arch_half = search_split(ds, s.portion, cfg.seed)
-    device, stats = resolve_device(cfg.train.device), ds.channel_stats()
-    train_loader, _ = build_loaders(weight_half, cfg.data, cfg.seed, device, stats)
-    # alpha batches are augmented like weight batches; accuracy is reported on the alpha half, unaugmented
-    arch_as_test = dataclasses.replace(arch_half, test_x=arch_half.train_x, test_y=arch_half.train_y)
-    val_loader, eval_loader = build_loaders(arch_as_test, cfg.data, cfg.seed + 1, device, stats)
+    train_loader, val_loader, eval_loader = search_loaders(cfg, ds)
     build = supernet_builder(cfg, ds)
     densities = supernet_densities(build(), s.sparsity)
     run_dir, source, result = cfg.run_dir, None, None
@@ -136,7 +142,7 @@ def search(cfg: Config, search_dir: Path, show_progress: bool = True) -> Genotyp
 def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
     """`sparsearch search`: the configured search into `runs/<name>/search/`."""
     prepare_run_dir(cfg)
-    return search(cfg, cfg.run_dir / "search", show_progress)
+    return differentiable_search(cfg, cfg.run_dir / "search", show_progress)
 
 
 def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype) -> None:

@@ -1,0 +1,88 @@
+"""The report of a `sparsearch run`: reads only the run directory (`results.json`, `search/*/`), writes
+`report/report.md`, `report/index.html` and the PNG plots beside them."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from ..models.genotypes import Genotype
+from .plots import accuracy_vs_sparsity, alpha_heatmap, cell_diagram
+
+COLUMNS = [("method", "cell from"), ("sparsity", "sparsity"), ("test_acc", "test acc"), ("dense_test_acc", "dense acc"),
+           ("params_nonzero", "params (nonzero)"), ("params", "params (dense)"), ("macs_effective", "MACs (effective)"),
+           ("macs", "MACs (dense)"), ("search_seconds", "search s"), ("train_seconds", "prune+finetune s")]
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key.endswith("acc"):
+        return f"{100 * value:.2f}%"
+    if key == "sparsity":
+        return f"{100 * value:g}%"
+    if key.endswith("seconds"):
+        return f"{value:.0f}"
+    if isinstance(value, int):
+        return f"{value / 1e6:.3f}M" if value >= 100_000 else f"{value:,}"
+    return str(value)
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    return [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in results["rows"]]
+
+
+def _plots(run_dir: Path, out: Path, results: dict) -> list[tuple[str, str]]:
+    """Write every plot; return (file name, caption) pairs."""
+    made = []
+    accuracy_vs_sparsity(results["rows"], out / "accuracy_vs_sparsity.png", f"{results['dataset']}: accuracy after HYDRA")
+    made.append(("accuracy_vs_sparsity.png", "Test accuracy of each searched cell after HYDRA pruning"))
+    for method in results["searches"]:
+        search_dir = run_dir / "search" / method
+        alphas = (search_dir / "alphas.jsonl").read_text().splitlines() if (search_dir / "alphas.jsonl").exists() else []
+        if alphas:
+            last = json.loads(alphas[-1])
+            alpha_heatmap(last["normal"], last["reduce"], out / f"alphas_{method}.png", f"{method}: softmax(alpha), last epoch")
+            made.append((f"alphas_{method}.png", f"{method}: architecture weights at the end of the search"))
+        genotype = Genotype.from_dict(json.loads((search_dir / "genotype.json").read_text()))
+        for cell in ("normal", "reduce"):
+            cell_diagram(genotype, cell, out / f"cell_{method}_{cell}.png", f"{method}: {cell} cell")
+            made.append((f"cell_{method}_{cell}.png", f"{method}: {cell} cell"))
+    return made
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(run_dir, out, results)
+    headers = [h for _, h in COLUMNS]
+    rows = table_rows(results)
+    searches = results["searches"]
+    notes = [f"- **{m}**: search {s['seconds']:.0f} s; normal cell has {s['param_free_normal']} of 8 parameter-free "
+             f"operations; genotype `{json.dumps(s['genotype'])}`" for m, s in searches.items()]
+
+    md = [f"# {results['name']}: searched sparse cells on {results['dataset']}", "",
+          results["summary"], "",
+          "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += ["", "## Searches", "", *notes, "", "## Plots", ""]
+    md += [f"![{cap}]({name})" for name, cap in plots]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+    esc = html.escape
+    body = [f"<h1>{esc(results['name'])}: searched sparse cells on {esc(results['dataset'])}</h1>",
+            f"<p>{esc(results['summary'])}</p>", "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>"]
+    body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
+    body += ["</table>", "<h2>Searches</h2><ul>"]
+    body += [f"<li><b>{esc(m)}</b>: search {s['seconds']:.0f} s; {s['param_free_normal']} of 8 normal-cell operations "
+             f"parameter-free</li>" for m, s in searches.items()]
+    body += ["</ul><h2>Plots</h2>"]
+    body += [f'<figure><img src="{name}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption></figure>' for name, cap in plots]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}")
+    (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(results['name'])}</title>"
+                                    f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return out

@@ -1,0 +1,174 @@
+"""HYDRA stages, random search, executors, FLOP counting, and `sparsearch run` end to end."""
+
+import json
+import operator
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sparsearch import sparsity as sp
+from sparsearch.config import from_dict
+from sparsearch.models.flops import count_flops
+from sparsearch.models.operations import PRIMITIVES
+from sparsearch.pipeline.executors import LocalExecutor, ProcessExecutor
+from sparsearch.search import sample_genotype
+from sparsearch.train import load_checkpoint
+
+
+def test_sampled_genotypes_cover_the_space_and_are_reproducible():
+    a = [sample_genotype(random.Random(3)) for _ in range(2)]
+    assert a[0] == a[1]
+    samples = [sample_genotype(random.Random(seed)) for seed in range(200)]
+    ops = {op for g in samples for op, _ in g.normal + g.reduce}
+    assert ops == set(PRIMITIVES) - {"none"}
+    for g in samples:
+        for cell in (g.normal, g.reduce):
+            for node in range(4):
+                (_, a_src), (_, b_src) = cell[2 * node], cell[2 * node + 1]
+                assert a_src < b_src < 2 + node  # two distinct earlier inputs
+    # every input of node 3 is drawn
+    assert {src for g in samples for _, src in g.normal[6:]} == {0, 1, 2, 3, 4}
+
+
+def test_flops_dense_and_effective():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    counts = count_flops(net, (3, 16, 16))
+    assert counts["macs"] == 8 * 3 * 9 * 16 * 16 + 8 * 10
+    assert counts["params"] == 8 * 3 * 9 + 16 + 80 + 10
+    mask = torch.zeros(8, 3, 3, 3, dtype=torch.bool)
+    mask[:4] = True  # half of the conv kept
+    sp.attach(net, {"0": mask})
+    counts = count_flops(net, (3, 16, 16))
+    assert counts["macs"] == 8 * 3 * 9 * 16 * 16 + 80
+    assert counts["macs_effective"] == 4 * 3 * 9 * 16 * 16 + int(torch.count_nonzero(net[5].weight))
+    tensors = [net[0].weight, net[1].weight, net[1].bias, net[5].weight, net[5].bias]  # masked conv weight included
+    assert counts["params_nonzero"] == sum(int(torch.count_nonzero(t)) for t in tensors) <= counts["params"] - 4 * 27
+
+
+def test_flops_skip_the_training_only_auxiliary_head():
+    from sparsearch.models.darts import GenotypeNetwork
+
+    plain = count_flops(GenotypeNetwork("DARTS_V2", 8, 5, 10, 3, auxiliary=False), (3, 32, 32))
+    aux = count_flops(GenotypeNetwork("DARTS_V2", 8, 5, 10, 3, auxiliary=True), (3, 32, 32))
+    assert plain == aux and plain["macs"] == plain["macs_effective"] > 0
+
+
+def test_executors_keep_order():
+    items = [3, 1, 2]
+    assert LocalExecutor().map(operator.neg, items) == [-3, -1, -2]
+    assert ProcessExecutor(2).map(operator.neg, items) == [-3, -1, -2]
+
+
+def _hydra_cfg(tmp_path, **over):
+    return from_dict({"out_dir": str(tmp_path), "name": "h", "data": {"name": "digits", "batch_size": 64, "train_subset": 256},
+                      "model": {"name": "cnn"}, "train": {"epochs": 1, "lr": 0.05, "log_every": 0},
+                      "sparsity": {"method": "hydra", "sparsity": 0.8, "allocation": "uniform"},
+                      "hydra": {"prune_epochs": 1, "finetune_epochs": 1}, **over})
+
+
+def test_hydra_stages(tmp_path, cache_dir):
+    from sparsearch.pipeline import run_train
+
+    cfg = _hydra_cfg(tmp_path)
+    summary = run_train(cfg, show_progress=False)
+    root = tmp_path / "h" / "train" / "hydra"
+    pre = load_checkpoint(root / "pretrain" / "checkpoints" / "last.ckpt")["model"]
+    pruned = load_checkpoint(root / "sparsity-0.8" / "prune" / "checkpoints" / "last.ckpt")["model"]
+    fine = load_checkpoint(root / "sparsity-0.8" / "finetune" / "checkpoints" / "last.ckpt")["model"]
+    scored = [k[: -len(".parametrizations.weight.0.scores")] for k in pruned if k.endswith("weight.0.scores")]
+    assert scored
+    for layer in scored:
+        # prune: weights frozen, scores moved away from their scaled init
+        assert torch.equal(pruned[f"{layer}.parametrizations.weight.original"], pre[f"{layer}.weight"])
+        w = pre[f"{layer}.weight"]
+        init = (6 / w[0].numel()) ** 0.5 * w / w.abs().max()
+        assert not torch.allclose(pruned[f"{layer}.parametrizations.weight.0.scores"], init)
+        # finetune: the mask is the prune stage's top-k, at the target density
+        scores = pruned[f"{layer}.parametrizations.weight.0.scores"]
+        mask = fine[f"{layer}.parametrizations.weight.0.mask"]
+        assert torch.equal(mask.bool(), sp.topk_mask(scores.abs(), sp.keep_count(0.2, scores.numel())).bool())
+        assert torch.all(fine[f"{layer}.parametrizations.weight.original"][mask == 0] == 0)
+    rows = json.loads((root / "sparsity-0.8" / "finetune" / "sparsity.json").read_text())
+    assert [r["name"] for r in rows if "shape" in r] == scored  # first conv and classifier stay dense (default)
+    assert all(r["density"] == pytest.approx(0.2, abs=0.005) for r in rows if "shape" in r)
+    assert summary["out_dir"].endswith("sparsity-0.8/finetune")
+    assert run_train(cfg, show_progress=False)["final_test_acc"] == summary["final_test_acc"]  # done: skipped
+
+
+def test_hydra_rejects_global_allocation(tmp_path, cache_dir):
+    from sparsearch.pipeline import run_train
+
+    with pytest.raises(sp.SparsityError, match="global"):
+        run_train(_hydra_cfg(tmp_path, sparsity={"method": "hydra", "sparsity": 0.8, "allocation": "global"}),
+                  show_progress=False)
+
+
+def _run_cfg(tmp_path, **over):
+    return from_dict({"out_dir": str(tmp_path), "name": "q",
+                      "data": {"name": "digits", "batch_size": 32, "train_subset": 192},
+                      "search": {"channels": 2, "layers": 3, "second_order": False, "pretrain_epochs": 1, "prune_epochs": 1,
+                                 "finetune_epochs": 1, "random_samples": 2, "random_epochs": 1},
+                      "model": {"name": "genotype", "kwargs": {"channels": 4, "layers": 3, "auxiliary": True}},
+                      "train": {"epochs": 1, "lr": 0.05, "log_every": 0, "drop_path": 0.2},
+                      "hydra": {"prune_epochs": 1, "finetune_epochs": 1},
+                      "sparsity": {"allocation": "uniform", "dense_first_last": False},
+                      "run": {"sparsities": [0.5, 0.9]}, **over})
+
+
+def test_run_end_to_end(tmp_path, cache_dir):
+    from sparsearch.pipeline.run import run_all
+
+    cfg = _run_cfg(tmp_path)
+    report = run_all(cfg, show_progress=False)
+    run_dir = tmp_path / "q"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [(r["method"], r["sparsity"]) for r in results["rows"]] == [
+        (m, s) for m in ("dass", "darts", "random") for s in (0.5, 0.9)]
+    for r in results["rows"]:
+        assert r["params_nonzero"] < r["params"] and r["macs_effective"] < r["macs"]
+        # every conv and the classifier pruned at the target: nonzero weights are close to (1 - s) of them
+        assert 0 <= r["test_acc"] <= 1
+    by = {(r["method"], r["sparsity"]): r for r in results["rows"]}
+    assert by["dass", 0.9]["params_nonzero"] < by["dass", 0.5]["params_nonzero"]
+    assert len((run_dir / "search" / "random" / "trials.jsonl").read_text().splitlines()) == 2
+    for name in ("index.html", "report.md", "accuracy_vs_sparsity.png", "alphas_dass.png", "alphas_darts.png",
+                 "cell_dass_normal.png", "cell_random_reduce.png"):
+        assert (report / name).stat().st_size > 0
+    assert "| dass | 90%" in (report / "report.md").read_text()
+    # a second run skips everything that is finished and reports the same numbers
+    before = (run_dir / "results.json").read_text()
+    run_all(cfg, show_progress=False)
+    assert (run_dir / "results.json").read_text() == before
+
+
+def test_run_cli_errors_are_one_line(tmp_path, capsys):
+    from sparsearch.cli import main
+
+    code = main(["run", "--set", f"out_dir={tmp_path}", "--set", "model.name=resnet20"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "model.name must be 'genotype'" in err
+    assert not (tmp_path / "run").exists()  # nothing written
+    code = main(["report", str(tmp_path)])
+    assert code == 2 and "results.json" in capsys.readouterr().err
+
+
+def test_drop_path_ramps_over_training(tmp_path, cache_dir):
+    from sparsearch.pipeline import build_for
+    from sparsearch.train import Callback, DropPathSchedule, Trainer
+
+    cfg = from_dict({"data": {"name": "digits", "batch_size": 128, "train_subset": 128},
+                     "model": {"name": "genotype", "kwargs": {"channels": 2, "layers": 3}},
+                     "train": {"epochs": 3, "log_every": 0}})
+    _, model, train_loader, _ = build_for(cfg)
+    seen = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer):
+            seen.append(trainer.model.drop_path_prob)
+
+    Trainer(model, train_loader, None, cfg.train, tmp_path, callbacks=[DropPathSchedule(0.3), Record()],
+            show_progress=False).fit()
+    assert seen == pytest.approx([0.0, 0.1, 0.2])
