@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sparsearch train --config configs/demo.yaml
+	$(BIN)/sparsearch run --config configs/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
