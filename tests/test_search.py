@@ -127,6 +127,7 @@ def test_dass_search_end_to_end_and_resume(tmp_path):
     genotype = run_search(cfg, show_progress=False)
     out = tmp_path / "s" / "search"
     assert json.loads((out / "genotype.json").read_text()) == genotype.to_dict()
+    assert all((out / f).stat().st_size > 0 for f in ("alphas.png", "cell_normal.png", "cell_reduce.png"))
     stages = [json.loads(line)["stage"] for line in (out / "alphas.jsonl").read_text().splitlines()]
     assert stages == ["search/pretrain", "search/prune", "search/finetune"]
     final = load_checkpoint(out / "finetune" / "checkpoints" / "last.ckpt")["model"]

@@ -7,8 +7,9 @@ DARTS: the same supernet dense, one phase with the same total number of epochs.
 
 The three DASS phases are the HYDRA stages (`methods.hydra`) run on the supernet with an architect callback.
 Each phase is a resumable Trainer run under `<search dir>/<phase>/`; a finished phase is skipped, and the
-next one starts from the previous phase's final state. Outputs: `search/genotype.json`,
-`search/alphas.jsonl` (one line per epoch), and per-epoch genotype diagnostics in `metrics.jsonl`.
+next one starts from the previous phase's final state. Outputs: `genotype.json`, `alphas.jsonl`
+(softmax(alpha) and the derived genotype per epoch), `alphas.png` (heatmap), `cell_normal.png` and
+`cell_reduce.png` (diagrams), and per-epoch genotype diagnostics in `metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -153,3 +154,9 @@ def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype) -> None:
              for r in MetricsLog(run_dir / "metrics.jsonl").read()
              if r.get("kind") == "epoch" and "alphas_normal" in r and r["stage"].startswith(prefix)]
     (search_dir / "alphas.jsonl").write_text("\n".join(lines) + "\n")
+    from .plots import alpha_heatmap, cell_diagram  # matplotlib loads only when a search finishes
+
+    last = json.loads(lines[-1])
+    alpha_heatmap(last["normal"], last["reduce"], search_dir / "alphas.png", f"softmax(alpha) after {last['stage']}")
+    for cell in ("normal", "reduce"):
+        cell_diagram(genotype, cell, search_dir / f"cell_{cell}.png")
