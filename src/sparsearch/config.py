@@ -102,6 +102,7 @@ class SearchConfig:
     channels: int = 16
     layers: int = 8
     portion: float = 0.5  # fraction of the training set that trains weights; the rest trains alpha
+    batch_size: int | None = None  # search batches (the reference uses 32); null: data.batch_size
     second_order: bool = True
     arch_lr: float = 3e-4
     arch_weight_decay: float = 1e-3

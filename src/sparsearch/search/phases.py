@@ -93,9 +93,10 @@ def search_loaders(cfg: Config, ds: Dataset) -> tuple[TensorLoader, TensorLoader
     alpha half unaugmented for reporting accuracy. The test set is never looked at during search."""
     weight_half, arch_half = search_split(ds, cfg.search.portion, cfg.seed)
     device, stats = resolve_device(cfg.train.device), ds.channel_stats()
-    train_loader, _ = build_loaders(weight_half, cfg.data, cfg.seed, device, stats)
+    data = dataclasses.replace(cfg.data, batch_size=cfg.search.batch_size or cfg.data.batch_size)
+    train_loader, _ = build_loaders(weight_half, data, cfg.seed, device, stats)
     arch_as_test = dataclasses.replace(arch_half, test_x=arch_half.train_x, test_y=arch_half.train_y)
-    val_loader, eval_loader = build_loaders(arch_as_test, cfg.data, cfg.seed + 1, device, stats)
+    val_loader, eval_loader = build_loaders(arch_as_test, data, cfg.seed + 1, device, stats)
     return train_loader, val_loader, eval_loader
 
 
