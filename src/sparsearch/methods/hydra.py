@@ -97,7 +97,7 @@ def train_stage(build: Callable[[], nn.Module], kind: StageKind, densities: dict
     return StageResult(model, summary, trainer.out_dir)
 
 
-def density_map(model: nn.Module, layers: dict[str, nn.Module], sparsity: float, allocation: str) -> dict[str, float]:
+def density_map(layers: dict[str, nn.Module], sparsity: float, allocation: str) -> dict[str, float]:
     """Per-layer densities for learned masks at overall `sparsity` (global allocation is not defined for HYDRA)."""
     if allocation == "global":
         raise sp.SparsityError("HYDRA needs a per-layer allocation (uniform, er or erk), not global")

@@ -55,7 +55,7 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     if s.method == "hydra" and s.sparsity > 0:
         if s.kind != "unstructured":
             raise ConfigError("sparsity.method hydra supports sparsity.kind unstructured only")
-        densities = density_map(model, find_layers(model, s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
+        densities = density_map(find_layers(model, s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
         result = run_hydra(model_builder(cfg, ds), {s.sparsity: densities}, cfg.hydra, cfg.train, train_loader,
                            test_loader, run_dir / "train" / "hydra", run_dir / "metrics.jsonl", run_dir, show_progress)
         summary, out_dir = dict(result.finetune[s.sparsity].summary), result.finetune[s.sparsity].out_dir

@@ -76,7 +76,7 @@ def run_all(cfg: Config, show_progress: bool = True) -> Path:
         build = model_builder(cfg, ds, genotype=genotype.to_dict())
         model = build()
         layers = find_layers(model, cfg.sparsity.include, cfg.sparsity.exclude, cfg.sparsity.dense_first_last)
-        densities = {s: density_map(model, layers, s, cfg.sparsity.allocation) for s in cfg.run.sparsities}
+        densities = {s: density_map(layers, s, cfg.sparsity.allocation) for s in cfg.run.sparsities}
         hydra = run_hydra(build, densities, cfg.hydra, cfg.train, train_loader, test_loader, run_dir / "train" / method,
                           run_dir / "metrics.jsonl", run_dir, show_progress)
         dense = hydra.pretrain.summary
