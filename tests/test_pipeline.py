@@ -74,7 +74,7 @@ def test_hydra_stages(tmp_path, cache_dir):
 
     cfg = _hydra_cfg(tmp_path)
     summary = run_train(cfg, show_progress=False)
-    root = tmp_path / "h" / "train" / "hydra"
+    root = tmp_path / "h" / "train" / "hydra-0.8"
     pre = load_checkpoint(root / "pretrain" / "checkpoints" / "last.ckpt")["model"]
     pruned = load_checkpoint(root / "sparsity-0.8" / "prune" / "checkpoints" / "last.ckpt")["model"]
     fine = load_checkpoint(root / "sparsity-0.8" / "finetune" / "checkpoints" / "last.ckpt")["model"]
@@ -94,7 +94,7 @@ def test_hydra_stages(tmp_path, cache_dir):
     rows = json.loads((root / "sparsity-0.8" / "finetune" / "sparsity.json").read_text())
     assert [r["name"] for r in rows if "shape" in r] == scored  # first conv and classifier stay dense (default)
     assert all(r["density"] == pytest.approx(0.2, abs=0.005) for r in rows if "shape" in r)
-    assert summary["out_dir"].endswith("sparsity-0.8/finetune")
+    assert summary["final_stage"].endswith("sparsity-0.8/finetune")
     assert run_train(cfg, show_progress=False)["final_test_acc"] == summary["final_test_acc"]  # done: skipped
 
 

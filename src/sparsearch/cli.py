@@ -16,10 +16,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run name (shorthand for --set name=...)")
 
 
+def _method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="dense, static, oneshot, gmp, hydra or maskspar (shorthand for --set sparsity.method=...)")
+    p.add_argument("--sparsity", type=float, help="target sparsity (shorthand for --set sparsity.sparsity=...)")
+    p.add_argument("--model", help="model name (shorthand for --set model.name=...)")
+
+
 def _load(args):
     from .config import load_config
 
-    overrides = list(args.set) + ([f"name={args.name}"] if args.name else [])
+    shorthands = {"name": "name", "method": "sparsity.method", "sparsity": "sparsity.sparsity", "model": "model.name"}
+    overrides = list(args.set) + [f"{key}={getattr(args, arg)}" for arg, key in shorthands.items()
+                                  if getattr(args, arg, None) is not None]
     return load_config(args.config, overrides)
 
 
@@ -48,6 +56,15 @@ def cmd_run(args) -> int:
     report = run_all(_load(args))
     print((report / "report.md").read_text())
     print(f"report: {report / 'index.html'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .pipeline.compare import run_compare
+
+    out = run_compare(_load(args))
+    print((out / "table.md").read_text())
+    print(f"table and plot: {out / 'table.md'}, {out / 'accuracy.png'}")
     return 0
 
 
@@ -98,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsearch", description="Find, train and run sparse neural networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (dense, static sparse or HYDRA with sparsity.* settings)")
+    p = sub.add_parser("train", help="train a model with a pruning / sparse-training method (sparsity.* settings)")
     _config_args(p)
+    _method_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="DASS (or DARTS) architecture search; writes search/genotype.json")
@@ -109,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="search (DASS, DARTS, random) -> HYDRA training at each sparsity -> report")
     _config_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="train each compare.variants at each compare.sparsities and seed; table + plot")
+    _config_args(p)
+    p.add_argument("--model", help="model name (shorthand for --set model.name=...)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="rebuild the report of a finished `sparsearch run` directory")
     p.add_argument("run_dir")

@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     log_every: int = 50  # steps between step-level metric lines
+    eval_every: int = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)
     check_sparsity: bool = True  # run the sparsity invariant check after each epoch
     resume: bool = True  # continue from the run directory's last checkpoint when there is one
@@ -72,11 +73,14 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
-    method: Literal["static", "hydra"] = "static"  # static: masks chosen at init; hydra: pretrain -> prune -> finetune
-    sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense)
+    # how the sparse network is obtained (docs/methods.md): dense | static (masks at init) | oneshot (train, prune,
+    # finetune) | gmp (gradual magnitude pruning) | hydra (train, learn scores, finetune) | maskspar (channels)
+    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar"] = "static"
+    sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)
     kind: str = "unstructured"  # unstructured | nm:N:M | block:BH:BW | channel
-    criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static method only
+    criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static, oneshot and gmp
     allocation: Literal["uniform", "er", "erk", "global"] = "erk"
+    snip_batches: int = 1  # training batches the snip criterion sums its sensitivities over
     include: list[str] = field(default_factory=lambda: ["*"])  # fully-qualified-name globs
     exclude: list[str] = field(default_factory=list)
     dense_first_last: bool = True  # keep the first conv and the final classifier dense
@@ -90,6 +94,38 @@ class HydraConfig:
     prune_epochs: int = 20  # scores trained, weights frozen (HYDRA's released schedule uses 20)
     finetune_epochs: int = 20  # mask fixed, surviving weights trained
     score_lr: float = 0.1
+    finetune_lr: float = 0.01
+
+
+@dataclass
+class OneShotConfig:
+    """`oneshot`: dense training (`train.*`), one magnitude (or LAMP) prune to the target, then finetuning."""
+
+    finetune_epochs: int = 20
+    finetune_lr: float = 0.01
+
+
+@dataclass
+class GMPConfig:
+    """`gmp`: Zhu & Gupta (2017) cubic schedule s_t = s_f + (s_i - s_f)(1 - (t - t0) / (n dt))^3 over training."""
+
+    initial_sparsity: float = 0.0  # s_i
+    start: float = 0.0  # t0, as a fraction of all training steps
+    end: float = 0.75  # t0 + n dt: the target is reached here and held to the end
+    frequency: int = 100  # dt, steps between mask updates (rounded so the last update lands on `end`)
+
+
+@dataclass
+class MaskSparConfig:
+    """`maskspar` (MaskSparsity, Jiang et al. 2022): after dense training, choose the channels to prune by BatchNorm
+    scale (`sparsity.sparsity` of them, per layer or globally), push only their scales to zero with L1, then remove
+    them and finetune."""
+
+    include: list[str] = field(default_factory=lambda: ["*"])  # BatchNorm layers (name globs) whose channels may go
+    exclude: list[str] = field(default_factory=list)
+    reg: float = 5e-4  # L1 strength on the selected scales (the reference's SPARSE.SPARSITY)
+    reg_epochs: int = 20  # sparse-regularisation training, from the dense weights at `train.lr`
+    finetune_epochs: int = 20
     finetune_lr: float = 0.01
 
 
@@ -132,6 +168,16 @@ class RunConfig:
 
 
 @dataclass
+class CompareConfig:
+    """`sparsearch compare`: every variant at every sparsity and seed on the configured model and data. A variant is a
+    method name (`sparsity.*` as configured) or a named recipe: static-uniform, static-erk, snip, oneshot-lamp."""
+
+    variants: list[str] = field(default_factory=lambda: ["dense", "oneshot", "gmp", "static-uniform", "static-erk", "snip", "hydra"])
+    sparsities: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+@dataclass
 class Config:
     name: str = "run"
     out_dir: str = "runs"
@@ -142,6 +188,10 @@ class Config:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     hydra: HydraConfig = field(default_factory=HydraConfig)
+    oneshot: OneShotConfig = field(default_factory=OneShotConfig)
+    gmp: GMPConfig = field(default_factory=GMPConfig)
+    maskspar: MaskSparConfig = field(default_factory=MaskSparConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property

@@ -1,5 +1,18 @@
-"""Pruning and sparse-training recipes on the one training loop."""
+"""Pruning and sparse-training recipes on the one training loop. A method is a function of a `MethodContext`
+that trains (one or more resumable stages) and returns the final stage; `METHODS` maps `sparsity.method` to it."""
 
-from .hydra import STAGES, HydraResult, StageResult, density_map, run_hydra, stage_model, stage_parameters, train_stage
+from typing import Callable
 
-__all__ = ["STAGES", "HydraResult", "StageResult", "density_map", "run_hydra", "stage_model", "stage_parameters", "train_stage"]
+from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
+from .maskspar import maskspar
+from .pruning import GradualMagnitudePruning, cubic_sparsity, dense, gmp, oneshot, static
+from .stage import MethodContext, StageResult, fit
+
+METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
+    "dense": dense, "static": static, "oneshot": oneshot, "gmp": gmp, "hydra": hydra, "maskspar": maskspar,
+}
+
+__all__ = [
+    "METHODS", "STAGES", "GradualMagnitudePruning", "HydraResult", "MethodContext", "StageResult", "cubic_sparsity",
+    "density_map", "fit", "run_hydra", "stage_model", "stage_parameters", "train_stage",
+]

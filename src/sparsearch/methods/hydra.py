@@ -20,7 +20,8 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..config import HydraConfig, TrainConfig
 from ..data import TensorLoader
-from ..train import Callback, DropPathSchedule, MetricsLog, SparsityCallback, Trainer, load_checkpoint
+from ..train import Callback, MetricsLog, load_checkpoint
+from .stage import MethodContext, StageResult, fit
 
 StageKind = Literal["pretrain", "prune", "finetune"]
 STAGES: tuple[StageKind, ...] = ("pretrain", "prune", "finetune")
@@ -58,17 +59,6 @@ def stage_parameters(model: nn.Module, kind: StageKind, params: list[nn.Paramete
 
 
 @dataclasses.dataclass
-class StageResult:
-    model: nn.Module  # in its final state
-    summary: dict  # the stage's summary.json
-    out_dir: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.out_dir / "checkpoints" / "last.ckpt"
-
-
-@dataclasses.dataclass
 class HydraResult:
     pretrain: StageResult
     prune: dict[float, StageResult]  # by sparsity
@@ -79,22 +69,14 @@ def train_stage(build: Callable[[], nn.Module], kind: StageKind, densities: dict
                 out_dir: Path, cfg: TrainConfig, train_loader: TensorLoader, eval_loader: TensorLoader | None,
                 metrics: MetricsLog, *, parameters: Callable[[nn.Module], list[nn.Parameter]] | None = None,
                 callbacks: Callable[[nn.Module, list[nn.Parameter]], list[Callback]] | None = None,
-                check_sparsity: bool = True, show_progress: bool = True) -> StageResult:
+                show_progress: bool = True) -> StageResult:
     """Run one stage (skipped when finished before) and return the model holding its final state.
     `parameters(model)` picks the trainable set (default: all); `callbacks(model, params)` adds callbacks."""
     model = stage_model(build, kind, densities, source)
     params = stage_parameters(model, kind, parameters(model) if parameters else list(model.parameters()))
     extra = callbacks(model, params) if callbacks else []
-    if kind != "pretrain":
-        extra.append(SparsityCallback(check=check_sparsity))
-    if cfg.drop_path:
-        extra.append(DropPathSchedule(cfg.drop_path))
-    trainer = Trainer(model, train_loader, eval_loader, cfg, out_dir, callbacks=extra,
-                      param_groups=[{"params": params}], metrics=metrics, show_progress=show_progress)
-    summary = trainer.fit()
-    # a stage finished in an earlier run returns at once: take its final state from the checkpoint
-    model.load_state_dict(load_checkpoint(trainer.checkpoint_path, map_location=trainer.device)["model"])
-    return StageResult(model, summary, trainer.out_dir)
+    return fit(model, out_dir, cfg, train_loader, eval_loader, metrics, callbacks=extra, params=params,
+               show_progress=show_progress)
 
 
 def density_map(layers: dict[str, nn.Module], sparsity: float, allocation: str) -> dict[str, float]:
@@ -106,18 +88,17 @@ def density_map(layers: dict[str, nn.Module], sparsity: float, allocation: str) 
 
 def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, float]], hydra: HydraConfig,
               cfg: TrainConfig, train_loader: TensorLoader, eval_loader: TensorLoader | None, out_dir: Path,
-              metrics_path: Path, run_dir: Path, show_progress: bool = True) -> HydraResult:
+              metrics_path: Path, run_dir: Path, show_progress: bool = True, pretrain_dir: Path | None = None) -> HydraResult:
     """The HYDRA pipeline at each sparsity in `densities` (sparsity -> per-layer densities). The dense
-    pretrain is shared: `out_dir/pretrain/`, then `out_dir/sparsity-<s>/{prune,finetune}/` per sparsity.
+    pretrain is shared: `pretrain_dir` (default `out_dir/pretrain/`), then `out_dir/sparsity-<s>/{prune,finetune}/`.
     """
 
     def stage(kind: StageKind, d: dict[str, float], source: Path | None, where: Path, epochs: int, lr: float):
         metrics = MetricsLog(metrics_path, stage=where.relative_to(run_dir).as_posix())
         return train_stage(build, kind, d, source, where, dataclasses.replace(cfg, epochs=epochs, lr=lr),
-                           train_loader, eval_loader, metrics, check_sparsity=cfg.check_sparsity,
-                           show_progress=show_progress)
+                           train_loader, eval_loader, metrics, show_progress=show_progress)
 
-    result = HydraResult(stage("pretrain", {}, None, out_dir / "pretrain", cfg.epochs, cfg.lr), {}, {})
+    result = HydraResult(stage("pretrain", {}, None, pretrain_dir or out_dir / "pretrain", cfg.epochs, cfg.lr), {}, {})
     for sparsity, d in densities.items():
         where = out_dir / f"sparsity-{sparsity:g}"
         result.prune[sparsity] = stage("prune", d, result.pretrain.checkpoint, where / "prune", hydra.prune_epochs,
@@ -127,4 +108,15 @@ def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, f
     return result
 
 
-__all__ = ["STAGES", "HydraResult", "StageResult", "density_map", "run_hydra", "stage_model", "stage_parameters", "train_stage"]
+def hydra(ctx: MethodContext) -> StageResult:
+    """`sparsity.method: hydra` on any model: the configured allocation at `sparsity.sparsity`."""
+    s = ctx.cfg.sparsity
+    if s.kind != "unstructured":
+        raise sp.SparsityError("sparsity.method hydra supports sparsity.kind unstructured only")
+    densities = density_map(sp.find_layers(ctx.build(), s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
+    result = run_hydra(ctx.build, {s.sparsity: densities}, ctx.cfg.hydra, ctx.cfg.train, ctx.train_loader, ctx.eval_loader,
+                       ctx.out_dir, ctx.run_dir / "metrics.jsonl", ctx.run_dir, ctx.show_progress, ctx.pretrain_dir)
+    return result.finetune[s.sparsity]
+
+
+__all__ = ["STAGES", "HydraResult", "density_map", "hydra", "run_hydra", "stage_model", "stage_parameters", "train_stage"]

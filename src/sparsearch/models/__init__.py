@@ -32,6 +32,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import darts, resnet, small  # noqa: E402,F401  (registration side effects)
+from . import darts, mobilenet, resnet, small, vgg, wideresnet  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["MODELS", "build_model", "count_parameters", "register_model"]

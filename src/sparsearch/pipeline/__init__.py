@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config, ConfigError
+from ..config import Config, SparsityConfig
 from ..data import Dataset, build_loaders, dataset_from_config
-from ..methods import density_map, run_hydra
+from ..methods import METHODS, MethodContext, StageResult
 from ..models import build_model
-from ..sparsity import find_layers, sparsify
-from ..train import DropPathSchedule, MetricsLog, SparsityCallback, Trainer, prepare_run_dir, resolve_device
+from ..models.flops import count_flops
+from ..train import prepare_run_dir, resolve_device
 
 
 def seed_everything(seed: int) -> None:
@@ -46,30 +46,29 @@ def build_for(cfg: Config):
     return ds, model, train_loader, test_loader
 
 
+def variant_name(s: SparsityConfig) -> str:
+    """The training's directory name under `train/`: `dense`, or `<method>-<sparsity>`."""
+    return "dense" if s.method == "dense" or s.sparsity == 0 else f"{s.method}-{s.sparsity:g}"
+
+
 def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
-    """`sparsearch train`: dense training, static sparse training (`sparsity.sparsity > 0`), or the HYDRA
-    pipeline (`sparsity.method: hydra`)."""
-    ds, model, train_loader, test_loader = build_for(cfg)
+    """`sparsearch train`: the configured method (`sparsity.method`; dense when `sparsity.sparsity` is 0)."""
+    ds = dataset_from_config(cfg.data, seed=cfg.seed)
+    train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
     run_dir = prepare_run_dir(cfg)
-    s = cfg.sparsity
-    if s.method == "hydra" and s.sparsity > 0:
-        if s.kind != "unstructured":
-            raise ConfigError("sparsity.method hydra supports sparsity.kind unstructured only")
-        densities = density_map(find_layers(model, s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
-        result = run_hydra(model_builder(cfg, ds), {s.sparsity: densities}, cfg.hydra, cfg.train, train_loader,
-                           test_loader, run_dir / "train" / "hydra", run_dir / "metrics.jsonl", run_dir, show_progress)
-        summary, out_dir = dict(result.finetune[s.sparsity].summary), result.finetune[s.sparsity].out_dir
-    else:
-        callbacks = [DropPathSchedule(cfg.train.drop_path)] if cfg.train.drop_path else []
-        if s.sparsity > 0:
-            sparsify(model, s)
-            callbacks.append(SparsityCallback(check=cfg.train.check_sparsity))
-        variant = "dense" if s.sparsity == 0 else f"static-{s.sparsity:g}"
-        out_dir = run_dir / "train" / variant
-        metrics = MetricsLog(run_dir / "metrics.jsonl", stage=f"train/{variant}")
-        trainer = Trainer(model, train_loader, test_loader, cfg.train, out_dir, callbacks=callbacks,
-                          metrics=metrics, show_progress=show_progress)
-        summary = trainer.fit()
-    summary.update(dataset=ds.name, model=cfg.model.name, run_dir=str(run_dir), out_dir=str(out_dir))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    variant = variant_name(cfg.sparsity)
+    out_dir = run_dir / "train" / variant
+    ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, out_dir, run_dir,
+                        pretrain_dir=out_dir if variant == "dense" else None, show_progress=show_progress)
+    final = METHODS["dense" if variant == "dense" else cfg.sparsity.method](ctx)
+    return write_summary(ctx, final, ds, variant)
+
+
+def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: str) -> dict[str, Any]:
+    """The method's summary.json: the final stage's numbers plus sizes and costs of the final model."""
+    summary = {**final.summary, "variant": variant, "dataset": ds.name, "model": ctx.cfg.model.name,
+               **count_flops(final.model, (ds.in_channels, *ds.image_size)), "run_dir": str(ctx.run_dir),
+               "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir)}
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..search.plots import alpha_heatmap, cell_diagram  # noqa: E402
 
-__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram"]
+__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "comparison_plot"]
 
 
 def accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> None:
@@ -27,6 +27,28 @@ def accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(title="cell from (dotted: dense)")
     ax.set_title(title or "accuracy after HYDRA pruning")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def comparison_plot(table: list[dict], path: Path, title: str = "") -> None:
+    """Mean test accuracy per variant over sparsity, error bars one standard deviation over seeds; dense as a band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    sparse = [t for t in table if t["sparsity"] > 0]
+    for i, variant in enumerate(dict.fromkeys(t["variant"] for t in sparse)):
+        mine = sorted((t for t in sparse if t["variant"] == variant), key=lambda t: t["sparsity"])
+        ax.errorbar([100 * t["sparsity"] for t in mine], [100 * t["acc_mean"] for t in mine],
+                    yerr=[100 * t["acc_std"] for t in mine], marker="o", capsize=3, color=f"C{i}", label=variant)
+    for t in (t for t in table if t["sparsity"] == 0):
+        mean, std = 100 * t["acc_mean"], 100 * t["acc_std"]
+        ax.axhline(mean, color="k", linestyle=":", linewidth=1, label=f"{t['variant']} (dense)")
+        ax.axhspan(mean - std, mean + std, color="k", alpha=0.08)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -133,8 +133,7 @@ def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = T
         lr = s.score_lr if kind == "prune" else s.weight_lr
         result = train_stage(build, kind, densities, source, out, _phase_train_cfg(cfg, phase_epochs(s, phase), lr),
                              train_loader, eval_loader, MetricsLog(run_dir / "metrics.jsonl", out.relative_to(run_dir).as_posix()),
-                             parameters=SuperNet.weight_parameters, callbacks=callbacks,
-                             check_sparsity=cfg.train.check_sparsity, show_progress=show_progress)
+                             parameters=SuperNet.weight_parameters, callbacks=callbacks, show_progress=show_progress)
         source = result.checkpoint
     genotype = result.model.genotype()
     _write_outputs(run_dir, search_dir, genotype)

@@ -18,10 +18,11 @@ from pathlib import Path
 from .. import sparsity as sp
 from ..config import Config
 from ..data import dataset_from_config
+from ..methods.stage import fit
 from ..models.darts import GenotypeNetwork
 from ..models.genotypes import Genotype
 from ..models.operations import PRIMITIVES
-from ..train import MetricsLog, SparsityCallback, Trainer
+from ..train import MetricsLog
 from .phases import search_loaders
 
 
@@ -56,9 +57,8 @@ def evaluate_candidate(trial: Trial) -> dict:
     masks, densities = sp.compute_masks(net, layers, s.sparsity, "random", "uniform", seed=cfg.seed)
     sp.attach(net, masks, densities=densities)
     train_cfg = dataclasses.replace(cfg.train, epochs=s.random_epochs, drop_path=0.0)
-    trainer = Trainer(net, train_loader, eval_loader, train_cfg, out, callbacks=[SparsityCallback(cfg.train.check_sparsity)],
-                      metrics=MetricsLog(out / "metrics.jsonl", stage=out.name), show_progress=trial.show_progress)
-    summary = trainer.fit()
+    summary = fit(net, out, train_cfg, train_loader, eval_loader, MetricsLog(out / "metrics.jsonl", stage=out.name),
+                  show_progress=trial.show_progress).summary
     return {"trial": out.name, "val_acc": summary["final_test_acc"], "train_seconds": summary["train_seconds"],
             "genotype": trial.genotype.to_dict()}
 

@@ -26,6 +26,7 @@ from .masks import (
     Mask,
     SparsityError,
     attach,
+    attach_channels,
     attach_learned,
     bind_optimizer,
     check,
@@ -34,6 +35,7 @@ from .masks import (
     freeze,
     load_masked_state_dict,
     masked_layers,
+    masked_tensors,
     print_report,
     remove,
     report,
@@ -56,9 +58,9 @@ from .select import (
 
 __all__ = [
     "NM", "Block", "Channel", "LearnedMask", "Mask", "SparsityError", "Unstructured",
-    "allocate", "attach", "attach_learned", "bind_optimizer", "check", "compute_masks", "current_masks",
+    "allocate", "attach", "attach_channels", "attach_learned", "bind_optimizer", "check", "compute_masks", "current_masks",
     "find_layers", "freeze", "global_select", "keep_count", "lamp_scores", "load_masked_state_dict",
-    "masked_layers", "parse_kind", "print_report", "remove", "report", "select", "sparsify", "squash",
+    "masked_layers", "masked_tensors", "parse_kind", "print_report", "remove", "report", "select", "sparsify", "squash",
     "topk_mask", "update", "weight_param",
 ]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from collections.abc import Iterable
 
 import torch
@@ -21,7 +22,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ..errors import SparsearchError
-from .select import NM, MaskKind, Unstructured, expected_kept, parse_kind, select
+from .select import NM, Channel, MaskKind, Unstructured, expected_kept, parse_kind, select
 
 MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -93,12 +94,24 @@ class LearnedMask(nn.Module):
 
 # ------------------------------------------------------------------------------------------ selection
 
-def _parametrization(module: nn.Module) -> Mask | LearnedMask | None:
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
+def _parametrization(module: nn.Module, tensor: str = "weight") -> Mask | LearnedMask | None:
+    if parametrize.is_parametrized(module, tensor):
+        for p in module.parametrizations[tensor]:
             if isinstance(p, (Mask, LearnedMask)):
                 return p
     return None
+
+
+def masked_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, Mask | LearnedMask]]:
+    """(module name, module, tensor name, mask) for every masked tensor: conv/linear weights, and the BatchNorm
+    affine parameters of pruned channels (`attach_channels`)."""
+    out = []
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor in module.parametrizations:
+                if (p := _parametrization(module, tensor)) is not None:
+                    out.append((name, module, tensor, p))
+    return out
 
 
 def find_layers(model: nn.Module, include: Iterable[str] = ("*",), exclude: Iterable[str] = (),
@@ -122,7 +135,8 @@ def find_layers(model: nn.Module, include: Iterable[str] = ("*",), exclude: Iter
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if _parametrization(m) is not None}
+    """Conv/linear layers with a masked weight: what sparsity is measured, checked and reported over."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, MASKABLE) and _parametrization(m) is not None}
 
 
 def weight_param(module: nn.Module) -> nn.Parameter:
@@ -135,20 +149,36 @@ def weight_param(module: nn.Module) -> nn.Parameter:
 # ------------------------------------------------------------------------------- attach / update / remove
 
 def attach(model: nn.Module, masks: dict[str, torch.Tensor], kind: MaskKind = Unstructured(),
-           densities: dict[str, float] | None = None) -> None:
-    """Register a fixed `Mask` on each named layer and zero the masked stored weights."""
+           densities: dict[str, float] | None = None, tensor: str = "weight") -> None:
+    """Register a fixed `Mask` on each named layer's `tensor` and zero the masked stored entries."""
     modules = dict(model.named_modules())
     for name, mask in masks.items():
         module = modules[name]
-        if _parametrization(module) is not None:
+        if _parametrization(module, tensor) is not None:
             raise SparsityError(f"layer '{name}' already has a mask; use update() or remove() first")
-        if mask.shape != module.weight.shape:
-            raise SparsityError(f"mask for '{name}' has shape {tuple(mask.shape)}, weight has {tuple(module.weight.shape)}")
+        target = getattr(module, tensor)
+        if mask.shape != target.shape:
+            raise SparsityError(f"mask for '{name}' has shape {tuple(mask.shape)}, {tensor} has {tuple(target.shape)}")
         density = (densities or {}).get(name)
         with torch.no_grad():
-            module.weight.mul_(mask.to(module.weight.dtype))
-        parametrize.register_parametrization(module, "weight", Mask(mask.to(module.weight.device), kind, density),
-                                             unsafe=True)
+            target.mul_(mask.to(target.dtype))
+        parametrize.register_parametrization(module, tensor, Mask(mask.to(target.device), kind, density), unsafe=True)
+
+
+def attach_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
+    """Prune whole output channels: `keep` maps a conv/linear layer or a BatchNorm to a boolean per channel.
+    Conv/linear weights get a channel mask; a BatchNorm gets masks on its scale and shift, so a pruned
+    channel is exactly zero after it and can be removed from the network."""
+    modules = dict(model.named_modules())
+    for name, channels in keep.items():
+        module = modules[name]
+        if isinstance(module, MASKABLE):
+            attach(model, {name: Channel().expand(channels, module.weight.shape)}, Channel())
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            for tensor in ("weight", "bias"):
+                attach(model, {name: channels}, Channel(), tensor=tensor)
+        else:
+            raise SparsityError(f"'{name}' is neither a conv/linear layer nor an affine BatchNorm; cannot prune its channels")
 
 
 def attach_learned(model: nn.Module, densities: dict[str, float], kind: MaskKind = Unstructured()) -> None:
@@ -191,23 +221,23 @@ def freeze(model: nn.Module) -> None:
 
 
 def remove(model: nn.Module) -> None:
-    """Remove every mask in place, leaving plain layers whose weights hold the zeros."""
-    for module in masked_layers(model).values():
-        # torch deletes the weight property from the module's parametrized class, which a deep copy of the
+    """Remove every mask in place, leaving plain layers whose tensors hold the zeros."""
+    for _, module, tensor, _ in masked_tensors(model):
+        # torch deletes the property from the module's parametrized class, which a deep copy of the
         # model shares; a private copy of the class keeps other copies intact
         cls = module.__class__
         module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        parametrize.remove_parametrizations(module, tensor, leave_parametrized=True)
 
 
 def squash(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A vanilla state_dict (masked weights as exact zeros, no mask entries) that an unmodified model loads."""
+    """A vanilla state_dict (masked entries as exact zeros, no mask entries) that an unmodified model loads."""
     state = model.state_dict()
-    for name, module in masked_layers(model).items():
-        prefix = f"{name}.parametrizations.weight."
+    for name, module, tensor, _ in masked_tensors(model):
+        prefix = f"{name}.parametrizations.{tensor}."
         for key in [k for k in state if k.startswith(prefix)]:
             del state[key]
-        state[f"{name}.weight"] = module.weight.detach().clone()
+        state[f"{name}.{tensor}"] = getattr(module, tensor).detach().clone()
     return state
 
 
@@ -219,24 +249,25 @@ def load_masked_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
     """Load a state_dict saved from a masked model into a fresh (unmasked) model of the same architecture."""
     modules = dict(model.named_modules())
     for key in state:
-        if key.endswith(".parametrizations.weight.0.mask"):
-            name = key[: -len(".parametrizations.weight.0.mask")]
-            if _parametrization(modules[name]) is None:
-                extra = state.get(f"{name}.parametrizations.weight.0._extra_state", {})
-                attach(model, {name: state[key].bool()}, parse_kind(extra.get("kind", "unstructured")))
-        elif key.endswith(".parametrizations.weight.0.scores"):
-            name = key[: -len(".parametrizations.weight.0.scores")]
-            if _parametrization(modules[name]) is None:
-                extra = state.get(f"{name}.parametrizations.weight.0._extra_state", {})
-                attach_learned(model, {name: extra.get("density", 1.0)}, parse_kind(extra.get("kind", "unstructured")))
+        found = re.fullmatch(r"(.*)\.parametrizations\.(\w+)\.0\.(mask|scores)", key)
+        if found is None:
+            continue
+        name, tensor, what = found.groups()
+        if _parametrization(modules[name], tensor) is None:
+            extra = state.get(f"{name}.parametrizations.{tensor}.0._extra_state", {})
+            kind = parse_kind(extra.get("kind", "unstructured"))
+            if what == "mask":
+                attach(model, {name: state[key].bool()}, kind, tensor=tensor)
+            else:
+                attach_learned(model, {name: extra.get("density", 1.0)}, kind)
     model.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------------- the optimiser's side
 
 def _fixed(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    return [(weight_param(m), p.mask) for m in masked_layers(model).values()
-            if isinstance(p := _parametrization(m), Mask)]
+    return [(module.parametrizations[tensor].original, p.mask) for _, module, tensor, p in masked_tensors(model)
+            if isinstance(p, Mask)]
 
 
 @torch.no_grad()

@@ -220,7 +220,8 @@ class Trainer:
             "train_loss": self._acc["loss_sum"] / seen, "train_acc": self._acc["correct"] / seen,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-        if self.eval_loader is not None:
+        last = self.epoch + 1 == self.cfg.epochs
+        if self.eval_loader is not None and (last or (self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0)):
             self.last_eval = evaluate(self.model, self.eval_loader, self.cfg.amp)
             self.best_acc = max(self.best_acc, self.last_eval["acc"])
             record.update(test_loss=self.last_eval["loss"], test_acc=self.last_eval["acc"])
