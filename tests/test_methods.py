@@ -174,6 +174,13 @@ def test_compare_writes_table_and_plot_and_resumes(tmp_path, cache_dir, capsys):
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
 
 
+def test_method_without_target_is_refused(tmp_path, capsys):
+    assert main(["train", "--method", "oneshot", "--set", f"out_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip() == ("sparsearch: error: sparsity.method oneshot needs a target: "
+                                               "sparsity.sparsity in (0, 1), got 0.0")
+    assert not (tmp_path / "run").exists()
+
+
 def test_compare_rejects_unknown_variant(tmp_path, capsys):
     assert main(["compare", "--set", f"out_dir={tmp_path}", "--set", "compare.variants=[dense, magic]"]) == 2
     assert "unknown compare variant 'magic'" in capsys.readouterr().err

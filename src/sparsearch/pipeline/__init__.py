@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config, SparsityConfig
+from ..config import Config, ConfigError, SparsityConfig
 from ..data import Dataset, build_loaders, dataset_from_config
 from ..methods import METHODS, MethodContext, StageResult
 from ..models import build_model
@@ -53,10 +53,13 @@ def variant_name(s: SparsityConfig) -> str:
 
 def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     """`sparsearch train`: the configured method (`sparsity.method`; dense when `sparsity.sparsity` is 0)."""
+    s = cfg.sparsity
+    if s.method not in ("dense", "static") and not 0 < s.sparsity < 1:
+        raise ConfigError(f"sparsity.method {s.method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
     run_dir = prepare_run_dir(cfg)
-    variant = variant_name(cfg.sparsity)
+    variant = variant_name(s)
     out_dir = run_dir / "train" / variant
     ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, out_dir, run_dir,
                         pretrain_dir=out_dir if variant == "dense" else None, show_progress=show_progress)

@@ -190,7 +190,8 @@ def allocate(shapes: dict[str, torch.Size], sparsity: float, method: str) -> dic
     raw = {k: (sum(s) / math.prod(s)) if method == "erk" else (s[0] + s[1]) / (s[0] * s[1]) if len(s) > 1 else 1.0
            for k, s in shapes.items()}
     dense: set[str] = set()
-    while True:
+    eps = 0.0
+    while len(dense) < len(shapes):  # all dense happens at (or within rounding of) sparsity 0
         budget = density * sum(numel.values()) - sum(numel[k] for k in dense)
         eps = budget / sum(raw[k] * numel[k] for k in shapes if k not in dense)
         over = [k for k in shapes if k not in dense and eps * raw[k] > 1]
