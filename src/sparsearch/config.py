@@ -75,7 +75,8 @@ class TrainConfig:
 class SparsityConfig:
     # how the sparse network is obtained (docs/methods.md): dense | static (masks at init) | oneshot (train, prune,
     # finetune) | gmp (gradual magnitude pruning) | hydra (train, learn scores, finetune) | maskspar (channels)
-    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar"] = "static"
+    # | set, rigl (dynamic sparse training) | granet (gmp with rigl regrowth)
+    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet"] = "static"
     sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)
     kind: str = "unstructured"  # unstructured | nm:N:M | block:BH:BW | channel
     criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static, oneshot and gmp
@@ -113,6 +114,17 @@ class GMPConfig:
     start: float = 0.0  # t0, as a fraction of all training steps
     end: float = 0.75  # t0 + n dt: the target is reached here and held to the end
     frequency: int = 100  # dt, steps between mask updates (rounded so the last update lands on `end`)
+
+
+@dataclass
+class DSTConfig:
+    """`set`, `rigl`, `granet`: every `update_every` steps until `end`, each layer drops its smallest-magnitude active
+    weights and regrows as many (SET: at random; RigL, GraNet: largest dense gradient), starting at zero. The
+    fraction is `drop_fraction`, constant for SET, decaying with a cosine to 0 at `end` for RigL and GraNet."""
+
+    update_every: int = 100  # dT
+    drop_fraction: float = 0.3  # zeta (SET), alpha (RigL), the regeneration rate (GraNet)
+    end: float = 0.75  # T_end, as a fraction of all training steps; the topology is fixed afterwards
 
 
 @dataclass
@@ -191,6 +203,7 @@ class Config:
     oneshot: OneShotConfig = field(default_factory=OneShotConfig)
     gmp: GMPConfig = field(default_factory=GMPConfig)
     maskspar: MaskSparConfig = field(default_factory=MaskSparConfig)
+    dst: DSTConfig = field(default_factory=DSTConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

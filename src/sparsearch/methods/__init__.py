@@ -3,6 +3,7 @@ that trains (one or more resumable stages) and returns the final stage; `METHODS
 
 from typing import Callable
 
+from .dst import DynamicSparsity, granet, rigl, set_
 from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
 from .maskspar import maskspar
 from .pruning import GradualMagnitudePruning, cubic_sparsity, dense, gmp, oneshot, static
@@ -10,9 +11,10 @@ from .stage import MethodContext, StageResult, fit
 
 METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
     "dense": dense, "static": static, "oneshot": oneshot, "gmp": gmp, "hydra": hydra, "maskspar": maskspar,
+    "set": set_, "rigl": rigl, "granet": granet,
 }
 
 __all__ = [
-    "METHODS", "STAGES", "GradualMagnitudePruning", "HydraResult", "MethodContext", "StageResult", "cubic_sparsity",
+    "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MethodContext", "StageResult", "cubic_sparsity",
     "density_map", "fit", "run_hydra", "stage_model", "stage_parameters", "train_stage",
 ]

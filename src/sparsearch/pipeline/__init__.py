@@ -16,6 +16,7 @@ from ..data import Dataset, build_loaders, dataset_from_config
 from ..methods import METHODS, MethodContext, StageResult
 from ..models import build_model
 from ..models.flops import count_flops
+from ..report.plots import churn_plot
 from ..train import prepare_run_dir, resolve_device
 
 
@@ -74,4 +75,6 @@ def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: 
                "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir)}
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     (ctx.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if (churn := final.out_dir / "churn.json").exists():  # dynamic sparse training: plot the topology churn
+        churn_plot(json.loads(churn.read_text()), final.out_dir / "churn.png", f"{variant}: topology churn")
     return summary

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..search.plots import alpha_heatmap, cell_diagram  # noqa: E402
 
-__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "comparison_plot"]
+__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot"]
 
 
 def accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> None:
@@ -49,6 +49,25 @@ def comparison_plot(table: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def churn_plot(churn: list[dict], path: Path, title: str = "") -> None:
+    """Topology churn of dynamic sparse training: per layer, the fraction of its active weights regrown at each update."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    layers = list(dict.fromkeys(name for u in churn for name in u["layers"]))
+    for i, name in enumerate(layers):
+        points = [(u["step"], u["layers"][name]["regrown"] / u["layers"][name]["active"]) for u in churn if name in u["layers"]]
+        ax.plot(*zip(*points), marker=".", linewidth=1, color=plt.cm.viridis(i / max(1, len(layers) - 1)),
+                label=name if len(layers) <= 12 else None)
+    ax.plot([u["step"] for u in churn], [u["drop_fraction"] for u in churn], "k--", linewidth=1, label="drop fraction")
+    ax.set_xlabel("step")
+    ax.set_ylabel("regrown / active weights")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "topology churn per update", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -40,6 +40,7 @@ from .masks import (
     remove,
     report,
     squash,
+    track_dense_grads,
     update,
     weight_param,
 )
@@ -61,7 +62,7 @@ __all__ = [
     "allocate", "attach", "attach_channels", "attach_learned", "bind_optimizer", "check", "compute_masks", "current_masks",
     "find_layers", "freeze", "global_select", "keep_count", "lamp_scores", "load_masked_state_dict",
     "masked_layers", "masked_tensors", "parse_kind", "print_report", "remove", "report", "select", "sparsify", "squash",
-    "topk_mask", "update", "weight_param",
+    "topk_mask", "track_dense_grads", "update", "weight_param",
 ]
 
 

@@ -44,9 +44,14 @@ class Mask(nn.Module):
         self.register_buffer("mask", mask.detach().clone().float())
         self.kind = kind
         self.density = unit_density(mask, kind) if density is None else density
+        self.grad_sink: tuple[dict, str] | None = None  # see track_dense_grads
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask.to(weight.dtype)
+        out = weight * self.mask.to(weight.dtype)
+        if self.grad_sink is not None and out.requires_grad:
+            sink, key = self.grad_sink
+            out.register_hook(lambda g: sink.__setitem__(key, sink[key] + g.detach() if key in sink else g.detach()))
+        return out
 
     def current(self) -> torch.Tensor:
         return self.mask.bool()
@@ -218,6 +223,15 @@ def freeze(model: nn.Module) -> None:
                 mask = p.current()
                 plist[i] = Mask(mask, p.kind, p.density)
                 plist.original.mul_(mask.to(plist.original.dtype))
+
+
+def track_dense_grads(model: nn.Module, sink: dict[str, torch.Tensor] | None) -> None:
+    """While `sink` is a dict, every backward pass adds dL/d(masked weight) of each fixed-mask layer into it under
+    the layer's name: the gradient a dense layer would have had, also where the mask is zero (RigL's regrowth
+    signal). The stored weight's own gradient is masked. `None` stops tracking."""
+    for name, module in masked_layers(model).items():
+        if isinstance(p := _parametrization(module), Mask):
+            p.grad_sink = None if sink is None else (sink, name)
 
 
 def remove(model: nn.Module) -> None:
