@@ -172,6 +172,12 @@ def test_compare_writes_table_and_plot_and_resumes(tmp_path, cache_dir, capsys):
     capsys.readouterr()
     assert main(["compare", "-c", str(cfg)]) == 0  # everything finished: skipped
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    # more variants later: only the new ones train (the dense runs are reused), other sections may not change
+    assert main(["compare", "-c", str(cfg), "--set", "compare.variants=[dense, oneshot, gmp]", "--set", "compare.seeds=[0]"]) == 0
+    extended = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["variant"] for r in extended] == ["dense", "oneshot", "gmp"] and extended[:2] == results["rows"][:2]
+    assert main(["compare", "-c", str(cfg), "--set", "train.lr=0.1"]) == 2
+    assert "different config" in capsys.readouterr().err
 
 
 def test_method_without_target_is_refused(tmp_path, capsys):

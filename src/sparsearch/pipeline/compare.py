@@ -7,7 +7,8 @@
 
 Seeds change the initialisation and the data order; the data (and any `data.train_subset`) stay those of
 `seed`. Results are rewritten after every finished run, so an interrupted comparison still has a table,
-and a re-run skips what finished.
+and a re-run skips what finished. The `compare` section may change between invocations (other sections may
+not): adding variants or seeds trains only what is new.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     jobs = [(seed, v, s) for seed in c.seeds for v in c.variants for s in ([0.0] if v == "dense" else c.sparsities)]
     for _, v, s in jobs:
         variant_config(cfg, v, s, cfg.seed)  # unknown names fail before any training
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, extendable=("compare",))
     out = run_dir / "compare"
     out.mkdir(exist_ok=True)
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
