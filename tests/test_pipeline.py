@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from sparsearch import sparsity as sp
 from sparsearch.config import from_dict
+from sparsearch.errors import SparsearchError
 from sparsearch.models.flops import count_flops
 from sparsearch.models.operations import PRIMITIVES
 from sparsearch.pipeline.executors import LocalExecutor, ProcessExecutor
@@ -101,9 +102,10 @@ def test_hydra_stages(tmp_path, cache_dir):
 def test_hydra_rejects_global_allocation(tmp_path, cache_dir):
     from sparsearch.pipeline import run_train
 
-    with pytest.raises(sp.SparsityError, match="global"):
+    with pytest.raises(SparsearchError, match="global"):
         run_train(_hydra_cfg(tmp_path, sparsity={"method": "hydra", "sparsity": 0.8, "allocation": "global"}),
                   show_progress=False)
+    assert not (tmp_path / "h").exists()  # refused before anything was written
 
 
 def _run_cfg(tmp_path, **over):

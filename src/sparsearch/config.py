@@ -75,8 +75,8 @@ class TrainConfig:
 class SparsityConfig:
     # how the sparse network is obtained (docs/methods.md): dense | static (masks at init) | oneshot (train, prune,
     # finetune) | gmp (gradual magnitude pruning) | hydra (train, learn scores, finetune) | maskspar (channels)
-    # | set, rigl (dynamic sparse training) | granet (gmp with rigl regrowth)
-    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet"] = "static"
+    # | set, rigl (dynamic sparse training) | granet (gmp with rigl regrowth) | nm (N:M from scratch with SR-STE)
+    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet", "nm"] = "static"
     sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)
     kind: str = "unstructured"  # unstructured | nm:N:M | block:BH:BW | channel
     criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static, oneshot and gmp
@@ -125,6 +125,13 @@ class DSTConfig:
     update_every: int = 100  # dT
     drop_fraction: float = 0.3  # zeta (SET), alpha (RigL), the regeneration rate (GraNet)
     end: float = 0.75  # T_end, as a fraction of all training steps; the topology is fixed afterwards
+
+
+@dataclass
+class NMConfig:
+    """`nm`: N:M sparsity (`sparsity.kind: nm:N:M`) trained from scratch with SR-STE (Zhou et al. 2021)."""
+
+    lambda_w: float = 2e-4  # sparse-refined term: grad += lambda_w * (1 - mask) * W on the pruned weights
 
 
 @dataclass
@@ -204,6 +211,7 @@ class Config:
     gmp: GMPConfig = field(default_factory=GMPConfig)
     maskspar: MaskSparConfig = field(default_factory=MaskSparConfig)
     dst: DSTConfig = field(default_factory=DSTConfig)
+    nm: NMConfig = field(default_factory=NMConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

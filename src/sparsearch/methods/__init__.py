@@ -3,18 +3,20 @@ that trains (one or more resumable stages) and returns the final stage; `METHODS
 
 from typing import Callable
 
+from .checks import check_config
 from .dst import DynamicSparsity, granet, rigl, set_
 from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
 from .maskspar import maskspar
+from .nm import SparseRefined, nm
 from .pruning import GradualMagnitudePruning, cubic_sparsity, dense, gmp, oneshot, static
 from .stage import MethodContext, StageResult, fit
 
 METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
     "dense": dense, "static": static, "oneshot": oneshot, "gmp": gmp, "hydra": hydra, "maskspar": maskspar,
-    "set": set_, "rigl": rigl, "granet": granet,
+    "set": set_, "rigl": rigl, "granet": granet, "nm": nm,
 }
 
 __all__ = [
-    "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MethodContext", "StageResult", "cubic_sparsity",
-    "density_map", "fit", "run_hydra", "stage_model", "stage_parameters", "train_stage",
+    "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MethodContext", "SparseRefined",
+    "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "run_hydra", "stage_model", "stage_parameters", "train_stage",
 ]

@@ -17,7 +17,6 @@ import torch
 
 from .. import sparsity as sp
 from ..config import DSTConfig
-from ..errors import SparsearchError
 from ..train import Callback
 from .pruning import GradualMagnitudePruning
 from .stage import MethodContext, StageResult
@@ -94,8 +93,6 @@ class DynamicSparsity(Callback):
 def _sparse_start(ctx: MethodContext, sparsity: float):
     """The configured model with random masks at `sparsity` (the configured allocation) on the selected layers."""
     s = ctx.cfg.sparsity
-    if not isinstance(sp.parse_kind(s.kind), sp.Unstructured):
-        raise SparsearchError(f"sparsity.method {s.method} moves single weights: sparsity.kind must be unstructured")
     model = ctx.build()
     layers = sp.find_layers(model, s.include, s.exclude, s.dense_first_last)
     masks, densities = sp.compute_masks(model, layers, sparsity, "random", s.allocation, seed=ctx.cfg.seed)
@@ -121,8 +118,6 @@ def granet(ctx: MethodContext) -> StageResult:
     """GraNet: gradual magnitude pruning (the `gmp` schedule) from `gmp.initial_sparsity` towards the target, with
     RigL regrowth at every topology update (zero-cost neuroregeneration)."""
     s, g = ctx.cfg.sparsity, ctx.cfg.gmp
-    if s.criterion not in ("magnitude", "lamp"):
-        raise SparsearchError(f"granet prunes by magnitude or lamp scores, not '{s.criterion}'")
     model, layers = _sparse_start(ctx, g.initial_sparsity)
     return ctx.fit(model, ctx.out_dir, ctx.cfg.train, callbacks=[
         GradualMagnitudePruning(list(layers), s, g), DynamicSparsity("gradient", "cosine", ctx.cfg.dst, ctx.cfg.seed)])

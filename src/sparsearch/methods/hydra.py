@@ -111,8 +111,6 @@ def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, f
 def hydra(ctx: MethodContext) -> StageResult:
     """`sparsity.method: hydra` on any model: the configured allocation at `sparsity.sparsity`."""
     s = ctx.cfg.sparsity
-    if s.kind != "unstructured":
-        raise sp.SparsityError("sparsity.method hydra supports sparsity.kind unstructured only")
     densities = density_map(sp.find_layers(ctx.build(), s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
     result = run_hydra(ctx.build, {s.sparsity: densities}, ctx.cfg.hydra, ctx.cfg.train, ctx.train_loader, ctx.eval_loader,
                        ctx.out_dir, ctx.run_dir / "metrics.jsonl", ctx.run_dir, ctx.show_progress, ctx.pretrain_dir)

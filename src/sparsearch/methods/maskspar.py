@@ -83,8 +83,6 @@ class MaskedL1(Callback):
 def maskspar(ctx: MethodContext) -> StageResult:
     cfg, m = ctx.cfg, ctx.cfg.maskspar
     s = cfg.sparsity.sparsity
-    if not 0 < s < 1:
-        raise SparsearchError(f"maskspar prunes a fraction of channels: sparsity.sparsity must be in (0, 1), got {s}")
     model = ctx.from_pretrained()
     example = next(iter(ctx.train_loader.batches()))[0][:2]
     pairs = conv_bn_pairs(model, example)

@@ -6,7 +6,6 @@ import itertools
 
 from .. import sparsity as sp
 from ..config import GMPConfig, SparsityConfig
-from ..errors import SparsearchError
 from ..train import Callback
 from .stage import MethodContext, StageResult
 
@@ -75,15 +74,8 @@ class GradualMagnitudePruning(Callback):
 def gmp(ctx: MethodContext) -> StageResult:
     """Gradual magnitude pruning during one training run (Zhu & Gupta 2017)."""
     s, g = ctx.cfg.sparsity, ctx.cfg.gmp
-    if s.criterion not in ("magnitude", "lamp"):
-        raise SparsearchError(f"gmp prunes by magnitude or lamp scores, not '{s.criterion}'")
-    if not 0 <= g.initial_sparsity <= s.sparsity or not 0 <= g.start <= g.end <= 1 or g.frequency < 1:
-        raise SparsearchError("gmp needs 0 <= initial_sparsity <= sparsity.sparsity, 0 <= start <= end <= 1, frequency >= 1")
     model = ctx.build()
     layers = sp.find_layers(model, s.include, s.exclude, s.dense_first_last)
-    kind = sp.parse_kind(s.kind)
-    if isinstance(kind, sp.NM):
-        raise SparsearchError("gmp reaches its target gradually; N:M masks have one fixed density (use static or oneshot)")
-    sp.attach(model, {n: m.weight.new_ones(m.weight.shape, dtype=bool) for n, m in layers.items()}, kind,
-              {n: 1.0 for n in layers})
+    sp.attach(model, {n: m.weight.new_ones(m.weight.shape, dtype=bool) for n, m in layers.items()},
+              densities={n: 1.0 for n in layers})
     return ctx.fit(model, ctx.out_dir, ctx.cfg.train, callbacks=[GradualMagnitudePruning(list(layers), s, g)])

@@ -18,6 +18,7 @@ from .. import sparsity as sp
 from ..config import Config, TrainConfig
 from ..data import TensorLoader
 from ..train import Callback, DropPathSchedule, MetricsLog, SparsityCallback, Trainer, load_checkpoint
+from .checks import check_config
 
 
 @dataclasses.dataclass
@@ -59,6 +60,9 @@ class MethodContext:
     run_dir: Path  # holds metrics.jsonl; stage names are paths relative to it
     pretrain_dir: Path | None = None  # the dense training train-then-prune methods start from (default out_dir/pretrain)
     show_progress: bool = True
+
+    def __post_init__(self):
+        check_config(self.cfg)
 
     def fit(self, model: nn.Module, out_dir: Path, cfg: TrainConfig, **kwargs) -> StageResult:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", stage=out_dir.relative_to(self.run_dir).as_posix())

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config, ConfigError, SparsityConfig
+from ..config import Config, SparsityConfig
 from ..data import Dataset, build_loaders, dataset_from_config
-from ..methods import METHODS, MethodContext, StageResult
+from ..methods import METHODS, MethodContext, StageResult, check_config
 from ..models import build_model
 from ..models.flops import count_flops
 from ..report.plots import churn_plot
@@ -55,8 +55,7 @@ def variant_name(s: SparsityConfig) -> str:
 def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     """`sparsearch train`: the configured method (`sparsity.method`; dense when `sparsity.sparsity` is 0)."""
     s = cfg.sparsity
-    if s.method not in ("dense", "static") and not 0 < s.sparsity < 1:
-        raise ConfigError(f"sparsity.method {s.method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
+    check_config(cfg)  # before anything is written
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
     run_dir = prepare_run_dir(cfg)

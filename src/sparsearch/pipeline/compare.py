@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError
 from ..data import build_loaders, dataset_from_config
-from ..methods import METHODS, MethodContext
+from ..methods import METHODS, MethodContext, check_config
 from ..report.plots import comparison_plot
 from ..train import prepare_run_dir, resolve_device
 from . import model_builder, write_summary
@@ -98,7 +98,7 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     _validate(c)
     jobs = [(seed, v, s) for seed in c.seeds for v in c.variants for s in ([0.0] if v == "dense" else c.sparsities)]
     for _, v, s in jobs:
-        variant_config(cfg, v, s, cfg.seed)  # unknown names fail before any training
+        check_config(variant_config(cfg, v, s, cfg.seed))  # unknown names and bad settings fail before any training
     run_dir = prepare_run_dir(cfg, extendable=("compare",))
     out = run_dir / "compare"
     out.mkdir(exist_ok=True)

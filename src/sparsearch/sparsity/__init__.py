@@ -22,12 +22,14 @@ from ..config import SparsityConfig
 from ..errors import SparsearchError
 from .criteria import CRITERIA, lamp_scores
 from .masks import (
+    DynamicNM,
     LearnedMask,
     Mask,
     SparsityError,
     attach,
     attach_channels,
     attach_learned,
+    attach_nm,
     bind_optimizer,
     check,
     current_masks,
@@ -58,8 +60,8 @@ from .select import (
 )
 
 __all__ = [
-    "NM", "Block", "Channel", "LearnedMask", "Mask", "SparsityError", "Unstructured",
-    "allocate", "attach", "attach_channels", "attach_learned", "bind_optimizer", "check", "compute_masks", "current_masks",
+    "NM", "Block", "Channel", "DynamicNM", "LearnedMask", "Mask", "SparsityError", "Unstructured",
+    "allocate", "attach", "attach_channels", "attach_learned", "attach_nm", "bind_optimizer", "check", "compute_masks", "current_masks",
     "find_layers", "freeze", "global_select", "keep_count", "lamp_scores", "load_masked_state_dict",
     "masked_layers", "masked_tensors", "parse_kind", "print_report", "remove", "report", "select", "sparsify", "squash",
     "topk_mask", "track_dense_grads", "update", "weight_param",

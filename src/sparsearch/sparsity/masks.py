@@ -5,6 +5,7 @@ Two parametrizations:
   `bind_optimizer` keeps it so through every optimiser step (gradients and optimiser state are masked too).
 - `LearnedMask`: HYDRA / edge-popup scores. The forward pass keeps the top-k |scores| (straight-through
   gradient to the scores); the stored weight stays dense, because the chosen entries change while scores train.
+- `DynamicNM`: SR-STE N:M masks, recomputed from |W| in every forward pass; the stored weight stays dense.
 
 Both record their kind and density in the module's extra state, so masks save and load with the model's
 state_dict and `check` can verify the exact counts.
@@ -97,12 +98,44 @@ class LearnedMask(nn.Module):
     set_extra_state = Mask.set_extra_state
 
 
+class _MaskedStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, mask):
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None  # straight through: pruned weights get the dense gradient too
+
+
+class DynamicNM(nn.Module):
+    """N:M sparsity trained with SR-STE (Zhou et al. 2021): the mask is recomputed from |W| in every forward pass,
+    the stored weight stays dense, and the gradient passes straight through to every weight. `mask` holds the
+    mask of the latest forward pass (the one the SR-STE decay term uses)."""
+
+    def __init__(self, weight: torch.Tensor, kind: NM):
+        super().__init__()
+        self.kind, self.density = kind, kind.density
+        self.register_buffer("nm_mask", kind.select(weight.detach().abs()).float())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.nm_mask.copy_(self.kind.select(weight.detach().abs()))
+        return _MaskedStraightThrough.apply(weight, self.nm_mask.to(weight.dtype))
+
+    def current(self) -> torch.Tensor:
+        return self.nm_mask.bool()
+
+    get_extra_state = Mask.get_extra_state
+    set_extra_state = Mask.set_extra_state
+
+
 # ------------------------------------------------------------------------------------------ selection
 
-def _parametrization(module: nn.Module, tensor: str = "weight") -> Mask | LearnedMask | None:
+def _parametrization(module: nn.Module, tensor: str = "weight") -> Mask | LearnedMask | DynamicNM | None:
     if parametrize.is_parametrized(module, tensor):
         for p in module.parametrizations[tensor]:
-            if isinstance(p, (Mask, LearnedMask)):
+            if isinstance(p, (Mask, LearnedMask, DynamicNM)):
                 return p
     return None
 
@@ -195,6 +228,17 @@ def attach_learned(model: nn.Module, densities: dict[str, float], kind: MaskKind
             raise SparsityError(f"layer '{name}' already has a mask")
         parametrize.register_parametrization(module, "weight", LearnedMask(module.weight.detach(), density, kind),
                                              unsafe=True)
+
+
+def attach_nm(model: nn.Module, layers: Iterable[str], kind: NM) -> None:
+    """Register SR-STE N:M masks (recomputed from the weights every forward pass) on the named layers."""
+    modules = dict(model.named_modules())
+    for name in layers:
+        module = modules[name]
+        if _parametrization(module) is not None:
+            raise SparsityError(f"layer '{name}' already has a mask")
+        kind.groups(module.weight)  # fails with a clear message when the input dimension does not divide by M
+        parametrize.register_parametrization(module, "weight", DynamicNM(module.weight, kind), unsafe=True)
 
 
 @torch.no_grad()

@@ -1,0 +1,36 @@
+"""What each method needs from the config, checked before anything is written (`MethodContext` checks on
+creation; `sparsearch train` and `compare` check before they create the run directory)."""
+
+from __future__ import annotations
+
+from .. import sparsity as sp
+from ..config import Config
+from ..errors import SparsearchError
+
+
+def check_config(cfg: Config) -> None:
+    s, g = cfg.sparsity, cfg.gmp
+    method, kind = s.method, sp.parse_kind(s.kind)
+    if method in ("dense", "static"):
+        return
+    if not 0 < s.sparsity < 1:
+        raise SparsearchError(f"sparsity.method {method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
+    if method == "nm":
+        if not isinstance(kind, sp.NM):
+            raise SparsearchError(f"sparsity.method nm needs sparsity.kind nm:N:M (e.g. nm:2:4), got '{s.kind}'")
+        if abs(s.sparsity - (1 - kind.density)) > 1e-9:
+            raise SparsearchError(f"{kind} fixes sparsity at {1 - kind.density:g}; got sparsity.sparsity {s.sparsity:g}")
+    elif method in ("hydra", "gmp", "set", "rigl", "granet") and not isinstance(kind, sp.Unstructured):
+        raise SparsearchError(f"sparsity.method {method} supports sparsity.kind unstructured only, got '{s.kind}'")
+    if method in ("gmp", "granet"):
+        if s.criterion not in ("magnitude", "lamp"):
+            raise SparsearchError(f"{method} prunes by magnitude or lamp scores, not '{s.criterion}'")
+        if not 0 <= g.initial_sparsity <= s.sparsity or not 0 <= g.start <= g.end <= 1 or g.frequency < 1:
+            raise SparsearchError(f"{method} needs 0 <= gmp.initial_sparsity <= sparsity.sparsity, "
+                                  "0 <= gmp.start <= gmp.end <= 1 and gmp.frequency >= 1")
+    if method == "hydra" and s.allocation == "global":
+        raise SparsearchError("HYDRA needs a per-layer allocation (uniform, er or erk), not global")
+    if method == "maskspar" and s.allocation not in ("uniform", "global"):
+        raise SparsearchError(f"maskspar selects channels per layer (uniform) or globally, not by '{s.allocation}'")
+    if method in ("set", "rigl", "granet") and (cfg.dst.update_every < 1 or not 0 <= cfg.dst.drop_fraction <= 1):
+        raise SparsearchError("dynamic sparse training needs dst.update_every >= 1 and 0 <= dst.drop_fraction <= 1")

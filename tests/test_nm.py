@@ -1,0 +1,82 @@
+"""N:M sparsity from scratch with SR-STE: straight-through gradients, the sparse-refined term, valid N:M exports."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from sparsearch import sparsity as sp
+from sparsearch.cli import main
+from sparsearch.methods import SparseRefined
+
+
+def _nm_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    sp.attach_nm(model, ["0", "2"], sp.NM(2, 4))
+    return model
+
+
+def test_dynamic_nm_masks_follow_the_weights_and_pass_gradients_straight_through():
+    model = _nm_model()
+    x, y = torch.randn(5, 8), torch.randint(0, 4, (5,))
+    F.cross_entropy(model(x), y).backward()
+    stored = sp.weight_param(model[0])
+    mask = sp.current_masks(model)["0"]
+    assert torch.equal(mask, sp.NM(2, 4).select(stored.detach().abs()))  # 2 largest |w| of every 4 inputs
+    assert stored.grad[~mask].abs().sum() > 0  # straight through: pruned weights get gradients as well
+    assert torch.equal(model[0].weight[~mask], torch.zeros(int((~mask).sum())))
+    with torch.no_grad():  # make a pruned weight the largest of its group: the mask follows at the next forward
+        row, col = (~mask).nonzero()[0].tolist()
+        stored[row, col] = 10.0
+    model(x)
+    assert sp.current_masks(model)["0"][row, col]
+    assert not sp.check(model)
+
+
+def test_sparse_refined_term_decays_only_the_pruned_weights():
+    model = _nm_model()
+    x, y = torch.randn(5, 8), torch.randint(0, 4, (5,))
+    F.cross_entropy(model(x), y).backward()
+    plain = {n: sp.weight_param(model.get_submodule(n)).grad.clone() for n in ("0", "2")}
+    trainer = type("T", (), {"model": model})()
+    SparseRefined(0.5).on_before_optimizer_step(trainer)
+    for name, before in plain.items():
+        w = sp.weight_param(model.get_submodule(name))
+        mask = sp.current_masks(model)[name].float()
+        assert torch.allclose(w.grad - before, 0.5 * (1 - mask) * w.detach())
+
+
+def _train_nm(tmp_path, *extra):
+    return main(["train", "--method", "nm", "--sparsity", "0.5", "--model", "cnn", "--set", f"out_dir={tmp_path}",
+                 "--set", "sparsity.kind=nm:2:4", "--set", "data.name=digits", "--set", "data.train_subset=384",
+                 "--set", "data.batch_size=64", "--set", "train.epochs=2", "--set", "train.lr=0.05",
+                 "--set", "model.kwargs={width: 8}", *extra])
+
+
+def test_nm_from_the_cli_exports_valid_nm_weights(tmp_path, cache_dir):
+    assert _train_nm(tmp_path) == 0
+    out = tmp_path / "run" / "train" / "nm-0.5"
+    rows = json.loads((out / "sparsity.json").read_text())
+    layers = [r for r in rows if "shape" in r]
+    assert layers and all(r["kind"] == "nm:2:4" and r["density"] == 0.5 for r in layers)
+    weights = load_file(out / "final.safetensors")
+    for r in layers:  # the squashed (exported) weights: at most 2 non-zeros in every group of 4
+        groups = sp.NM(2, 4).groups(weights[f"{r['name']}.weight"])
+        assert int((groups != 0).sum(1).max()) <= 2
+
+
+def test_nm_needs_an_nm_kind(tmp_path, cache_dir, capsys):
+    assert main(["train", "--method", "nm", "--sparsity", "0.5", "--model", "cnn", "--set", f"out_dir={tmp_path}",
+                 "--set", "data.name=digits"]) == 2
+    assert "sparsity.method nm needs sparsity.kind nm:N:M" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("ratio", ["nm:1:4"])
+def test_nm_sparsity_must_match_the_kind(tmp_path, cache_dir, capsys, ratio):
+    assert _train_nm(tmp_path, "--set", f"sparsity.kind={ratio}") == 2
+    assert "fixes sparsity at 0.75" in capsys.readouterr().err
