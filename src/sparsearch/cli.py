@@ -17,7 +17,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="dense, static, oneshot, gmp, hydra, maskspar, set, rigl, granet or nm "
+    p.add_argument("--method", help="dense, static, oneshot, gmp, hydra, maskspar, set, rigl, granet, nm or imp "
                    "(shorthand for --set sparsity.method=...)")
     p.add_argument("--sparsity", type=float, help="target sparsity (shorthand for --set sparsity.sparsity=...)")
     p.add_argument("--model", help="model name (shorthand for --set model.name=...)")

@@ -76,7 +76,8 @@ class SparsityConfig:
     # how the sparse network is obtained (docs/methods.md): dense | static (masks at init) | oneshot (train, prune,
     # finetune) | gmp (gradual magnitude pruning) | hydra (train, learn scores, finetune) | maskspar (channels)
     # | set, rigl (dynamic sparse training) | granet (gmp with rigl regrowth) | nm (N:M from scratch with SR-STE)
-    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet", "nm"] = "static"
+    # | imp (iterative magnitude pruning with rewinding)
+    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet", "nm", "imp"] = "static"
     sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)
     kind: str = "unstructured"  # unstructured | nm:N:M | block:BH:BW | channel
     criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static, oneshot and gmp
@@ -125,6 +126,17 @@ class DSTConfig:
     update_every: int = 100  # dT
     drop_fraction: float = 0.3  # zeta (SET), alpha (RigL), the regeneration rate (GraNet)
     end: float = 0.75  # T_end, as a fraction of all training steps; the topology is fixed afterwards
+
+
+@dataclass
+class IMPConfig:
+    """`imp` (Frankle et al.): train, prune `prune_fraction` of the remaining weights globally by magnitude, rewind the
+    survivors to their values at step `rewind_step` (0: the initialisation, a lottery ticket), retrain; the last
+    level lands exactly on `sparsity.sparsity`. Each level trains `train.epochs` with the full schedule."""
+
+    prune_fraction: float = 0.2
+    rewind_step: int = 0
+    branches: list[Literal["reinit", "random_mask"]] = field(default_factory=list)  # controls at the last level
 
 
 @dataclass
@@ -212,6 +224,7 @@ class Config:
     maskspar: MaskSparConfig = field(default_factory=MaskSparConfig)
     dst: DSTConfig = field(default_factory=DSTConfig)
     nm: NMConfig = field(default_factory=NMConfig)
+    imp: IMPConfig = field(default_factory=IMPConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

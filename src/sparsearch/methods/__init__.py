@@ -6,6 +6,7 @@ from typing import Callable
 from .checks import check_config
 from .dst import DynamicSparsity, granet, rigl, set_
 from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
+from .imp import imp, level_densities
 from .maskspar import maskspar
 from .nm import SparseRefined, nm
 from .pruning import GradualMagnitudePruning, cubic_sparsity, dense, gmp, oneshot, static
@@ -13,10 +14,11 @@ from .stage import MethodContext, StageResult, fit
 
 METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
     "dense": dense, "static": static, "oneshot": oneshot, "gmp": gmp, "hydra": hydra, "maskspar": maskspar,
-    "set": set_, "rigl": rigl, "granet": granet, "nm": nm,
+    "set": set_, "rigl": rigl, "granet": granet, "nm": nm, "imp": imp,
 }
 
 __all__ = [
     "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MethodContext", "SparseRefined",
-    "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "run_hydra", "stage_model", "stage_parameters", "train_stage",
+    "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "level_densities", "run_hydra", "stage_model",
+    "stage_parameters", "train_stage",
 ]

@@ -20,7 +20,7 @@ def check_config(cfg: Config) -> None:
             raise SparsearchError(f"sparsity.method nm needs sparsity.kind nm:N:M (e.g. nm:2:4), got '{s.kind}'")
         if abs(s.sparsity - (1 - kind.density)) > 1e-9:
             raise SparsearchError(f"{kind} fixes sparsity at {1 - kind.density:g}; got sparsity.sparsity {s.sparsity:g}")
-    elif method in ("hydra", "gmp", "set", "rigl", "granet") and not isinstance(kind, sp.Unstructured):
+    elif method in ("hydra", "gmp", "set", "rigl", "granet", "imp") and not isinstance(kind, sp.Unstructured):
         raise SparsearchError(f"sparsity.method {method} supports sparsity.kind unstructured only, got '{s.kind}'")
     if method in ("gmp", "granet"):
         if s.criterion not in ("magnitude", "lamp"):
@@ -28,6 +28,8 @@ def check_config(cfg: Config) -> None:
         if not 0 <= g.initial_sparsity <= s.sparsity or not 0 <= g.start <= g.end <= 1 or g.frequency < 1:
             raise SparsearchError(f"{method} needs 0 <= gmp.initial_sparsity <= sparsity.sparsity, "
                                   "0 <= gmp.start <= gmp.end <= 1 and gmp.frequency >= 1")
+    if method == "imp" and (not 0 < cfg.imp.prune_fraction < 1 or cfg.imp.rewind_step < 0):
+        raise SparsearchError("imp needs 0 < imp.prune_fraction < 1 and imp.rewind_step >= 0")
     if method == "hydra" and s.allocation == "global":
         raise SparsearchError("HYDRA needs a per-layer allocation (uniform, er or erk), not global")
     if method == "maskspar" and s.allocation not in ("uniform", "global"):

@@ -53,7 +53,7 @@ def fit(model: nn.Module, out_dir: Path, cfg: TrainConfig, train_loader: TensorL
 @dataclasses.dataclass
 class MethodContext:
     cfg: Config
-    build: Callable[[], nn.Module]  # the configured model, seeded: the same initial weights on every call
+    build: Callable[..., nn.Module]  # the configured model, seeded: the same initial weights on every call
     train_loader: TensorLoader
     eval_loader: TensorLoader | None
     out_dir: Path  # this method's directory

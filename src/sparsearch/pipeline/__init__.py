@@ -27,13 +27,14 @@ def seed_everything(seed: int) -> None:
 
 
 def model_builder(cfg: Config, ds: Dataset, **overrides: Any) -> Callable[[], nn.Module]:
-    """A function that builds the configured model (kwargs updated by `overrides`), seeded: same init every call."""
+    """A function that builds the configured model (kwargs updated by `overrides`), seeded: the same init every call
+    (`build(seed=k)` draws another initialisation, e.g. for IMP's random re-initialisation branch)."""
     kwargs: dict[str, Any] = {**cfg.model.kwargs, **overrides}
     if cfg.model.name == "mlp":
         kwargs.setdefault("image_size", ds.image_size[0])
 
-    def build() -> nn.Module:
-        seed_everything(cfg.seed)
+    def build(seed: int | None = None) -> nn.Module:
+        seed_everything(cfg.seed if seed is None else seed)
         return build_model(cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **kwargs)
 
     return build
