@@ -18,7 +18,7 @@ from sparsearch.data import (
     TensorLoader,
     download_dataset,
     load_dataset,
-    search_split,
+    split_train,
     stratified_split,
 )
 from sparsearch.errors import SparsearchError
@@ -33,9 +33,9 @@ def test_digits_is_offline_and_split_is_fixed():
     assert torch.equal(ds.train_y, again.train_y)
 
 
-def test_stratified_and_search_split():
+def test_stratified_split_and_split_train():
     ds = load_dataset("digits")
-    a, b = search_split(ds, 0.5, seed=3)
+    a, b = split_train(ds, 0.5, seed=3)
     assert len(a.train_y) + len(b.train_y) == len(ds.train_y)
     for cls in range(10):  # every class on both sides, about half each
         na, nb = (a.train_y == cls).sum().item(), (b.train_y == cls).sum().item()

@@ -11,9 +11,9 @@ import torch.nn as nn
 from sparsearch import sparsity as sp
 from sparsearch.config import from_dict
 from sparsearch.errors import SparsearchError
+from sparsearch.executors import LocalExecutor, ProcessExecutor
 from sparsearch.models.flops import count_flops
 from sparsearch.models.operations import PRIMITIVES
-from sparsearch.pipeline.executors import LocalExecutor, ProcessExecutor
 from sparsearch.search import sample_genotype
 from sparsearch.train import load_checkpoint
 

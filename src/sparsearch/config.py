@@ -76,8 +76,9 @@ class SparsityConfig:
     # how the sparse network is obtained (docs/methods.md): dense | static (masks at init) | oneshot (train, prune,
     # finetune) | gmp (gradual magnitude pruning) | hydra (train, learn scores, finetune) | maskspar (channels)
     # | set, rigl (dynamic sparse training) | granet (gmp with rigl regrowth) | nm (N:M from scratch with SR-STE)
-    # | imp (iterative magnitude pruning with rewinding)
-    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet", "nm", "imp"] = "static"
+    # | imp (iterative magnitude pruning with rewinding) | soup (sparse model soups)
+    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet", "nm", "imp",
+                    "soup"] = "static"
     sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)
     kind: str = "unstructured"  # unstructured | nm:N:M | block:BH:BW | channel
     criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static, oneshot and gmp
@@ -140,6 +141,26 @@ class IMPConfig:
 
 
 @dataclass
+class SoupConfig:
+    """`soup` (Sparse Model Soups, Zimmer et al. 2024): dense training (`train.*`) on the training set less a held-out
+    `val_fraction`, then `phases` prune-retrain cycles. Each prunes the current model globally by magnitude (the phase
+    densities are geometric; the last lands on `sparsity.sparsity`), retrains `ingredients` copies that share the mask
+    and differ in one setting (`vary`), averages them into a soup, recalibrates BatchNorm statistics, and hands the
+    soup to the next phase. `kind` picks the soup that goes on: uniform (all averaged) or greedy (ingredients added in
+    order of validation accuracy while it does not drop). Ingredients are trials: `run.executor` runs them."""
+
+    phases: int = 3
+    ingredients: int = 3
+    vary: Literal["seed", "weight_decay"] = "seed"  # seed: data order and augmentation
+    weight_decays: list[float] = field(default_factory=list)  # one per ingredient when vary is weight_decay
+    retrain_epochs: int = 10  # per ingredient and phase, `train.schedule` restarted at `retrain_lr`
+    retrain_lr: float | None = None  # null: train.lr (the peak of the original training, as SMS retrains)
+    kind: Literal["uniform", "greedy"] = "uniform"
+    val_fraction: float = 0.1  # of the training set, held out from all training to choose greedy soups on
+    bn_batches: int = 50  # training batches that re-estimate BatchNorm statistics after averaging
+
+
+@dataclass
 class NMConfig:
     """`nm`: N:M sparsity (`sparsity.kind: nm:N:M`) trained from scratch with SR-STE (Zhou et al. 2021)."""
 
@@ -194,7 +215,7 @@ class RunConfig:
 
     methods: list[Literal["dass", "darts", "random"]] = field(default_factory=lambda: ["dass", "darts", "random"])
     sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    executor: Literal["local", "process"] = "local"  # how independent trials (random-search samples) run
+    executor: Literal["local", "process"] = "local"  # how independent trials (random-search samples, soup ingredients) run
     workers: int = 2  # process executor only
 
 
@@ -225,6 +246,7 @@ class Config:
     dst: DSTConfig = field(default_factory=DSTConfig)
     nm: NMConfig = field(default_factory=NMConfig)
     imp: IMPConfig = field(default_factory=IMPConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

@@ -18,7 +18,7 @@ from .loader import Augment, TensorLoader
 
 __all__ = [
     "Augment", "CIFAR10_CLASSES", "DATASETS", "Dataset", "TensorLoader", "build_loaders", "dataset_from_config",
-    "download_dataset", "load_dataset", "register_dataset", "search_split", "stratified_split",
+    "download_dataset", "load_dataset", "register_dataset", "split_train", "stratified_split",
 ]
 
 
@@ -36,8 +36,9 @@ def dataset_from_config(cfg: DataConfig, seed: int = 0) -> Dataset:
     return ds
 
 
-def search_split(ds: Dataset, portion: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """DARTS' split of the training set into a weight half and an architecture (validation) half.
+def split_train(ds: Dataset, portion: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """The training set split in two: `portion` to train on, the rest held out (DARTS' weight and architecture
+    halves; the validation set sparse model soups are chosen on).
 
     Stratified and seeded rather than "first half / second half", because sorted sources (image folders)
     would otherwise put whole classes on one side.

@@ -10,15 +10,16 @@ from .imp import imp, level_densities
 from .maskspar import maskspar
 from .nm import SparseRefined, nm
 from .pruning import GradualMagnitudePruning, cubic_sparsity, dense, gmp, oneshot, static
+from .soup import phase_densities, soup
 from .stage import MethodContext, StageResult, fit
 
 METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
     "dense": dense, "static": static, "oneshot": oneshot, "gmp": gmp, "hydra": hydra, "maskspar": maskspar,
-    "set": set_, "rigl": rigl, "granet": granet, "nm": nm, "imp": imp,
+    "set": set_, "rigl": rigl, "granet": granet, "nm": nm, "imp": imp, "soup": soup,
 }
 
 __all__ = [
     "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MethodContext", "SparseRefined",
-    "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "level_densities", "run_hydra", "stage_model",
+    "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "level_densities", "phase_densities", "run_hydra", "stage_model",
     "stage_parameters", "train_stage",
 ]

@@ -20,7 +20,7 @@ def check_config(cfg: Config) -> None:
             raise SparsearchError(f"sparsity.method nm needs sparsity.kind nm:N:M (e.g. nm:2:4), got '{s.kind}'")
         if abs(s.sparsity - (1 - kind.density)) > 1e-9:
             raise SparsearchError(f"{kind} fixes sparsity at {1 - kind.density:g}; got sparsity.sparsity {s.sparsity:g}")
-    elif method in ("hydra", "gmp", "set", "rigl", "granet", "imp") and not isinstance(kind, sp.Unstructured):
+    elif method in ("hydra", "gmp", "set", "rigl", "granet", "imp", "soup") and not isinstance(kind, sp.Unstructured):
         raise SparsearchError(f"sparsity.method {method} supports sparsity.kind unstructured only, got '{s.kind}'")
     if method in ("gmp", "granet"):
         if s.criterion not in ("magnitude", "lamp"):
@@ -36,3 +36,11 @@ def check_config(cfg: Config) -> None:
         raise SparsearchError(f"maskspar selects channels per layer (uniform) or globally, not by '{s.allocation}'")
     if method in ("set", "rigl", "granet") and (cfg.dst.update_every < 1 or not 0 <= cfg.dst.drop_fraction <= 1):
         raise SparsearchError("dynamic sparse training needs dst.update_every >= 1 and 0 <= dst.drop_fraction <= 1")
+    if method == "soup":
+        u = cfg.soup
+        if u.phases < 1 or u.ingredients < 1 or u.retrain_epochs < 1 or u.bn_batches < 1 or not 0 < u.val_fraction < 1:
+            raise SparsearchError("soup needs phases, ingredients, retrain_epochs and bn_batches >= 1 and "
+                                  "0 < val_fraction < 1")
+        if u.vary == "weight_decay" and len(u.weight_decays) != u.ingredients:
+            raise SparsearchError(f"soup.vary weight_decay needs one soup.weight_decays entry per ingredient "
+                                  f"({u.ingredients}), got {len(u.weight_decays)}")

@@ -60,6 +60,7 @@ class MethodContext:
     run_dir: Path  # holds metrics.jsonl; stage names are paths relative to it
     pretrain_dir: Path | None = None  # the dense training train-then-prune methods start from (default out_dir/pretrain)
     show_progress: bool = True
+    data_seed: int | None = None  # the seed the data (subset) was drawn with, for trials that reload it (default cfg.seed)
 
     def __post_init__(self):
         check_config(self.cfg)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import random
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+import torch
 import torch.nn as nn
 
 from ..errors import SparsearchError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..data import Dataset
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -28,10 +35,30 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs
         raise SparsearchError(f"bad arguments for model '{name}': {exc}") from None
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_builder(cfg: Config, ds: Dataset, **overrides: Any) -> Callable[[], nn.Module]:
+    """A function that builds the configured model (kwargs updated by `overrides`), seeded: the same init every call
+    (`build(seed=k)` draws another initialisation, e.g. for IMP's random re-initialisation branch)."""
+    kwargs: dict[str, Any] = {**cfg.model.kwargs, **overrides}
+    if cfg.model.name == "mlp":
+        kwargs.setdefault("image_size", ds.image_size[0])
+
+    def build(seed: int | None = None) -> nn.Module:
+        seed_everything(cfg.seed if seed is None else seed)
+        return build_model(cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **kwargs)
+
+    return build
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 from . import darts, mobilenet, resnet, small, vgg, wideresnet  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["MODELS", "build_model", "count_parameters", "register_model"]
+__all__ = ["MODELS", "build_model", "count_parameters", "model_builder", "register_model", "seed_everything"]

@@ -4,40 +4,15 @@ stages wrote there, so any stage can be re-run or resumed."""
 from __future__ import annotations
 
 import json
-import random
-from typing import Any, Callable
-
-import numpy as np
-import torch
-import torch.nn as nn
+from typing import Any
 
 from ..config import Config, SparsityConfig
 from ..data import Dataset, build_loaders, dataset_from_config
 from ..methods import METHODS, MethodContext, StageResult, check_config
-from ..models import build_model
+from ..models import model_builder
 from ..models.flops import count_flops
 from ..report.plots import churn_plot
 from ..train import prepare_run_dir, resolve_device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def model_builder(cfg: Config, ds: Dataset, **overrides: Any) -> Callable[[], nn.Module]:
-    """A function that builds the configured model (kwargs updated by `overrides`), seeded: the same init every call
-    (`build(seed=k)` draws another initialisation, e.g. for IMP's random re-initialisation branch)."""
-    kwargs: dict[str, Any] = {**cfg.model.kwargs, **overrides}
-    if cfg.model.name == "mlp":
-        kwargs.setdefault("image_size", ds.image_size[0])
-
-    def build(seed: int | None = None) -> nn.Module:
-        seed_everything(cfg.seed if seed is None else seed)
-        return build_model(cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **kwargs)
-
-    return build
 
 
 def build_for(cfg: Config):

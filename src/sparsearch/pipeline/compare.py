@@ -111,7 +111,7 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
         seed_dir = out / f"seed-{seed}"
         name = "dense" if sparsity == 0 else f"{variant}-{sparsity:g}"
         ctx = MethodContext(vcfg, model_builder(vcfg, ds), train_loader, test_loader, seed_dir / name, run_dir,
-                            pretrain_dir=seed_dir / "dense", show_progress=show_progress)
+                            pretrain_dir=seed_dir / "dense", show_progress=show_progress, data_seed=cfg.seed)
         summary = write_summary(ctx, METHODS[vcfg.sparsity.method](ctx), ds, name)
         rows.append({"variant": variant, "sparsity": sparsity, "seed": seed, "test_acc": summary["final_test_acc"],
                      "weight_density": summary.get("weight_density", 1.0), "params_nonzero": summary["params_nonzero"],

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config import Config, ConfigError
 from ..data import build_loaders, dataset_from_config
+from ..executors import make_executor
 from ..methods import density_map, run_hydra
 from ..models.flops import count_flops
 from ..models.genotypes import Genotype
@@ -28,7 +29,6 @@ from ..search import differentiable_search, random_search
 from ..sparsity import find_layers
 from ..train import prepare_run_dir, resolve_device
 from . import model_builder
-from .executors import make_executor
 
 
 def _validate(cfg: Config) -> None:

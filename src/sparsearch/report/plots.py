@@ -71,3 +71,22 @@ def churn_plot(churn: list[dict], path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def soup_plot(history: list[dict], path: Path, title: str = "") -> None:
+    """Sparse model soups per phase: every ingredient's test accuracy against the uniform and the greedy soup's."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    sparsity = [100 * (1 - h["density"]) for h in history]
+    for h, x in zip(history, sparsity):
+        accs = [100 * i["test_acc"] for i in h["ingredients"]]
+        ax.scatter([x] * len(accs), accs, color="0.5", s=18, zorder=2, label="ingredients" if h is history[0] else None)
+    for kind, style in (("uniform", "C0o-"), ("greedy", "C1s--")):
+        ax.plot(sparsity, [100 * h[kind]["test_acc"] for h in history], style, label=f"{kind} soup")
+    ax.set_xlabel("sparsity after the phase (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .. import sparsity as sp
 from ..config import Config, SearchConfig
-from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, search_split
+from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
 from ..errors import SparsearchError
 from ..methods.hydra import STAGES, StageKind, train_stage
 from ..models.genotypes import Genotype
@@ -91,7 +91,7 @@ def phase_epochs(s: SearchConfig, phase: str) -> int:
 def search_loaders(cfg: Config, ds: Dataset) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
     """Weight batches (weight half), alpha batches (alpha half, augmented like weight batches), and the
     alpha half unaugmented for reporting accuracy. The test set is never looked at during search."""
-    weight_half, arch_half = search_split(ds, cfg.search.portion, cfg.seed)
+    weight_half, arch_half = split_train(ds, cfg.search.portion, cfg.seed)
     device, stats = resolve_device(cfg.train.device), ds.channel_stats()
     data = dataclasses.replace(cfg.data, batch_size=cfg.search.batch_size or cfg.data.batch_size)
     train_loader, _ = build_loaders(weight_half, data, cfg.seed, device, stats)

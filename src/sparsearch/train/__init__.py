@@ -5,9 +5,9 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, Reporter
 from .rundir import prepare_run_dir
 from .schedule import build_optimizer, lr_at, set_lr
-from .trainer import Callback, Trainer, evaluate, resolve_device, split_logits
+from .trainer import Callback, Trainer, evaluate, resolve_device, save_final, split_logits
 
 __all__ = [
     "Callback", "CheckpointError", "DropPathSchedule", "SparsityCallback", "MetricsLog", "Reporter", "Trainer", "build_optimizer", "evaluate",
-    "load_checkpoint", "lr_at", "prepare_run_dir", "resolve_device", "save_checkpoint", "set_lr", "split_logits",
+    "load_checkpoint", "lr_at", "prepare_run_dir", "resolve_device", "save_checkpoint", "save_final", "set_lr", "split_logits",
 ]

@@ -57,6 +57,15 @@ def split_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return output, None
 
 
+def save_final(model: nn.Module, out_dir: Path) -> None:
+    """final.safetensors: vanilla weights (masked entries as exact zeros) that an unmodified model loads; and
+    masks.safetensors when the model has masks."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in sp.squash(model).items()}, str(out_dir / "final.safetensors"))
+    if masks := sp.current_masks(model):
+        save_file({k: v.cpu().to(torch.uint8).contiguous() for k, v in masks.items()}, str(out_dir / "masks.safetensors"))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: TensorLoader, amp: bool = False) -> dict[str, float]:
     was_training = model.training
@@ -237,13 +246,7 @@ class Trainer:
         self.save()
 
     def _finish(self) -> dict[str, Any]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        # vanilla weights (masked entries as exact zeros) that an unmodified model loads, plus the masks
-        state = {k: v.detach().cpu().contiguous() for k, v in sp.squash(self.model).items()}
-        save_file(state, str(self.out_dir / "final.safetensors"))
-        if masks := sp.current_masks(self.model):
-            save_file({k: v.cpu().to(torch.uint8).contiguous() for k, v in masks.items()},
-                      str(self.out_dir / "masks.safetensors"))
+        save_final(self.model, self.out_dir)
         summary = {
             "epochs": self.cfg.epochs, "steps": self.step,
             "final_test_acc": self.last_eval.get("acc"), "final_test_loss": self.last_eval.get("loss"),

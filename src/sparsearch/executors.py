@@ -13,7 +13,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-from ..errors import SparsearchError
+from .errors import SparsearchError
 
 T = TypeVar("T")
 R = TypeVar("R")

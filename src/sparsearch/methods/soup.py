@@ -1,0 +1,235 @@
+"""Sparse Model Soups (Zimmer, Spiegel & Pokutta, ICLR 2024): IMP whose every retraining is k retrainings averaged.
+
+    pretrain/                   dense training (`train.*`) on the training split (a `soup.val_fraction` is held out)
+    phase-<p>/start.ckpt        the previous model (pretrain or soup) pruned globally by magnitude to the phase density
+    phase-<p>/ingredient-<i>/   one retraining of start.ckpt, differing from the others in one setting (`soup.vary`)
+    phase-<p>/soup/             the soup that goes on (`soup.kind`): checkpoints/last.ckpt, summary.json, sparsity.json
+    soup.json, soup.png         per phase: each ingredient's, the uniform and the greedy soup's accuracies
+
+All ingredients of a phase load one start.ckpt, and masks are not averaged but required equal, so a soup has
+exactly the start's mask. Ingredients are trials (a module-level function of a picklable value) that any
+executor runs; finished ingredients and phases are skipped on re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import sparsity as sp
+from ..config import Config
+from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
+from ..executors import make_executor
+from ..models import model_builder
+from ..report.plots import soup_plot
+from ..train import MetricsLog, evaluate, load_checkpoint, resolve_device, save_checkpoint, save_final
+from .stage import MethodContext, StageResult, fit
+
+
+def phase_densities(target_sparsity: float, phases: int) -> list[float]:
+    """Each phase removes the same fraction q = 1 - (1 - s)^(1/P) of the remaining weights."""
+    return [(1 - target_sparsity) ** (p / phases) for p in range(1, phases + 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SoupData:
+    train: TensorLoader  # the training split, shuffled and augmented
+    val: TensorLoader  # the held-out split greedy soups are chosen on
+    test: TensorLoader
+    dataset: Dataset
+
+
+def soup_data(cfg: Config, data_seed: int, loader_seed: int) -> SoupData:
+    ds = dataset_from_config(cfg.data, seed=data_seed)
+    train_part, val_part = split_train(ds, 1 - cfg.soup.val_fraction, data_seed)
+    stats = train_part.channel_stats()
+    device = resolve_device(cfg.train.device)
+    train, test = build_loaders(train_part, cfg.data, loader_seed, device=device, stats=stats)
+    val = TensorLoader(val_part.train_x, val_part.train_y, cfg.data.eval_batch_size, mean=stats[0], std=stats[1],
+                       device=device)
+    return SoupData(train, val, test, ds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ingredient:
+    cfg: Config  # `train.*` as this ingredient trains; `seed` orders and augments its data
+    data_seed: int  # the seed the data, its subset and the validation split are drawn with
+    start: str | None  # a masked model's checkpoint to start from; None: the seeded initialisation, dense
+    out_dir: str
+    run_dir: str
+    show_progress: bool = False
+
+
+def train_ingredient(trial: Ingredient) -> dict:
+    """One retraining (or the dense pretraining) as a resumable stage; returns its validation and test accuracy."""
+    cfg, out = trial.cfg, Path(trial.out_dir)
+    data = soup_data(cfg, trial.data_seed, cfg.seed)
+    model = model_builder(cfg, data.dataset)()
+    if trial.start is not None:
+        sp.load_masked_state_dict(model, load_checkpoint(trial.start)["model"])
+    metrics = MetricsLog(Path(trial.run_dir) / "metrics.jsonl", stage=out.relative_to(trial.run_dir).as_posix())
+    result = fit(model, out, cfg.train, data.train, data.test, metrics, show_progress=trial.show_progress)
+    return {"name": out.name, "val_acc": evaluate(result.model, data.val)["acc"],
+            "test_acc": result.summary["final_test_acc"], "train_seconds": result.summary["train_seconds"],
+            "checkpoint": str(result.checkpoint)}
+
+
+def average(states: list[dict]) -> dict:
+    """The uniform average of floating-point entries; masks (and integer buffers) must agree and are kept."""
+    out = {}
+    for key, first in states[0].items():
+        if key.endswith(".mask"):
+            if any(not torch.equal(s[key], first) for s in states[1:]):
+                raise sp.SparsityError(f"ingredients disagree on the mask '{key}': they cannot form one sparse soup")
+            out[key] = first
+        elif torch.is_tensor(first) and first.is_floating_point():
+            out[key] = torch.stack([s[key] for s in states]).mean(0)
+        else:
+            out[key] = first
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: TensorLoader, batches: int) -> None:
+    """Re-estimate BatchNorm running statistics (a cumulative average over `batches` training batches): averaged
+    weights do not match averaged statistics."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for i, (x, _) in enumerate(loader.batches()):
+        if i == batches:
+            break
+        model(x)
+    model.train(was_training)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+class Souper:
+    """Builds soups from ingredient checkpoints and measures them (after BatchNorm recalibration)."""
+
+    def __init__(self, ctx: MethodContext, data: SoupData):
+        self.ctx, self.data = ctx, data
+
+    def model(self, state: dict) -> nn.Module:
+        model = self.ctx.build()
+        sp.load_masked_state_dict(model, state)
+        recalibrate_batchnorm(model, self.data.train, self.ctx.cfg.soup.bn_batches)
+        return model
+
+    def measure(self, states: list[dict]) -> tuple[nn.Module, float, float]:
+        model = self.model(average(states))
+        return model, evaluate(model, self.data.val)["acc"], evaluate(model, self.data.test)["acc"]
+
+    def greedy(self, states: list[dict], ingredients: list[dict]) -> tuple[nn.Module, float, float, list[int]]:
+        """Wortsman et al.'s greedy soup: by validation accuracy, best first; an ingredient stays if the soup's
+        validation accuracy does not drop."""
+        order = sorted(range(len(states)), key=lambda i: -ingredients[i]["val_acc"])
+        members = [order[0]]
+        best = self.measure([states[order[0]]])
+        for i in order[1:]:
+            trial = self.measure([states[j] for j in members + [i]])
+            if trial[1] >= best[1]:
+                members, best = members + [i], trial
+        return (*best, sorted(members))
+
+
+def _pruned(ctx: MethodContext, state: dict, density: float) -> nn.Module:
+    """The model in `state` pruned globally by magnitude to `density` (weights pruned earlier are zeros, so they stay
+    pruned)."""
+    s = ctx.cfg.sparsity
+    model = ctx.build()
+    sp.load_masked_state_dict(model, state)
+    sp.remove(model)
+    masks, _ = sp.compute_masks(model, sp.find_layers(model, s.include, s.exclude, s.dense_first_last), 1 - density,
+                                "magnitude", "global")
+    sp.attach(model, masks)
+    return model
+
+
+def _masks(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.endswith(".mask")}
+
+
+def _soup_phase(souper: Souper, where: Path, ingredients: list[dict], kind: str) -> dict:
+    """Uniform and greedy soups of one phase's ingredients; the `kind` one is saved to `where/soup`. Returns the phase
+    record (kept in soup/record.json, whose presence marks the phase finished)."""
+    out = where / "soup"
+    if (out / "record.json").exists():
+        return json.loads((out / "record.json").read_text())
+    states = [load_checkpoint(r["checkpoint"])["model"] for r in ingredients]
+    uniform, uniform_val, uniform_test = souper.measure(states)
+    greedy, greedy_val, greedy_test, members = souper.greedy(states, ingredients)
+    chosen = uniform if kind == "uniform" else greedy
+    start, mine = _masks(load_checkpoint(where / "start.ckpt")["model"]), _masks(chosen.state_dict())
+    if start.keys() != mine.keys() or any(not torch.equal(start[k], mine[k].to(start[k].device)) for k in start):
+        raise sp.SparsityError(f"the soup in {out} lost the mask its ingredients shared")
+    if problems := sp.check(chosen):
+        raise sp.SparsityError(f"the soup in {out} breaks the sparsity invariants: {problems[0]}")
+    save_checkpoint(out / "checkpoints" / "last.ckpt", {"model": chosen.state_dict()})
+    save_final(chosen, out)
+    (out / "sparsity.json").write_text(json.dumps(sp.report(chosen), indent=2))
+    record = {"ingredients": [{k: r[k] for k in ("name", "val_acc", "test_acc")} for r in ingredients],
+              "uniform": {"val_acc": uniform_val, "test_acc": uniform_test},
+              "greedy": {"val_acc": greedy_val, "test_acc": greedy_test, "members": members}}
+    (out / "record.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _ingredient_cfgs(cfg: Config) -> list[Config]:
+    s = cfg.soup
+    train = dataclasses.replace(cfg.train, epochs=s.retrain_epochs, lr=s.retrain_lr or cfg.train.lr)
+    if s.vary == "seed":
+        return [dataclasses.replace(cfg, seed=cfg.seed + i, train=train) for i in range(s.ingredients)]
+    return [dataclasses.replace(cfg, train=dataclasses.replace(train, weight_decay=wd)) for wd in s.weight_decays]
+
+
+def soup(ctx: MethodContext) -> StageResult:
+    cfg, s = ctx.cfg, ctx.cfg.soup
+    data_seed = cfg.seed if ctx.data_seed is None else ctx.data_seed
+    data = soup_data(cfg, data_seed, cfg.seed)
+    souper = Souper(ctx, data)
+    executor = make_executor(cfg.run.executor, cfg.run.workers)
+    progress = ctx.show_progress and cfg.run.executor == "local"
+
+    def trial(c: Config, start: Path | None, out_dir: Path) -> Ingredient:
+        return Ingredient(c, data_seed, None if start is None else str(start), str(out_dir), str(ctx.run_dir), progress)
+
+    previous = train_ingredient(trial(cfg, None, ctx.out_dir / "pretrain"))
+    current = load_checkpoint(previous["checkpoint"])["model"]
+    history, train_seconds = [], previous["train_seconds"]
+    for phase, density in enumerate(phase_densities(cfg.sparsity.sparsity, s.phases), 1):
+        where = ctx.out_dir / f"phase-{phase}"
+        start = where / "start.ckpt"
+        if not start.exists():  # prune the previous model; every ingredient then starts from this one file
+            save_checkpoint(start, {"model": _pruned(ctx, current, density).state_dict()})
+        results = executor.map(train_ingredient, [trial(c, start, where / f"ingredient-{i}")
+                                                  for i, c in enumerate(_ingredient_cfgs(cfg))])
+        train_seconds += sum(r["train_seconds"] for r in results)
+        history.append({"phase": phase, "density": density, **_soup_phase(souper, where, results, s.kind)})
+        current = load_checkpoint(where / "soup" / "checkpoints" / "last.ckpt")["model"]
+        if ctx.show_progress:
+            h = history[-1]
+            print(f"soup phase {phase}/{s.phases} (density {density:.4f}) test acc: best ingredient "
+                  f"{100 * max(r['test_acc'] for r in results):.2f}%, uniform soup {100 * h['uniform']['test_acc']:.2f}%, "
+                  f"greedy soup {100 * h['greedy']['test_acc']:.2f}%", flush=True)
+    (ctx.out_dir / "soup.json").write_text(json.dumps(history, indent=2))
+    soup_plot(history, ctx.out_dir / "soup.png", f"{cfg.model.name}: sparse model soups")
+    final_dir = ctx.out_dir / f"phase-{s.phases}" / "soup"
+    model = ctx.build()
+    sp.load_masked_state_dict(model, current)
+    chosen = history[-1][s.kind]
+    summary = {"final_test_acc": chosen["test_acc"], "final_val_acc": chosen["val_acc"], "train_seconds": train_seconds,
+               "weight_density": sp.report(model)[-1]["density"], "soup_kind": s.kind,
+               "best_ingredient_test_acc": max(i["test_acc"] for i in history[-1]["ingredients"])}
+    return StageResult(model, summary, final_dir)
