@@ -175,7 +175,8 @@ def test_compare_writes_table_and_plot_and_resumes(tmp_path, cache_dir, capsys):
     # more variants later: only the new ones train (the dense runs are reused), other sections may not change
     assert main(["compare", "-c", str(cfg), "--set", "compare.variants=[dense, oneshot, gmp]", "--set", "compare.seeds=[0]"]) == 0
     extended = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["variant"] for r in extended] == ["dense", "oneshot", "gmp"] and extended[:2] == results["rows"][:2]
+    assert extended[:6] == results["rows"]  # earlier rows stay (static-erk, seed 1), the new one is added
+    assert [(r["variant"], r["seed"]) for r in extended[6:]] == [("gmp", 0)]
     assert main(["compare", "-c", str(cfg), "--set", "train.lr=0.1"]) == 2
     assert "different config" in capsys.readouterr().err
 

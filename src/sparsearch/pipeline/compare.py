@@ -8,7 +8,8 @@
 Seeds change the initialisation and the data order; the data (and any `data.train_subset`) stay those of
 `seed`. Results are rewritten after every finished run, so an interrupted comparison still has a table,
 and a re-run skips what finished. The `compare` section may change between invocations (other sections may
-not): adding variants or seeds trains only what is new.
+not): adding variants or seeds trains only what is new, and rows of earlier invocations stay in the table (so a
+costly variant can run for fewer seeds than the rest; the table's seeds column says how many).
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     out.mkdir(exist_ok=True)
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     device = resolve_device(cfg.train.device)
-    rows: list[dict] = []
+    # rows of earlier invocations stay (a variant run for fewer seeds, say); rows of this one replace them
+    results = out / "results.json"
+    earlier = json.loads(results.read_text())["rows"] if results.exists() else []
+    rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
     for i, (seed, variant, sparsity) in enumerate(jobs, 1):
         vcfg = variant_config(cfg, variant, sparsity, seed)
         train_loader, test_loader = build_loaders(ds, vcfg.data, seed, device=device)
@@ -113,10 +117,11 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
         ctx = MethodContext(vcfg, model_builder(vcfg, ds), train_loader, test_loader, seed_dir / name, run_dir,
                             pretrain_dir=seed_dir / "dense", show_progress=show_progress, data_seed=cfg.seed)
         summary = write_summary(ctx, METHODS[vcfg.sparsity.method](ctx), ds, name)
-        rows.append({"variant": variant, "sparsity": sparsity, "seed": seed, "test_acc": summary["final_test_acc"],
-                     "weight_density": summary.get("weight_density", 1.0), "params_nonzero": summary["params_nonzero"],
-                     "macs_effective": summary["macs_effective"], "train_seconds": summary["train_seconds"]})
-        _write_results(out, cfg, rows, ds.name)
+        rows[seed, variant, sparsity] = {
+            "variant": variant, "sparsity": sparsity, "seed": seed, "test_acc": summary["final_test_acc"],
+            "weight_density": summary.get("weight_density", 1.0), "params_nonzero": summary["params_nonzero"],
+            "macs_effective": summary["macs_effective"], "train_seconds": summary["train_seconds"]}
+        _write_results(out, cfg, list(rows.values()), ds.name)
         if show_progress:
             print(f"compare [{i}/{len(jobs)}] seed {seed} {name}: test acc {100 * summary['final_test_acc']:.2f}%", flush=True)
     return out
