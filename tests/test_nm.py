@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from sparsearch import sparsity as sp
 from sparsearch.cli import main
-from sparsearch.methods import SparseRefined
+from sparsearch.config import NMConfig
+from sparsearch.methods import MaskDecay, SparseRefined, flow_factor
 
 
 def _nm_model():
@@ -50,6 +51,23 @@ def test_sparse_refined_term_decays_only_the_pruned_weights():
         assert torch.allclose(w.grad - before, 0.5 * (1 - mask) * w.detach())
 
 
+def test_mask_decay_schedules_and_soft_mask():
+    lin = NMConfig(decay="linear", decay_rate=0.01, decay_hard_fraction=0.1)
+    assert [flow_factor(t, 200, lin) for t in (0, 50, 100, 179, 180)] == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.0])
+    exp = NMConfig(decay="exp", decay_rate=0.01, decay_hard_fraction=0.1)
+    assert flow_factor(50, 200, exp) == pytest.approx(torch.exp(torch.tensor(-0.5)).item())
+    assert flow_factor(180, 200, exp) == 0.0 and flow_factor(10, 200, NMConfig()) == 0.0  # hard end; SR-STE: off
+    model = _nm_model()
+    trainer = type("T", (), {"model": model, "step": 50, "total_steps": 200})()
+    decay = MaskDecay(lin)
+    decay.on_batch_start(trainer)  # beta = 0.5: pruned weights pass at half strength
+    stored = sp.weight_param(model[0])
+    mask = sp.NM(2, 4).select(stored.detach().abs()).float()
+    assert torch.allclose(model[0].weight, stored * (mask + 0.5 * (1 - mask)))
+    decay.on_epoch_end(trainer)  # evaluation sees the hard N:M weights
+    assert torch.equal(model[0].weight, stored * mask) and not sp.check(model)
+
+
 def _train_nm(tmp_path, *extra):
     return main(["train", "--method", "nm", "--sparsity", "0.5", "--model", "cnn", "--set", f"out_dir={tmp_path}",
                  "--set", "sparsity.kind=nm:2:4", "--set", "data.name=digits", "--set", "data.train_subset=384",
@@ -57,8 +75,9 @@ def _train_nm(tmp_path, *extra):
                  "--set", "model.kwargs={width: 8}", *extra])
 
 
-def test_nm_from_the_cli_exports_valid_nm_weights(tmp_path, cache_dir):
-    assert _train_nm(tmp_path) == 0
+@pytest.mark.parametrize("decay", ["none", "exp"])
+def test_nm_from_the_cli_exports_valid_nm_weights(tmp_path, cache_dir, decay):
+    assert _train_nm(tmp_path, "--set", f"nm.decay={decay}", "--set", "nm.decay_rate=0.02") == 0
     out = tmp_path / "run" / "train" / "nm-0.5"
     rows = json.loads((out / "sparsity.json").read_text())
     layers = [r for r in rows if "shape" in r]

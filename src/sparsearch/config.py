@@ -165,6 +165,12 @@ class NMConfig:
     """`nm`: N:M sparsity (`sparsity.kind: nm:N:M`) trained from scratch with SR-STE (Zhou et al. 2021)."""
 
     lambda_w: float = 2e-4  # sparse-refined term: grad += lambda_w * (1 - mask) * W on the pruned weights
+    # instead of SR-STE, progressive gradient flow's mask decay (Bambhaniya et al. 2024): the forward pass uses
+    # W * (E + (1 - E) * beta_t), beta_t = max(0, 1 - rate * t) (linear) or exp(-rate * t) (exp), t the step; the
+    # mask is hard (beta = 0) for the last `decay_hard_fraction` of training and at every evaluation
+    decay: Literal["none", "linear", "exp"] = "none"
+    decay_rate: float = 2e-4
+    decay_hard_fraction: float = 0.1
 
 
 @dataclass

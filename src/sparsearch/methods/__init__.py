@@ -8,7 +8,7 @@ from .dst import DynamicSparsity, granet, rigl, set_
 from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
 from .imp import imp, level_densities
 from .maskspar import maskspar
-from .nm import SparseRefined, nm
+from .nm import MaskDecay, SparseRefined, flow_factor, nm
 from .pruning import GradualMagnitudePruning, cubic_sparsity, dense, gmp, oneshot, static
 from .soup import phase_densities, soup
 from .stage import MethodContext, StageResult, fit
@@ -19,7 +19,7 @@ METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
 }
 
 __all__ = [
-    "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MethodContext", "SparseRefined",
-    "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "level_densities", "phase_densities", "run_hydra", "stage_model",
-    "stage_parameters", "train_stage",
+    "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MaskDecay", "MethodContext",
+    "SparseRefined", "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "flow_factor",
+    "level_densities", "phase_densities", "run_hydra", "stage_model", "stage_parameters", "train_stage",
 ]

@@ -20,6 +20,8 @@ def check_config(cfg: Config) -> None:
             raise SparsearchError(f"sparsity.method nm needs sparsity.kind nm:N:M (e.g. nm:2:4), got '{s.kind}'")
         if abs(s.sparsity - (1 - kind.density)) > 1e-9:
             raise SparsearchError(f"{kind} fixes sparsity at {1 - kind.density:g}; got sparsity.sparsity {s.sparsity:g}")
+        if cfg.nm.decay_rate <= 0 or not 0 <= cfg.nm.decay_hard_fraction < 1:
+            raise SparsearchError("nm needs nm.decay_rate > 0 and 0 <= nm.decay_hard_fraction < 1")
     elif method in ("hydra", "gmp", "set", "rigl", "granet", "imp", "soup") and not isinstance(kind, sp.Unstructured):
         raise SparsearchError(f"sparsity.method {method} supports sparsity.kind unstructured only, got '{s.kind}'")
     if method in ("gmp", "granet"):

@@ -111,17 +111,23 @@ class _MaskedStraightThrough(torch.autograd.Function):
 class DynamicNM(nn.Module):
     """N:M sparsity trained with SR-STE (Zhou et al. 2021): the mask is recomputed from |W| in every forward pass,
     the stored weight stays dense, and the gradient passes straight through to every weight. `mask` holds the
-    mask of the latest forward pass (the one the SR-STE decay term uses)."""
+    mask of the latest forward pass (the one the SR-STE decay term uses). `flow` > 0 lets the pruned weights
+    through scaled by it (progressive gradient flow's soft mask E + (1 - E) * flow); it is set per step by a
+    schedule and is 0, the hard N:M mask, otherwise."""
 
     def __init__(self, weight: torch.Tensor, kind: NM):
         super().__init__()
         self.kind, self.density = kind, kind.density
+        self.flow = 0.0
         self.register_buffer("nm_mask", kind.select(weight.detach().abs()).float())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             self.nm_mask.copy_(self.kind.select(weight.detach().abs()))
-        return _MaskedStraightThrough.apply(weight, self.nm_mask.to(weight.dtype))
+        mask = self.nm_mask.to(weight.dtype)
+        if self.flow:
+            mask = mask + (1 - mask) * self.flow
+        return _MaskedStraightThrough.apply(weight, mask)
 
     def current(self) -> torch.Tensor:
         return self.nm_mask.bool()
