@@ -4,7 +4,8 @@
     phase-<p>/start.ckpt        the previous model (pretrain or soup) pruned globally by magnitude to the phase density
     phase-<p>/ingredient-<i>/   one retraining of start.ckpt, differing from the others in one setting (`soup.vary`)
     phase-<p>/soup/             the soup that goes on (`soup.kind`): checkpoints/last.ckpt, summary.json, sparsity.json
-    soup.json, soup.png         per phase: each ingredient's, the uniform and the greedy soup's accuracies
+    soup.json                   per phase: each ingredient's, the uniform and the greedy soup's accuracies (plotted
+                                as soup.png by the run's summary step)
 
 All ingredients of a phase load one start.ckpt, and masks are not averaged but required equal, so a soup has
 exactly the start's mask. Ingredients are trials (a module-level function of a picklable value) that any
@@ -25,7 +26,6 @@ from ..config import Config
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
 from ..executors import make_executor
 from ..models import model_builder
-from ..report.plots import soup_plot
 from ..train import MetricsLog, evaluate, load_checkpoint, resolve_device, save_checkpoint, save_final
 from .stage import MethodContext, StageResult, fit
 
@@ -224,7 +224,6 @@ def soup(ctx: MethodContext) -> StageResult:
                   f"{100 * max(r['test_acc'] for r in results):.2f}%, uniform soup {100 * h['uniform']['test_acc']:.2f}%, "
                   f"greedy soup {100 * h['greedy']['test_acc']:.2f}%", flush=True)
     (ctx.out_dir / "soup.json").write_text(json.dumps(history, indent=2))
-    soup_plot(history, ctx.out_dir / "soup.png", f"{cfg.model.name}: sparse model soups")
     final_dir = ctx.out_dir / f"phase-{s.phases}" / "soup"
     model = ctx.build()
     sp.load_masked_state_dict(model, current)

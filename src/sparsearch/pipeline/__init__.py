@@ -11,7 +11,7 @@ from ..data import Dataset, build_loaders, dataset_from_config
 from ..methods import METHODS, MethodContext, StageResult, check_config
 from ..models import model_builder
 from ..models.flops import count_flops
-from ..report.plots import churn_plot
+from ..report.plots import churn_plot, soup_plot
 from ..train import prepare_run_dir, resolve_device
 
 
@@ -52,4 +52,6 @@ def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: 
     (ctx.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if (churn := final.out_dir / "churn.json").exists():  # dynamic sparse training: plot the topology churn
         churn_plot(json.loads(churn.read_text()), final.out_dir / "churn.png", f"{variant}: topology churn")
+    if (soups := ctx.out_dir / "soup.json").exists():  # sparse model soups: ingredients vs soups per phase
+        soup_plot(json.loads(soups.read_text()), ctx.out_dir / "soup.png", f"{variant}: sparse model soups")
     return summary

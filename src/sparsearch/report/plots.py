@@ -11,7 +11,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..search.plots import alpha_heatmap, cell_diagram  # noqa: E402
 
-__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot"]
+__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot", "soup_plot"]
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: dict | None = None) -> None:
+    """Labels, grid, legend and title the same way in every plot; save and close."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(**(legend or {}))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> None:
@@ -22,14 +34,8 @@ def accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> None:
         color = f"C{i}"
         ax.plot([100 * r["sparsity"] for r in mine], [100 * r["test_acc"] for r in mine], "o-", color=color, label=method)
         ax.axhline(100 * mine[0]["dense_test_acc"], color=color, linestyle=":", linewidth=1)
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="cell from (dotted: dense)")
-    ax.set_title(title or "accuracy after HYDRA pruning")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "sparsity (%)", "test accuracy (%)", title or "accuracy after HYDRA pruning",
+            legend={"title": "cell from (dotted: dense)"})
 
 
 def comparison_plot(table: list[dict], path: Path, title: str = "") -> None:
@@ -44,14 +50,7 @@ def comparison_plot(table: list[dict], path: Path, title: str = "") -> None:
         mean, std = 100 * t["acc_mean"], 100 * t["acc_std"]
         ax.axhline(mean, color="k", linestyle=":", linewidth=1, label=f"{t['variant']} (dense)")
         ax.axhspan(mean - std, mean + std, color="k", alpha=0.08)
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "sparsity (%)", "test accuracy (%)", title, legend={"fontsize": 8})
 
 
 def churn_plot(churn: list[dict], path: Path, title: str = "") -> None:
@@ -63,14 +62,8 @@ def churn_plot(churn: list[dict], path: Path, title: str = "") -> None:
         ax.plot(*zip(*points), marker=".", linewidth=1, color=plt.cm.viridis(i / max(1, len(layers) - 1)),
                 label=name if len(layers) <= 12 else None)
     ax.plot([u["step"] for u in churn], [u["drop_fraction"] for u in churn], "k--", linewidth=1, label="drop fraction")
-    ax.set_xlabel("step")
-    ax.set_ylabel("regrown / active weights")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(title or "topology churn per update", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "step", "regrown / active weights", title or "topology churn per update",
+            legend={"fontsize": 7, "ncol": 2})
 
 
 def soup_plot(history: list[dict], path: Path, title: str = "") -> None:
@@ -82,11 +75,4 @@ def soup_plot(history: list[dict], path: Path, title: str = "") -> None:
         ax.scatter([x] * len(accs), accs, color="0.5", s=18, zorder=2, label="ingredients" if h is history[0] else None)
     for kind, style in (("uniform", "C0o-"), ("greedy", "C1s--")):
         ax.plot(sparsity, [100 * h[kind]["test_acc"] for h in history], style, label=f"{kind} soup")
-    ax.set_xlabel("sparsity after the phase (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "sparsity after the phase (%)", "test accuracy (%)", title, legend={"fontsize": 8})
