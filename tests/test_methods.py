@@ -10,9 +10,9 @@ from sparsearch import sparsity as sp
 from sparsearch.cli import main
 from sparsearch.config import GMPConfig
 from sparsearch.methods import GradualMagnitudePruning, cubic_sparsity
-from sparsearch.methods.maskspar import conv_bn_pairs
 from sparsearch.models import build_model, count_parameters
 from sparsearch.models.flops import count_flops
+from sparsearch.models.tracing import conv_bn_pairs
 
 
 @pytest.mark.parametrize("name, published", [

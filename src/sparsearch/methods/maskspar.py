@@ -19,40 +19,9 @@ import torch.nn as nn
 
 from .. import sparsity as sp
 from ..errors import SparsearchError
+from ..models.tracing import conv_bn_pairs
 from ..train import Callback
 from .stage import MethodContext, StageResult
-
-
-def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
-    """BatchNorm name -> the name of the convolution whose output it normalises directly (found by tracing)."""
-    produced: dict[int, tuple[str, torch.Tensor]] = {}  # holding the outputs keeps their ids from being reused
-    pairs: dict[str, str] = {}
-
-    def conv_hook(name):
-        return lambda mod, inputs, out: produced.__setitem__(id(out), (name, out))
-
-    def bn_hook(name):
-        def hook(mod, inputs):
-            if (src := produced.get(id(inputs[0]))) is not None and src[1] is inputs[0]:
-                pairs[name] = src[0]
-        return hook
-
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            hooks.append(m.register_forward_hook(conv_hook(name)))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            hooks.append(m.register_forward_pre_hook(bn_hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return pairs
 
 
 def select_channels(model: nn.Module, bns: list[str], sparsity: float, allocation: str) -> dict[str, torch.Tensor]:

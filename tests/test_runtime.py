@@ -1,0 +1,88 @@
+"""The sparse runtime: CSR kernels equal the dense layers, BatchNorm folding is exact, and a compiled model
+equals the masked model on every registry model and on genotype networks."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sparsearch import sparsity as sp
+from sparsearch.models import build_model
+from sparsearch.runtime import CSRConv2d, CSRLinear, compile, fold_batchnorm
+
+
+def _sparse_(weight: torch.Tensor, density: float, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight.mul_((torch.rand(weight.shape, generator=gen) < density).float())
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=1), dict(kernel_size=1, stride=2), dict(kernel_size=5, padding=4, dilation=2)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_csr_conv_equals_dense_conv(kwargs, batch):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, bias=True, **kwargs)
+    _sparse_(conv.weight, 0.1)
+    x = torch.randn(batch, 8, 9, 9)
+    assert torch.allclose(CSRConv2d(conv)(x), conv(x), atol=1e-5)
+
+
+def test_csr_linear_equals_dense_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 7)
+    _sparse_(lin.weight, 0.2)
+    for x in (torch.randn(1, 20), torch.randn(5, 20), torch.randn(2, 3, 20)):
+        assert torch.allclose(CSRLinear(lin)(x), lin(x), atol=1e-5)
+
+
+def _randomise_batchnorm_(model: nn.Module) -> None:
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+            if m.affine:
+                with torch.no_grad():
+                    m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+
+
+def test_fold_batchnorm_is_exact_and_keeps_zeros():
+    model = build_model("resnet20").eval()
+    _randomise_batchnorm_(model)
+    _sparse_(model.layer1[0].conv1.weight, 0.1)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        folded = fold_batchnorm(model, x)
+        after = model(x)
+    assert len(folded) == 19 and isinstance(model.layer1[0].bn1, nn.Identity)
+    assert torch.allclose(before, after, atol=1e-4)
+    assert float((model.layer1[0].conv1.weight != 0).float().mean()) < 0.15  # zeros stayed zeros
+
+
+REGISTRY = [("resnet20", {}, 3, 32), ("resnet56", {}, 3, 32), ("vgg16", {}, 3, 32), ("mobilenetv2", {}, 3, 32),
+            ("wrn28-2", {}, 3, 32), ("cnn", {}, 1, 8), ("mlp", {"image_size": 8}, 1, 8),
+            ("genotype", {"genotype": "DASS_95", "channels": 8, "layers": 5}, 3, 32)]
+
+
+@pytest.mark.parametrize("name,kwargs,channels,size", REGISTRY, ids=[r[0] for r in REGISTRY])
+def test_compiled_model_equals_the_masked_model(name, kwargs, channels, size):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=channels, **kwargs)
+    _randomise_batchnorm_(model)
+    masks, densities = sp.compute_masks(model, sp.find_layers(model), 0.9, "magnitude", "erk")
+    sp.attach(model, masks, densities=densities)
+    x = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        want = model.eval()(x)
+        want = want[0] if isinstance(want, tuple) else want
+    for kernels in (("csr",), None):  # sparse wherever it applies; then chosen by measurement
+        compiled = compile(model, x, repeats=1, kernels=kernels)
+        assert compiled.max_abs_error <= 1e-4
+        assert (compiled(x) - want).abs().max() <= 1e-4
+        rows = compiled.table()
+        assert rows and all(r["kernel"] in ("dense", "csr") for r in rows)
+        if kernels:
+            assert any(r["kernel"] == "csr" for r in rows)
+    assert sp.masked_layers(model)  # the original keeps its masks
