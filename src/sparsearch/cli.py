@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_download)
 
     p = sub.add_parser("bench", help="benchmarks that print a table and write JSON (bench WHICH --help)")
-    p.add_argument("which", choices=["train", "sparsity", "search"])
+    p.add_argument("which", choices=["train", "sparsity", "search", "runtime"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
     return parser

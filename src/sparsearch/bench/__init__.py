@@ -8,6 +8,8 @@ def main(which: str, argv: list[str]) -> int:
         from .train_loop import main as run
     elif which == "search":
         from .search import main as run
+    elif which == "runtime":
+        from .runtime import main as run
     else:
         from .sparsity import main as run
     return run(argv)

@@ -45,4 +45,7 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
         table.add_column(h, justify="right" if h != header[0] else "left")
     for row in rows:
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough that cells do not wrap
+        console = Console(width=200)
+    console.print(table)

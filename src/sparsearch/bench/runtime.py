@@ -1,0 +1,141 @@
+"""`sparsearch bench runtime`: does sparsity make inference faster? Side by side in one process, per model,
+sparsity, batch size and thread count: dense eager, masked eager (the training-time model), and the
+compiled sparse model (`runtime.compile`, tuned for that shape and thread count). Trials alternate between
+the three; medians and min/max are reported next to the FLOP-count ideal speedup 1 / (1 - s).
+
+Models: a DASS genotype network of the DASS-Small shape (36 initial channels, 20 cells) and ResNet-56,
+CIFAR input (3 x 32 x 32). Masks: magnitude with uniform per-layer sparsity on every conv and linear layer
+but the first conv and the classifier; BatchNorm statistics are randomised so folding is not a no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import sparsity as sp
+from ..models import build_model
+from ..runtime import compile
+from .common import machine, print_table, stats, write_json
+
+MODELS = {
+    "dass-small": lambda genotype: build_model("genotype", genotype=genotype, channels=36, layers=20),
+    "resnet56": lambda genotype: build_model("resnet56"),
+}
+
+
+def _model(name: str, genotype: str, sparsity: float) -> nn.Module:
+    torch.manual_seed(0)
+    model = MODELS[name](genotype).eval()
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+    if sparsity > 0:
+        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", "uniform")
+        sp.attach(model, masks, densities=densities)
+    return model
+
+
+def _time(fn, x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        fn(x)
+    return time.perf_counter() - t0
+
+
+def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int, trials: int) -> dict:
+    torch.set_num_threads(threads)
+    masked = _model(name, genotype, sparsity)
+    dense = _model(name, genotype, 0.0)
+    if sparsity > 0:  # the dense model with the masked model's weights: same numbers, no masks
+        dense.load_state_dict(sp.squash(masked))
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    t0 = time.perf_counter()
+    compiled = compile(masked, x)
+    compile_s = time.perf_counter() - t0
+    variants = {"dense eager": dense, "masked eager": masked, "compiled sparse": compiled}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():
+        _time(fn, x)  # warm-up
+    for _ in range(trials):
+        for k, fn in variants.items():
+            times[k].append(_time(fn, x))
+    result = {k: stats(v) for k, v in times.items()}
+    kernels = [c.kernel for c in compiled.layers]
+    return {"model": name, "sparsity": sparsity, "batch": batch, "threads": threads, "times": result,
+            "speedup": result["dense eager"]["median"] / result["compiled sparse"]["median"],
+            "ideal": 1 / (1 - sparsity), "compile_s": compile_s, "max_abs_error": compiled.max_abs_error,
+            "sparse_layers": sum(k != "dense" for k in kernels), "layers": len(kernels), "layer_table": compiled.table()}
+
+
+def speedup_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    keys = sorted({(r["model"], r["batch"], r["threads"]) for r in rows})
+    for i, (model, batch, threads) in enumerate(keys):
+        mine = sorted((r for r in rows if (r["model"], r["batch"], r["threads"]) == (model, batch, threads)),
+                      key=lambda r: r["sparsity"])
+        ax.plot([100 * r["sparsity"] for r in mine], [r["speedup"] for r in mine], "o-" if threads > 1 else "x--",
+                color=f"C{i // 2 if len(keys) > 1 else 0}", label=f"{model}, batch {batch}, {threads} thr")
+    s = sorted({r["sparsity"] for r in rows})
+    ax.plot([100 * x for x in s], [1 / (1 - x) for x in s], "k:", label="FLOP ideal 1/(1-s)")
+    ax.axhline(1, color="k", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("speedup of compiled sparse over dense eager")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="sparsearch bench runtime", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--genotype", default="DASS_95")
+    ap.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.5, 0.9, 0.95, 0.98, 0.99])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--trials", type=int, default=7)
+    ap.add_argument("--out", default="bench-results/runtime.json")
+    args = ap.parse_args(argv)
+    rows = []
+    for name in args.models:
+        for threads in args.threads:
+            for batch in args.batches:
+                for s in args.sparsities:
+                    r = measure(name, args.genotype, s, batch, threads, args.trials)
+                    rows.append(r)
+                    t = r["times"]
+                    print(f"{name} s={s:.2f} batch {batch} threads {threads}: dense {1e3 * t['dense eager']['median']:.1f} ms, "
+                          f"masked {1e3 * t['masked eager']['median']:.1f} ms, compiled {1e3 * t['compiled sparse']['median']:.1f} ms "
+                          f"({r['speedup']:.2f}x, ideal {r['ideal']:.1f}x; {r['sparse_layers']}/{r['layers']} layers sparse)",
+                          flush=True)
+    table = []
+    for r in rows:
+        t = r["times"]
+        verdict = "slower than dense" if r["speedup"] < 0.95 else "no speedup" if r["speedup"] < 1.05 else ""
+        table.append([r["model"], f"{100 * r['sparsity']:g}%", r["batch"], r["threads"],
+                      f"{1e3 * t['dense eager']['median']:.2f}", f"{1e3 * t['masked eager']['median']:.2f}",
+                      f"{1e3 * t['compiled sparse']['median']:.2f} ({1e3 * t['compiled sparse']['min']:.2f}-"
+                      f"{1e3 * t['compiled sparse']['max']:.2f})", f"{r['speedup']:.2f}x", f"{r['ideal']:.1f}x", verdict])
+    info = machine()
+    print_table(f"inference ms per batch, medians of {args.trials} ({info['cpu']}, torch {info['torch']})",
+                ["model", "sparsity", "batch", "threads", "dense eager", "masked eager", "compiled (min-max)",
+                 "speedup", "ideal", ""], table)
+    out = write_json(args.out, {"benchmark": "runtime", "args": vars(args), "results": rows})
+    speedup_plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
