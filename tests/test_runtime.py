@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from sparsearch import sparsity as sp
 from sparsearch.models import build_model
-from sparsearch.runtime import CSRConv2d, CSRLinear, compile, fold_batchnorm
+from sparsearch.runtime import CSRConv2d, CSRLinear, compile, export, fold_batchnorm, load
 
 
 def _sparse_(weight: torch.Tensor, density: float, seed: int = 0) -> None:
@@ -86,3 +86,25 @@ def test_compiled_model_equals_the_masked_model(name, kwargs, channels, size):
         if kernels:
             assert any(r["kernel"] == "csr" for r in rows)
     assert sp.masked_layers(model)  # the original keeps its masks
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("genotype", {"genotype": "DASS_95", "channels": 8, "layers": 5})])
+def test_export_reloads_with_the_constructor_only(tmp_path, name, kwargs):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs)
+    _randomise_batchnorm_(model)
+    masks, densities = sp.compute_masks(model, sp.find_layers(model), 0.9, "magnitude", "erk")
+    sp.attach(model, masks, densities=densities)
+    export(model, tmp_path, name, **kwargs)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert not any("parametrizations" in k for k in state)
+    fresh = build_model(name, **kwargs).eval()  # plain PyTorch: constructor + load_state_dict
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model.eval()(x)
+        got, loaded = fresh(x), load(tmp_path)(x)
+    want, got, loaded = (t[0] if isinstance(t, tuple) else t for t in (want, got, loaded))
+    assert torch.equal(want, got) and torch.equal(want, loaded)

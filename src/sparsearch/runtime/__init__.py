@@ -8,6 +8,7 @@
     4. the result checked against the masked model on `example_input` (max abs error <= `tolerance`).
 
 The per-layer table (layer, shape, density, kernel, dense and chosen time) is `CompiledModel.layers`.
+`export` / `load` write and read a squashed model that needs only the model constructor.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..errors import SparsearchError
 from ..models.tracing import conv_bn_pairs
+from .export import export, load
 from .kernels import CSRConv2d, CSRLinear, candidates
 
-__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "candidates", "compile", "fold_batchnorm"]
+__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "candidates", "compile", "export", "fold_batchnorm",
+           "load"]
 
 
 @torch.no_grad()

@@ -1,0 +1,38 @@
+"""Export a (masked) model as files any PyTorch user can load: `model.safetensors` (the squashed state_dict:
+masked entries exact zeros, no mask entries) and `model.json` (the registry name and constructor arguments,
+plus per-layer densities for the reader). Loading needs only the model constructor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .. import sparsity as sp
+from ..errors import SparsearchError
+from ..models import build_model
+
+
+def export(model: nn.Module, out_dir: str | Path, name: str, **kwargs: Any) -> Path:
+    """Write `model` (built as `build_model(name, **kwargs)`) to `out_dir`; returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in sp.squash(model).items()}
+    densities = {row["name"]: row["density"] for row in sp.report(model) if "shape" in row}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "model.json").write_text(json.dumps({"model": name, "kwargs": kwargs, "densities": densities}, indent=2))
+    return out
+
+
+def load(out_dir: str | Path) -> nn.Module:
+    """The exported model as a plain module (no masks: the zeros are in the weights), in eval mode."""
+    out = Path(out_dir)
+    if not (out / "model.json").exists() or not (out / "model.safetensors").exists():
+        raise SparsearchError(f"{out} holds no exported model (model.json and model.safetensors)")
+    spec = json.loads((out / "model.json").read_text())
+    model = build_model(spec["model"], **spec["kwargs"])
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    return model.eval()
