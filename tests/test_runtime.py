@@ -108,3 +108,19 @@ def test_export_reloads_with_the_constructor_only(tmp_path, name, kwargs):
         got, loaded = fresh(x), load(tmp_path)(x)
     want, got, loaded = (t[0] if isinstance(t, tuple) else t for t in (want, got, loaded))
     assert torch.equal(want, got) and torch.equal(want, loaded)
+
+
+def test_compile_command_on_a_trained_run(tmp_path, cache_dir, capsys):
+    import json
+
+    from sparsearch.cli import main
+
+    assert main(["train", "--method", "static", "--sparsity", "0.9", "--model", "cnn", "--set", f"out_dir={tmp_path}",
+                 "--set", "data.name=digits", "--set", "data.train_subset=256", "--set", "train.epochs=1",
+                 "--set", "model.kwargs={width: 8}"]) == 0
+    where = tmp_path / "run" / "train" / "static-0.9"
+    assert main(["compile", str(where), "--batch", "4"]) == 0
+    result = json.loads((where / "compiled" / "compile.json").read_text())
+    assert result["batch"] == 4 and result["max_abs_error"] <= 1e-4 and len(result["layers"]) == 4
+    assert load(where / "compiled").training is False and "kernel" in capsys.readouterr().out
+    assert main(["compile", str(tmp_path)]) == 2  # not a training directory: one line, exit 2

@@ -17,7 +17,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="dense, static, oneshot, gmp, hydra, maskspar, set, rigl, granet, nm or imp "
+    p.add_argument("--method", help="dense, static, oneshot, gmp, hydra, maskspar, set, rigl, granet, nm, imp or soup "
                    "(shorthand for --set sparsity.method=...)")
     p.add_argument("--sparsity", type=float, help="target sparsity (shorthand for --set sparsity.sparsity=...)")
     p.add_argument("--model", help="model name (shorthand for --set model.name=...)")
@@ -66,6 +66,20 @@ def cmd_compare(args) -> int:
     out = run_compare(_load(args))
     print((out / "table.md").read_text())
     print(f"table and plot: {out / 'table.md'}, {out / 'accuracy.png'}")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .bench.common import print_table
+    from .pipeline.compile import run_compile
+
+    result = run_compile(args.training_dir, args.batch, args.threads)
+    print_table(f"per-layer kernels at batch {result['batch']}, {result['threads']} threads (ms per call, medians)",
+                ["layer", "shape", "density", "kernel", "dense ms", "chosen ms"],
+                [[r["layer"], "x".join(map(str, r["shape"])), r["density"], r["kernel"], r["dense_ms"], r["chosen_ms"]]
+                 for r in result["layers"]])
+    print(f"conv/linear time: dense {result['dense_ms']:.2f} ms -> chosen {result['chosen_ms']:.2f} ms; "
+          f"max abs error {result['max_abs_error']:.1e}; written to {args.training_dir}/compiled/")
     return 0
 
 
@@ -154,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder to download into")
     p.add_argument("--mirror", help="base URL to download from instead of the official one")
     p.set_defaults(func=cmd_data_download)
+
+    p = sub.add_parser("compile", help="compile a trained model for sparse CPU inference; per-layer table, export")
+    p.add_argument("training_dir", help="a train/<variant>/ (or compare/seed-k/<variant>/) directory")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("bench", help="benchmarks that print a table and write JSON (bench WHICH --help)")
     p.add_argument("which", choices=["train", "sparsity", "search", "runtime"])

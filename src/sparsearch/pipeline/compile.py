@@ -1,0 +1,48 @@
+"""`sparsearch compile TRAINING_DIR`: the trained model of a `sparsearch train` / `compare` variant directory
+(the one holding summary.json), compiled for inference at a batch size and thread count.
+
+    <dir>/compiled/compile.json   per-layer table (layer, shape, density, kernel, dense and chosen ms) and totals
+    <dir>/compiled/model.json, model.safetensors   the exported model (`runtime.export`)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..config import load_config
+from ..data import dataset_from_config
+from ..errors import SparsearchError
+from ..models import model_builder
+from ..runtime import compile, export
+
+
+def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = None) -> dict:
+    where = Path(training_dir)
+    if not (where / "summary.json").exists():
+        raise SparsearchError(f"{where} is not a finished training (no summary.json); point at train/<variant>/")
+    summary = json.loads((where / "summary.json").read_text())
+    cfg = load_config(Path(summary["run_dir"]) / "config.yaml")
+    if summary.get("model") == "genotype" and "genotype" not in cfg.model.kwargs:
+        raise SparsearchError("searched-cell trainings of `sparsearch run` are not supported yet; compile a "
+                              "`sparsearch train` or `compare` result")
+    ds = dataset_from_config(cfg.data, seed=cfg.seed)
+    model = model_builder(cfg, ds)().eval()
+    model.load_state_dict(load_file(str(Path(summary["final_stage"]) / "final.safetensors")))
+    if threads:
+        torch.set_num_threads(threads)
+    example = torch.randn(batch, ds.in_channels, *ds.image_size, generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    compiled = compile(model, example)
+    out = where / "compiled"
+    export(model, out, cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **cfg.model.kwargs)
+    result = {"batch": batch, "threads": torch.get_num_threads(), "compile_seconds": time.perf_counter() - t0,
+              "max_abs_error": compiled.max_abs_error, "layers": compiled.table(),
+              "dense_ms": sum(r["dense_ms"] for r in compiled.table()),
+              "chosen_ms": sum(r["chosen_ms"] for r in compiled.table())}
+    (out / "compile.json").write_text(json.dumps(result, indent=2))
+    return result
