@@ -124,3 +124,22 @@ def test_compile_command_on_a_trained_run(tmp_path, cache_dir, capsys):
     assert result["batch"] == 4 and result["max_abs_error"] <= 1e-4 and len(result["layers"]) == 4
     assert load(where / "compiled").training is False and "kernel" in capsys.readouterr().out
     assert main(["compile", str(tmp_path)]) == 2  # not a training directory: one line, exit 2
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("genotype", {"genotype": "DASS_95", "channels": 8, "layers": 5})])
+def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path, name, kwargs):
+    ort = pytest.importorskip("onnxruntime")
+    from sparsearch.runtime import to_onnx
+
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs)
+    _randomise_batchnorm_(model)
+    masks, densities = sp.compute_masks(model, sp.find_layers(model), 0.9, "magnitude", "erk")
+    sp.attach(model, masks, densities=densities)
+    path = to_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "model.onnx")
+    x = torch.randn(3, 3, 32, 32)  # another batch size than exported with
+    with torch.no_grad():
+        want = model.eval()(x)
+        want = want[0] if isinstance(want, tuple) else want
+    got = ort.InferenceSession(str(path)).run(["logits"], {"input": x.numpy()})[0]
+    assert abs(got - want.numpy()).max() <= 1e-4

@@ -24,11 +24,11 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..errors import SparsearchError
 from ..models.tracing import conv_bn_pairs
-from .export import export, load
+from .export import export, load, to_onnx
 from .kernels import CSRConv2d, CSRLinear, candidates
 
 __all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "candidates", "compile", "export", "fold_batchnorm",
-           "load"]
+           "load", "to_onnx"]
 
 
 @torch.no_grad()
