@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from sparsearch import sparsity as sp
 from sparsearch.models import build_model
-from sparsearch.runtime import CSRConv2d, CSRLinear, compile, export, fold_batchnorm, load
+from sparsearch.runtime import CSRConv2d, CSRLinear, compile, export, fold_batchnorm, kernels, load
 
 
 def _sparse_(weight: torch.Tensor, density: float, seed: int = 0) -> None:
@@ -23,8 +23,10 @@ def test_csr_conv_equals_dense_conv(kwargs, batch):
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 12, bias=True, **kwargs)
     _sparse_(conv.weight, 0.1)
-    x = torch.randn(batch, 8, 9, 9)
+    x = torch.randn(batch, 8, 9, 7)
     assert torch.allclose(CSRConv2d(conv)(x), conv(x), atol=1e-5)
+    if kernels.numba is not None:
+        assert torch.allclose(kernels.TapsConv2d(conv)(x), conv(x), atol=1e-5)
 
 
 def test_csr_linear_equals_dense_linear():
@@ -33,6 +35,8 @@ def test_csr_linear_equals_dense_linear():
     _sparse_(lin.weight, 0.2)
     for x in (torch.randn(1, 20), torch.randn(5, 20), torch.randn(2, 3, 20)):
         assert torch.allclose(CSRLinear(lin)(x), lin(x), atol=1e-5)
+        if kernels.numba is not None:
+            assert torch.allclose(kernels.TapsConv2d(lin)(x), lin(x), atol=1e-5)
 
 
 def _randomise_batchnorm_(model: nn.Module) -> None:
@@ -61,9 +65,10 @@ def test_fold_batchnorm_is_exact_and_keeps_zeros():
     assert float((model.layer1[0].conv1.weight != 0).float().mean()) < 0.15  # zeros stayed zeros
 
 
-REGISTRY = [("resnet20", {}, 3, 32), ("resnet56", {}, 3, 32), ("vgg16", {}, 3, 32), ("mobilenetv2", {}, 3, 32),
-            ("wrn28-2", {}, 3, 32), ("cnn", {}, 1, 8), ("mlp", {"image_size": 8}, 1, 8),
-            ("genotype", {"genotype": "DASS_95", "channels": 8, "layers": 5}, 3, 32)]
+# small inputs keep the test quick; VGG's five poolings need 32 x 32
+REGISTRY = [("resnet20", {}, 3, 16), ("resnet56", {}, 3, 16), ("vgg16", {}, 3, 32), ("mobilenetv2", {}, 3, 16),
+            ("wrn28-2", {}, 3, 16), ("cnn", {}, 1, 8), ("mlp", {"image_size": 8}, 1, 8),
+            ("genotype", {"genotype": "DASS_95", "channels": 8, "layers": 5}, 3, 16)]
 
 
 @pytest.mark.parametrize("name,kwargs,channels,size", REGISTRY, ids=[r[0] for r in REGISTRY])
@@ -77,14 +82,15 @@ def test_compiled_model_equals_the_masked_model(name, kwargs, channels, size):
     with torch.no_grad():
         want = model.eval()(x)
         want = want[0] if isinstance(want, tuple) else want
-    for kernels in (("csr",), None):  # sparse wherever it applies; then chosen by measurement
-        compiled = compile(model, x, repeats=1, kernels=kernels)
+    forced = [("csr",)] + ([("taps",)] if kernels.numba is not None else [])
+    for only in [*forced, None]:  # each sparse kernel wherever it applies; then chosen by measurement
+        compiled = compile(model, x, repeats=1, kernels=only)
         assert compiled.max_abs_error <= 1e-4
         assert (compiled(x) - want).abs().max() <= 1e-4
         rows = compiled.table()
-        assert rows and all(r["kernel"] in ("dense", "csr") for r in rows)
-        if kernels:
-            assert any(r["kernel"] == "csr" for r in rows)
+        assert rows and all(r["kernel"] in ("dense", "csr", "taps") for r in rows)
+        if only:
+            assert any(r["kernel"] == only[0] for r in rows)
     assert sp.masked_layers(model)  # the original keeps its masks
 
 

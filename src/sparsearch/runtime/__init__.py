@@ -25,9 +25,9 @@ from .. import sparsity as sp
 from ..errors import SparsearchError
 from ..models.tracing import conv_bn_pairs
 from .export import export, load, to_onnx
-from .kernels import CSRConv2d, CSRLinear, candidates
+from .kernels import CSRConv2d, CSRLinear, TapsConv2d, candidates
 
-__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "candidates", "compile", "export", "fold_batchnorm",
+__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "TapsConv2d", "candidates", "compile", "export", "fold_batchnorm",
            "load", "to_onnx"]
 
 
