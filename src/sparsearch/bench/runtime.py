@@ -49,7 +49,7 @@ def _time(fn, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int, trials: int) -> dict:
+def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int, trials: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     masked = _model(name, genotype, sparsity)
     dense = _model(name, genotype, 0.0)
@@ -57,7 +57,7 @@ def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int,
         dense.load_state_dict(sp.squash(masked))
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     t0 = time.perf_counter()
-    compiled = compile(masked, x)
+    compiled = compile(masked, x, repeats=repeats)
     compile_s = time.perf_counter() - t0
     variants = {"dense eager": dense, "masked eager": masked, "compiled sparse": compiled}
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -109,6 +109,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--trials", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=5, help="timings per kernel and layer when compiling")
     ap.add_argument("--out", default="bench-results/runtime.json")
     args = ap.parse_args(argv)
     rows = []
@@ -116,7 +117,7 @@ def main(argv: list[str]) -> int:
         for threads in args.threads:
             for batch in args.batches:
                 for s in args.sparsities:
-                    r = measure(name, args.genotype, s, batch, threads, args.trials)
+                    r = measure(name, args.genotype, s, batch, threads, args.trials, args.repeats)
                     rows.append(r)
                     t = r["times"]
                     print(f"{name} s={s:.2f} batch {batch} threads {threads}: dense {1e3 * t['dense eager']['median']:.1f} ms, "
