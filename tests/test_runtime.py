@@ -29,6 +29,18 @@ def test_csr_conv_equals_dense_conv(kwargs, batch):
         assert torch.allclose(kernels.TapsConv2d(conv)(x), conv(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [dict(groups=8, padding=1), dict(groups=4, padding=1, stride=2),
+                                    dict(groups=8, padding=2, dilation=2)])
+def test_taps_kernel_handles_grouped_and_depthwise_convs(kwargs):
+    if kernels.numba is None:
+        pytest.skip("numba (the fast extra) is not installed")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, **kwargs)
+    _sparse_(conv.weight, 0.3)
+    for x in (torch.randn(1, 8, 9, 7), torch.randn(3, 8, 9, 7)):
+        assert torch.allclose(kernels.TapsConv2d(conv)(x), conv(x), atol=1e-5)
+
+
 def test_csr_linear_equals_dense_linear():
     torch.manual_seed(0)
     lin = nn.Linear(20, 7)

@@ -9,10 +9,11 @@ function. Which one a layer gets is decided by measurement (`runtime.compile`); 
     taps     (needs numba, the `fast` extra) no im2col: the zero-padded input is laid out once as (in, N * Hp * Wp),
              where the kernel tap (i, j) is a shift by i * Wp + j. Per output channel (in parallel) and per
              block of output positions, each non-zero weight adds weight x the shifted input row (an axpy over
-             contiguous memory, which LLVM vectorises). Strided convolutions compute the stride-1 grid and
+             contiguous memory, which LLVM vectorises). Grouped and depthwise convolutions are the same loop
+             with each weight reading its group's channel. Strided convolutions compute the stride-1 grid and
              subsample it. torch.sparse's CSR product reached about 1 GFLOP/s on these shapes here, this loop
              about 10 (one thread).
-Grouped convolutions (depthwise) are not handled and stay dense.
+`csr` handles ungrouped convolutions only.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class CSRConv2d(nn.Module):
 
 
 class TapsConv2d(nn.Module):
-    """The `taps` kernel (numba) for ungrouped convolutions and, as a 1 x 1 convolution, linear layers."""
+    """The `taps` kernel (numba) for convolutions (grouped and depthwise too) and, as a 1 x 1 convolution, linear
+    layers."""
 
     block = 1024  # output positions per inner pass: the accumulator stays in L1
 
@@ -114,15 +116,18 @@ class TapsConv2d(nn.Module):
         if self.linear:
             weight = weight[:, :, None, None]
             self.stride, self.padding, self.dilation = (1, 1), (0, 0), (1, 1)
+            groups = 1
         else:
-            if layer.groups != 1 or not isinstance(layer.padding, tuple):
-                raise ValueError("TapsConv2d handles ungrouped convolutions with numeric padding")
+            if not isinstance(layer.padding, tuple):
+                raise ValueError("TapsConv2d handles convolutions with numeric padding")
             self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
-        self.out_channels, _, kh, kw = weight.shape
+            groups = layer.groups
+        self.out_channels, in_per_group, kh, kw = weight.shape
         self.span = (self.dilation[0] * (kh - 1), self.dilation[1] * (kw - 1))
         o, c, i, j = weight.nonzero(as_tuple=True)  # row-major: sorted by output channel
         self.values = weight[o, c, i, j].float().numpy().copy()
-        self.cols = c.numpy().astype("int64")
+        # the input channel a weight reads: its group's first channel plus its index within the group
+        self.cols = ((o // (self.out_channels // groups)) * in_per_group + c).numpy().astype("int64")
         self.tap_rows = (i * self.dilation[0]).numpy().astype("int64")
         self.tap_cols = (j * self.dilation[1]).numpy().astype("int64")
         self.indptr = torch.cat([torch.zeros(1, dtype=torch.long),
@@ -157,9 +162,9 @@ def candidates(layer: nn.Module) -> dict[str, nn.Module]:
         out["csr"] = CSRLinear(layer)
         if numba is not None:
             out["taps"] = TapsConv2d(layer)
-    elif isinstance(layer, nn.Conv2d) and layer.groups == 1 and isinstance(layer.padding, tuple) \
-            and layer.padding_mode == "zeros":
-        out["csr"] = CSRConv2d(layer)
+    elif isinstance(layer, nn.Conv2d) and isinstance(layer.padding, tuple) and layer.padding_mode == "zeros":
+        if layer.groups == 1:
+            out["csr"] = CSRConv2d(layer)
         if numba is not None:
             out["taps"] = TapsConv2d(layer)
     return out
