@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, dump_yaml
+from ..config import Config, ConfigError, dump_yaml, load_config
 from ..errors import SparsearchError
 
 
@@ -18,12 +18,28 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
     written = run_dir / "config.yaml"
     text = dump_yaml(cfg)
     if written.exists() and written.read_text() != text:
-        before, now = yaml.safe_load(written.read_text()), yaml.safe_load(text)
+        try:  # re-resolved, so settings added to sparsearch since then read as their defaults, not as changes
+            before = yaml.safe_load(dump_yaml(load_config(written)))
+        except ConfigError as exc:
+            raise SparsearchError(f"{run_dir} holds a run whose config this version cannot read ({exc})") from None
+        now = yaml.safe_load(text)
         for section in extendable:
             before.pop(section, None)
             now.pop(section, None)
-        if before != now:
-            raise SparsearchError(f"{run_dir} holds a run with a different config; pick another name or delete it")
+        if changed := _changed_keys(before, now):
+            raise SparsearchError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])} differ); "
+                                  "pick another name or delete it")
     run_dir.mkdir(parents=True, exist_ok=True)
     written.write_text(text)
     return run_dir
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _changed_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(prefix + key)
+    return out
