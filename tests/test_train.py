@@ -163,3 +163,20 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr and not (tmp_path / "runs").exists()
     r = run("--help")
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_run_dir_accepts_settings_added_since_and_names_real_changes(tmp_path):
+    import yaml
+
+    from sparsearch.config import load_config
+    from sparsearch.errors import SparsearchError
+    from sparsearch.train import prepare_run_dir
+
+    cfg = load_config(None, [f"out_dir={tmp_path}"])
+    written = prepare_run_dir(cfg) / "config.yaml"
+    older = yaml.safe_load(written.read_text())
+    del older["nm"]["decay"]  # as written by a version that did not have this setting yet
+    written.write_text(yaml.safe_dump(older))
+    prepare_run_dir(cfg)  # the same run: accepted
+    with pytest.raises(SparsearchError, match=r"train\.lr differ"):
+        prepare_run_dir(load_config(None, [f"out_dir={tmp_path}", "train.lr=0.5"]))
