@@ -119,6 +119,7 @@ def main(argv: list[str]) -> int:
                 for s in args.sparsities:
                     r = measure(name, args.genotype, s, batch, threads, args.trials, args.repeats)
                     rows.append(r)
+                    write_json(args.out, {"benchmark": "runtime", "args": vars(args), "results": rows})  # as it goes
                     t = r["times"]
                     print(f"{name} s={s:.2f} batch {batch} threads {threads}: dense {1e3 * t['dense eager']['median']:.1f} ms, "
                           f"masked {1e3 * t['masked eager']['median']:.1f} ms, compiled {1e3 * t['compiled sparse']['median']:.1f} ms "
