@@ -82,11 +82,12 @@ def speedup_plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     keys = sorted({(r["model"], r["batch"], r["threads"]) for r in rows})
-    for i, (model, batch, threads) in enumerate(keys):
+    colours = {mb: f"C{i}" for i, mb in enumerate(sorted({k[:2] for k in keys}))}  # per model and batch
+    for model, batch, threads in keys:
         mine = sorted((r for r in rows if (r["model"], r["batch"], r["threads"]) == (model, batch, threads)),
                       key=lambda r: r["sparsity"])
         ax.plot([100 * r["sparsity"] for r in mine], [r["speedup"] for r in mine], "o-" if threads > 1 else "x--",
-                color=f"C{i // 2 if len(keys) > 1 else 0}", label=f"{model}, batch {batch}, {threads} thr")
+                color=colours[model, batch], label=f"{model}, batch {batch}, {threads} thr")
     s = sorted({r["sparsity"] for r in rows})
     ax.plot([100 * x for x in s], [1 / (1 - x) for x in s], "k:", label="FLOP ideal 1/(1-s)")
     ax.axhline(1, color="k", linewidth=0.8)
