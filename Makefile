@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,onnx,fast]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,onnx,fast,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

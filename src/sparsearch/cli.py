@@ -14,6 +14,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--name", help="run name (shorthand for --set name=...)")
+    p.add_argument("--executor", choices=["local", "process", "ray"],
+                   help="how independent trials run (shorthand for --set run.executor=...)")
+    p.add_argument("--workers", type=int, help="trials at once (shorthand for --set run.workers=...)")
+    p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local instance "
+                   "(shorthand for --set run.ray_address=...)")
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +31,8 @@ def _method_args(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from .config import load_config
 
-    shorthands = {"name": "name", "method": "sparsity.method", "sparsity": "sparsity.sparsity", "model": "model.name"}
+    shorthands = {"name": "name", "method": "sparsity.method", "sparsity": "sparsity.sparsity", "model": "model.name",
+                  "executor": "run.executor", "workers": "run.workers", "ray_address": "run.ray_address"}
     overrides = list(args.set) + [f"{key}={getattr(args, arg)}" for arg, key in shorthands.items()
                                   if getattr(args, arg, None) is not None]
     return load_config(args.config, overrides)

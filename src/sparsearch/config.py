@@ -221,8 +221,12 @@ class RunConfig:
 
     methods: list[Literal["dass", "darts", "random"]] = field(default_factory=lambda: ["dass", "darts", "random"])
     sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    executor: Literal["local", "process"] = "local"  # how independent trials (random-search samples, soup ingredients) run
-    workers: int = 2  # process executor only
+    # how independent trials (comparison runs, random-search samples, soup ingredients) run: one after another here,
+    # in `workers` processes on this machine, or as Ray tasks (a local instance, or the cluster at `ray_address`)
+    executor: Literal["local", "process", "ray"] = "local"
+    workers: int = 2  # trials at once (process, ray); the machine's cores are split between them
+    retries: int = 1  # a trial that raises or whose worker dies runs again, resuming from its checkpoint
+    ray_address: str | None = None  # e.g. "auto" or "ray://head:10001"; None starts a local instance
 
 
 @dataclass

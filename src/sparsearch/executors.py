@@ -1,54 +1,241 @@
-"""Executors run independent trials (random-search samples now; sweeps later). Anything with
-`map(fn, items) -> list` is one: results come back in the order of `items`. `fn` must be a module-level
-function and the items picklable, so the same trial code runs in this process, in worker processes, or
-(issue 8) on a Ray cluster. Trials write into their own directories and skip work that is already
-finished, so a re-run after a crash only runs what is missing."""
+"""Executors run independent trials (comparison runs, random-search samples, soup ingredients):
+`executor.map(fn, items)` returns one entry per item, in the order of `items`: `fn(item)`, or `Failed` for a
+trial that raised (or whose worker died) on every one of its `1 + retries` attempts. `fn` must be a
+module-level function and the items picklable, so the same trial code runs in this process (`local`), in
+worker processes on this machine (`process`) or on a Ray cluster (`ray`). Trials write into their own
+directories and resume from their last checkpoint, so a retry, or a re-run after a crash, only redoes what
+is missing. Callers report failures (`raise_failures`); none is dropped silently.
+
+One retry loop serves all three: a backend only submits a trial, waits for the first finished one and
+hands back its result (or raises its error).
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Sequence, TypeVar
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .errors import SparsearchError
 
-T = TypeVar("T")
-R = TypeVar("R")
+
+@dataclass
+class Failed:
+    """A trial that failed on every attempt."""
+
+    trial: str  # the item's repr, shortened
+    error: str  # the last attempt's error, one line
+    attempts: int
 
 
-class LocalExecutor:
-    """One trial after another, in this process."""
+class TrialsFailed(SparsearchError):
+    pass
 
-    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        return [fn(item) for item in items]
+
+def raise_failures(results: Sequence[Any], what: str = "trials") -> None:
+    """One-line error naming the failed trials, if any (after all others have finished and been saved)."""
+    failed = [r for r in results if isinstance(r, Failed)]
+    if failed:
+        first = failed[0]
+        raise TrialsFailed(f"{len(failed)} of {len(results)} {what} failed after {first.attempts} attempt(s); "
+                           f"first: {first.trial}: {first.error}")
+
+
+def _one_line(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+class TrialProgress:
+    """One display for all trials: done / running / failed (a rich bar on a terminal, a line per change else)."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.enabled = total, label, enabled and total > 0
+        self.done = self.failed = self.running = 0
+        self._bar = None
+        if self.enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[info]}"))
+            self._task = self._bar.add_task(label, total=total, info="")
+            self._bar.start()
+
+    def update(self, *, running: int, finished: bool = False, failed: bool = False, retried: str = "") -> None:
+        self.running = running
+        self.done += finished
+        self.failed += failed
+        info = f"{self.running} running, {self.failed} failed"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, info=info)
+        elif self.enabled:
+            extra = f" (retrying {retried})" if retried else ""
+            print(f"{self.label}: {self.done}/{self.total} done, {info}{extra}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class _Backend:
+    def submit(self, fn: Callable, item: Any) -> Any: ...
+    def first_finished(self, handles: list) -> list: ...
+    def result(self, handle: Any) -> Any: ...
+    def close(self) -> None: ...
+
+
+class _LocalBackend(_Backend):
+    """Runs a trial when it is waited for, so progress is drawn between trials."""
+
+    def submit(self, fn, item):
+        future = Future()
+        future.call = (fn, item)
+        return future
+
+    def first_finished(self, handles):
+        future = handles[0]
+        fn, item = future.call
+        try:
+            future.set_result(fn(item))
+        except Exception as e:  # reported through result(), like a worker's error
+            future.set_exception(e)
+        return [future]
+
+    def result(self, handle):
+        return handle.result()
 
 
 def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-class ProcessExecutor:
-    """`workers` spawned processes (spawn, not fork: safe with torch's thread pools); the cores are split
-    between them so parallel trials do not oversubscribe the machine."""
+class _ProcessBackend(_Backend):
+    """Spawned processes (spawn, not fork: safe with torch's thread pools). A worker that dies breaks the pool;
+    the next submit starts a new one."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, threads: int):
+        self.workers, self.threads, self.pool = workers, threads, None
+
+    def submit(self, fn, item):
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_limit_threads, initargs=(self.threads,))
+        try:
+            return self.pool.submit(fn, item)
+        except BrokenProcessPool:
+            self.close()
+            return self.submit(fn, item)
+
+    def first_finished(self, handles):
+        return list(wait(handles, return_when=FIRST_COMPLETED).done)
+
+    def result(self, handle):
+        try:
+            return handle.result()
+        except BrokenProcessPool:
+            self.close()  # every trial still in this pool fails with it and is resubmitted to a new one
+            raise
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
+def _ray_trial(fn: Callable, item: Any, threads: int) -> Any:
+    torch.set_num_threads(threads)
+    return fn(item)
+
+
+class _RayBackend(_Backend):
+    """Ray tasks, each asking for `threads` CPUs: a local instance by default, or the cluster at `address`
+    (the run directory and the data must then lie on a file system every node sees at the same path)."""
+
+    def __init__(self, threads: int, address: str | None):
+        try:
+            import ray
+        except ImportError:
+            raise SparsearchError("run.executor=ray needs Ray: pip install 'sparsearch[ray]'") from None
+        self.ray, self.threads = ray, threads
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance; clusters bring their own
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     num_cpus=None if address else os.cpu_count())
+        self.task = ray.remote(num_cpus=threads, max_retries=0)(_ray_trial)  # retries are ours: one loop for all
+
+    def submit(self, fn, item):
+        return self.task.remote(fn, item, self.threads)
+
+    def first_finished(self, handles):
+        return self.ray.wait(handles, num_returns=1)[0]
+
+    def result(self, handle):
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayTaskError as e:  # the trial's own error, not Ray's wrapper around it
+            raise (e.cause if isinstance(e.cause, Exception) else e) from None
+
+
+class Executor:
+    def __init__(self, kind: str, workers: int = 1, retries: int = 1, ray_address: str | None = None):
+        if kind not in ("local", "process", "ray"):
+            raise SparsearchError(f"unknown executor '{kind}' (use local, process or ray)")
         if workers < 1:
             raise SparsearchError(f"run.workers must be at least 1, got {workers}")
-        self.workers = workers
+        if retries < 0:
+            raise SparsearchError(f"run.retries must be at least 0, got {retries}")
+        self.kind, self.workers, self.retries, self.ray_address = kind, workers, retries, ray_address
+        # cores split between parallel trials so they do not oversubscribe the machine
+        self.threads = max(1, (os.cpu_count() or 1) // workers) if kind != "local" else None
 
-    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_limit_threads, initargs=(threads,)) as pool:
-            return list(pool.map(fn, items))
+    def _backend(self) -> _Backend:
+        if self.kind == "process":
+            return _ProcessBackend(self.workers, self.threads)
+        if self.kind == "ray":
+            return _RayBackend(self.threads, self.ray_address)
+        return _LocalBackend()
+
+    def map(self, fn: Callable, items: Sequence[Any], label: str = "trials", progress: bool = True,
+            on_finish: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """`on_finish(index, result)` is called in this process as each trial ends (result or `Failed`), so
+        callers can save as they go."""
+        backend = self._backend()
+        results: list[Any] = [None] * len(items)
+        attempts = [1] * len(items)
+        bar = TrialProgress(len(items), label, progress)
+        try:
+            running = {backend.submit(fn, item): i for i, item in enumerate(items)}
+            pending = list(running)  # submission order: the local backend runs trials in it
+            while pending:
+                for handle in backend.first_finished(pending):
+                    pending.remove(handle)
+                    i = running.pop(handle)
+                    try:
+                        results[i] = backend.result(handle)
+                    except Exception as e:  # the trial raised, or its worker died
+                        if attempts[i] <= self.retries:
+                            attempts[i] += 1
+                            new = backend.submit(fn, items[i])
+                            running[new] = i
+                            pending.append(new)
+                            bar.update(running=len(pending), retried=f"trial {i + 1}: {_one_line(e)}")
+                            continue
+                        results[i] = Failed(repr(items[i])[:200], _one_line(e), attempts[i])
+                    bar.update(running=len(pending), finished=True, failed=isinstance(results[i], Failed))
+                    if on_finish is not None:
+                        on_finish(i, results[i])
+        finally:
+            bar.close()
+            backend.close()
+        return results
 
 
-def make_executor(kind: str, workers: int = 1):
-    if kind == "local":
-        return LocalExecutor()
-    if kind == "process":
-        return ProcessExecutor(workers)
-    raise SparsearchError(f"unknown executor '{kind}' (use local or process)")
+def make_executor(run) -> Executor:
+    """The executor the `run` config section describes (`executor`, `workers`, `retries`, `ray_address`)."""
+    return Executor(run.executor, run.workers, run.retries, run.ray_address)

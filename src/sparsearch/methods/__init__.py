@@ -17,9 +17,11 @@ METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
     "dense": dense, "static": static, "oneshot": oneshot, "gmp": gmp, "hydra": hydra, "maskspar": maskspar,
     "set": set_, "rigl": rigl, "granet": granet, "nm": nm, "imp": imp, "soup": soup,
 }
+# methods that start from the dense training at `MethodContext.pretrain_dir` (shared between them when set)
+STARTS_FROM_DENSE = {"oneshot", "hydra", "maskspar"}
 
 __all__ = [
-    "METHODS", "STAGES", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MaskDecay", "MethodContext",
+    "METHODS", "STAGES", "STARTS_FROM_DENSE", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MaskDecay", "MethodContext",
     "SparseRefined", "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "flow_factor",
     "level_densities", "phase_densities", "run_hydra", "stage_model", "stage_parameters", "train_stage",
 ]

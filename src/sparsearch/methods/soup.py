@@ -24,7 +24,7 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..config import Config
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
-from ..executors import make_executor
+from ..executors import make_executor, raise_failures
 from ..models import model_builder
 from ..train import MetricsLog, evaluate, load_checkpoint, resolve_device, save_checkpoint, save_final
 from .stage import MethodContext, StageResult, fit
@@ -199,8 +199,8 @@ def soup(ctx: MethodContext) -> StageResult:
     data_seed = cfg.seed if ctx.data_seed is None else ctx.data_seed
     data = soup_data(cfg, data_seed, cfg.seed)
     souper = Souper(ctx, data)
-    executor = make_executor(cfg.run.executor, cfg.run.workers)
-    progress = ctx.show_progress and cfg.run.executor == "local"
+    executor = make_executor(cfg.run)
+    progress = ctx.show_progress and executor.kind == "local"  # one process: its training bars stay readable
 
     def trial(c: Config, start: Path | None, out_dir: Path) -> Ingredient:
         return Ingredient(c, data_seed, None if start is None else str(start), str(out_dir), str(ctx.run_dir), progress)
@@ -214,7 +214,9 @@ def soup(ctx: MethodContext) -> StageResult:
         if not start.exists():  # prune the previous model; every ingredient then starts from this one file
             save_checkpoint(start, {"model": _pruned(ctx, current, density).state_dict()})
         results = executor.map(train_ingredient, [trial(c, start, where / f"ingredient-{i}")
-                                                  for i, c in enumerate(_ingredient_cfgs(cfg))])
+                                                  for i, c in enumerate(_ingredient_cfgs(cfg))],
+                               label=f"soup phase {phase} ingredients", progress=ctx.show_progress)
+        raise_failures(results, f"soup phase {phase} ingredients")
         train_seconds += sum(r["train_seconds"] for r in results)
         history.append({"phase": phase, "density": density, **_soup_phase(souper, where, results, s.kind)})
         current = load_checkpoint(where / "soup" / "checkpoints" / "last.ckpt")["model"]

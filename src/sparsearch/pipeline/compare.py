@@ -6,10 +6,14 @@
     runs/<name>/compare/table.md, accuracy.png         mean and spread over seeds; accuracy vs sparsity
 
 Seeds change the initialisation and the data order; the data (and any `data.train_subset`) stay those of
-`seed`. Results are rewritten after every finished run, so an interrupted comparison still has a table,
-and a re-run skips what finished. The `compare` section may change between invocations (other sections may
-not): adding variants or seeds trains only what is new, and rows of earlier invocations stay in the table (so a
-costly variant can run for fewer seeds than the rest; the table's seeds column says how many).
+`seed`. Every run is a trial of `run.executor` (local, process or Ray). The dense runs go first: the methods
+that prune a trained network (oneshot, hydra, maskspar) start from them, and they are trained (and reported)
+when those methods are compared even if `dense` is not listed. Results are rewritten after every finished
+run, so an interrupted comparison still has a table, and a re-run skips what finished; a run that fails
+after its retries is listed in results.json and table.md, and the command then exits with an error. The
+`compare` section may change between invocations (other sections may not): adding variants or seeds trains
+only what is new, and rows of earlier invocations stay in the table (so a costly variant can run for fewer
+seeds than the rest; the table's seeds column says how many).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 
 from ..config import Config, ConfigError
 from ..data import build_loaders, dataset_from_config
-from ..methods import METHODS, MethodContext, check_config
+from ..executors import Failed, make_executor, raise_failures
+from ..methods import METHODS, STARTS_FROM_DENSE, MethodContext, check_config
 from ..report.plots import comparison_plot
 from ..train import prepare_run_dir, resolve_device
 from . import model_builder, write_summary
@@ -74,14 +79,18 @@ def markdown_table(table: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_results(out: Path, cfg: Config, rows: list[dict], dataset: str) -> None:
+def _write_results(out: Path, cfg: Config, rows: list[dict], dataset: str, failed: list[Failed]) -> None:
     table = aggregate(rows)
     title = f"{cfg.model.name} on {dataset}: accuracy by method and sparsity"
     tmp = out / "results.json.part"
-    tmp.write_text(json.dumps({"name": cfg.name, "dataset": dataset, "model": cfg.model.name, "rows": rows, "table": table},
-                              indent=2))
+    tmp.write_text(json.dumps({"name": cfg.name, "dataset": dataset, "model": cfg.model.name, "rows": rows, "table": table,
+                               "failed": [dataclasses.asdict(f) for f in failed]}, indent=2))
     tmp.replace(out / "results.json")
-    (out / "table.md").write_text(markdown_table(table, title))
+    text = markdown_table(table, title)
+    if failed:
+        text += "\n## Failed runs (not in the table)\n\n" + "".join(f"- {f.trial}: {f.error} ({f.attempts} attempts)\n"
+                                                                 for f in failed)
+    (out / "table.md").write_text(text)
     comparison_plot(table, out / "accuracy.png", title)
 
 
@@ -93,35 +102,73 @@ def _validate(c) -> None:
             raise ConfigError(f"compare.sparsities must lie in (0, 1), got {s}")
 
 
+@dataclasses.dataclass(frozen=True)
+class CompareJob:
+    """One run of the comparison: a trial for `run.executor`."""
+
+    cfg: Config  # the variant's config; its seed orders the data and initialises the model
+    variant: str
+    data_seed: int  # the comparison's seed: the data (and its subset) are the same for every job
+    run_dir: str
+    show_progress: bool = False
+
+    @property
+    def name(self) -> str:
+        return "dense" if self.cfg.sparsity.sparsity == 0 else f"{self.variant}-{self.cfg.sparsity.sparsity:g}"
+
+
+def run_job(job: CompareJob) -> dict:
+    """Train one variant at one sparsity and seed (resumable); its row of the results."""
+    cfg, run_dir = job.cfg, Path(job.run_dir)
+    ds = dataset_from_config(cfg.data, seed=job.data_seed)
+    train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
+    seed_dir = run_dir / "compare" / f"seed-{cfg.seed}"
+    ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, seed_dir / job.name, run_dir,
+                        pretrain_dir=seed_dir / "dense", show_progress=job.show_progress, data_seed=job.data_seed)
+    summary = write_summary(ctx, METHODS[cfg.sparsity.method](ctx), ds, job.name)
+    return {"variant": job.variant, "sparsity": cfg.sparsity.sparsity, "seed": cfg.seed,
+            "test_acc": summary["final_test_acc"], "weight_density": summary.get("weight_density", 1.0),
+            "params_nonzero": summary["params_nonzero"], "macs_effective": summary["macs_effective"],
+            "train_seconds": summary["train_seconds"]}
+
+
 def run_compare(cfg: Config, show_progress: bool = True) -> Path:
-    """Train everything the `compare` section lists; returns the directory holding table.md and accuracy.png."""
+    """Train everything the `compare` section lists, as trials of `run.executor`; returns the directory holding
+    table.md and accuracy.png. Failed trials are listed in results.json and table.md, then raised."""
     c = cfg.compare
     _validate(c)
-    jobs = [(seed, v, s) for seed in c.seeds for v in c.variants for s in ([0.0] if v == "dense" else c.sparsities)]
+    variants = list(c.variants)
+    if "dense" not in variants and any(variant_config(cfg, v, 0.5, cfg.seed).sparsity.method in STARTS_FROM_DENSE
+                                       for v in variants):
+        variants.insert(0, "dense")  # trained once per seed and shared: a trial of its own, reported too
+    jobs = [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
     for _, v, s in jobs:
         check_config(variant_config(cfg, v, s, cfg.seed))  # unknown names and bad settings fail before any training
     run_dir = prepare_run_dir(cfg, extendable=("compare",))
     out = run_dir / "compare"
     out.mkdir(exist_ok=True)
-    ds = dataset_from_config(cfg.data, seed=cfg.seed)
-    device = resolve_device(cfg.train.device)
+    executor = make_executor(cfg.run)
+    trial_progress = show_progress and executor.kind == "local"
+    trials = [CompareJob(variant_config(cfg, v, s, seed), v, cfg.seed, str(run_dir.resolve()), trial_progress)
+              for seed, v, s in jobs]
     # rows of earlier invocations stay (a variant run for fewer seeds, say); rows of this one replace them
     results = out / "results.json"
     earlier = json.loads(results.read_text())["rows"] if results.exists() else []
     rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
-    for i, (seed, variant, sparsity) in enumerate(jobs, 1):
-        vcfg = variant_config(cfg, variant, sparsity, seed)
-        train_loader, test_loader = build_loaders(ds, vcfg.data, seed, device=device)
-        seed_dir = out / f"seed-{seed}"
-        name = "dense" if sparsity == 0 else f"{variant}-{sparsity:g}"
-        ctx = MethodContext(vcfg, model_builder(vcfg, ds), train_loader, test_loader, seed_dir / name, run_dir,
-                            pretrain_dir=seed_dir / "dense", show_progress=show_progress, data_seed=cfg.seed)
-        summary = write_summary(ctx, METHODS[vcfg.sparsity.method](ctx), ds, name)
-        rows[seed, variant, sparsity] = {
-            "variant": variant, "sparsity": sparsity, "seed": seed, "test_acc": summary["final_test_acc"],
-            "weight_density": summary.get("weight_density", 1.0), "params_nonzero": summary["params_nonzero"],
-            "macs_effective": summary["macs_effective"], "train_seconds": summary["train_seconds"]}
-        _write_results(out, cfg, list(rows.values()), ds.name)
-        if show_progress:
-            print(f"compare [{i}/{len(jobs)}] seed {seed} {name}: test acc {100 * summary['final_test_acc']:.2f}%", flush=True)
+    ds_name = dataset_from_config(cfg.data, seed=cfg.seed).name
+    failed: list[Failed] = []
+    # the dense runs first: the methods that prune a trained network start from them
+    for phase in ([t for t in trials if t.variant == "dense"], [t for t in trials if t.variant != "dense"]):
+        def finished(i: int, row, phase=phase) -> None:
+            name = f"seed {phase[i].cfg.seed} {phase[i].name}"
+            if isinstance(row, Failed):
+                failed.append(dataclasses.replace(row, trial=name))
+            else:
+                rows[row["seed"], row["variant"], row["sparsity"]] = row
+                if show_progress:
+                    print(f"compare: {name}: test acc {100 * row['test_acc']:.2f}%", flush=True)
+            _write_results(out, cfg, list(rows.values()), ds_name, failed)
+
+        executor.map(run_job, phase, label="compare", progress=show_progress, on_finish=finished)
+    raise_failures(failed, "comparison runs")
     return out

@@ -48,12 +48,12 @@ def _search_seconds(search_dir: Path) -> float:
 
 
 def search_all(cfg: Config, show_progress: bool = True) -> dict[str, Genotype]:
-    executor = make_executor(cfg.run.executor, cfg.run.workers)
+    executor = make_executor(cfg.run)
     genotypes = {}
     for method in cfg.run.methods:
         search_dir = cfg.run_dir / "search" / method
         if method == "random":
-            genotypes[method] = random_search(cfg, search_dir, executor, show_progress and cfg.run.executor == "local")
+            genotypes[method] = random_search(cfg, search_dir, executor, show_progress)
         else:
             mode_cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, mode=method))
             genotypes[method] = differentiable_search(mode_cfg, search_dir, show_progress)

@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import sparsity as sp
 from ..config import Config
 from ..data import dataset_from_config
+from ..executors import Failed, raise_failures
 from ..methods.stage import fit
 from ..models.darts import GenotypeNetwork
 from ..models.genotypes import Genotype
@@ -68,10 +69,13 @@ def random_search(cfg: Config, search_dir: Path, executor, show_progress: bool =
     best one's `genotype.json` into `search_dir`."""
     rng = random.Random(cfg.seed)
     candidates = [sample_genotype(rng) for _ in range(cfg.search.random_samples)]
-    trials = [Trial(cfg, g, str(search_dir / f"trial-{i:03d}"), show_progress) for i, g in enumerate(candidates)]
-    results = executor.map(evaluate_candidate, trials)
+    trial_progress = show_progress and executor.kind == "local"  # one process: its training bars stay readable
+    trials = [Trial(cfg, g, str(search_dir / f"trial-{i:03d}"), trial_progress) for i, g in enumerate(candidates)]
+    results = executor.map(evaluate_candidate, trials, label="random search", progress=show_progress)
     search_dir.mkdir(parents=True, exist_ok=True)
-    (search_dir / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    (search_dir / "trials.jsonl").write_text("".join(
+        json.dumps(dataclasses.asdict(r) if isinstance(r, Failed) else r) + "\n" for r in results))
+    raise_failures(results, "random-search trials")  # finished trials are kept: a re-run only redoes these
     best = max(range(len(results)), key=lambda i: (results[i]["val_acc"], -i))  # ties: the earlier sample
     candidates[best].save(search_dir / "genotype.json")
     return candidates[best]

@@ -1,0 +1,133 @@
+"""Trial executors (local, process, Ray): order, retries after an error or a dead worker, failures reported; and the
+same comparison through the local and the Ray executor giving the same results."""
+
+import json
+import operator
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsearch.executors import Executor, Failed, TrialsFailed, raise_failures
+
+KINDS = ["local", "process", "ray"]
+
+
+def _flaky(item: tuple[str, int, str]) -> int:
+    """Fails (`how`: raise, or kill its worker) on the first attempt for each marker file, then succeeds."""
+    marker, value, how = item
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        if how == "die":
+            os._exit(3)
+        raise RuntimeError(f"flaky trial {value}")
+    return value * 10
+
+
+def _always_fails(value: int) -> int:
+    raise ValueError(f"trial {value} is broken")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance for the module; its workers import this test module, so they need tests/ on the path."""
+    ray = pytest.importorskip("ray")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _executor(kind: str, request, **kwargs) -> Executor:
+    if kind == "ray":
+        request.getfixturevalue("ray_local")
+    return Executor(kind, workers=2, **kwargs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_results_keep_the_order_of_the_items(kind, request):
+    assert _executor(kind, request).map(operator.neg, [3, 1, 2], progress=False) == [-3, -1, -2]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failing_trial_is_retried_then_reported(kind, request, tmp_path):
+    items = [(str(tmp_path / f"m{i}"), i, "raise") for i in range(3)]
+    finished = []
+    results = _executor(kind, request, retries=1).map(_flaky, items, progress=False,
+                                                      on_finish=lambda i, r: finished.append(i))
+    assert results == [0, 10, 20] and sorted(finished) == [0, 1, 2]
+    broken = _executor(kind, request, retries=2).map(_always_fails, [1, 2], progress=False)
+    assert all(isinstance(r, Failed) and r.attempts == 3 and "trial" in r.error for r in broken)
+    with pytest.raises(TrialsFailed, match="2 of 2 things failed after 3 attempt.*ValueError: trial 1 is broken"):
+        raise_failures(broken, "things")
+
+
+@pytest.mark.parametrize("kind", ["process", "ray"])
+def test_a_trial_whose_worker_dies_is_retried(kind, request, tmp_path):
+    items = [(str(tmp_path / "dies"), 1, "die"), (str(tmp_path / "fine"), 2, "none")]
+    (tmp_path / "fine").touch()
+    assert _executor(kind, request, retries=1).map(_flaky, items, progress=False) == [10, 20]
+    (tmp_path / "dies").unlink()
+    [result, _] = _executor(kind, request, retries=0).map(_flaky, items, progress=False)
+    assert isinstance(result, Failed)
+
+
+def test_bad_executor_settings_are_refused():
+    with pytest.raises(Exception, match="unknown executor 'slurm'"):
+        Executor("slurm")
+    with pytest.raises(Exception, match="run.retries must be at least 0"):
+        Executor("local", retries=-1)
+
+
+def _compare_args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["compare", "--set", f"out_dir={tmp_path}", "--name", "cmp", "--set", "data.name=digits",
+            "--set", "data.train_subset=256", "--set", "model.name=cnn", "--set", "model.kwargs={width: 8}",
+            "--set", "train.epochs=1", "--set", "train.log_every=0", "--set", "oneshot.finetune_epochs=1",
+            "--set", "compare.variants=[static-uniform, oneshot]", "--set", "compare.sparsities=[0.8]",
+            "--set", "compare.seeds=[0, 1]", *extra]
+
+
+def _rows(path: Path) -> list[tuple]:
+    rows = json.loads(path.read_text())["rows"]
+    return sorted((r["seed"], r["variant"], r["sparsity"], r["test_acc"], r["weight_density"], r["params_nonzero"])
+                  for r in rows)
+
+
+def test_comparison_gives_the_same_results_locally_and_on_ray(tmp_path, cache_dir):
+    pytest.importorskip("ray")
+    from sparsearch.cli import main
+
+    assert main(_compare_args(tmp_path / "local")) == 0
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "sparsearch", *_compare_args(tmp_path / "ray", "--executor", "ray")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "compare: 6/6 done" in done.stdout or "compare: 4/4 done" in done.stdout
+    local, ray = _rows(tmp_path / "local" / "cmp" / "compare" / "results.json"), _rows(
+        tmp_path / "ray" / "cmp" / "compare" / "results.json")
+    assert [r[:3] for r in local] == [(0, "dense", 0.0), (0, "oneshot", 0.8), (0, "static-uniform", 0.8),
+                                      (1, "dense", 0.0), (1, "oneshot", 0.8), (1, "static-uniform", 0.8)]
+    assert local == ray
+
+
+def test_a_failed_comparison_run_is_listed_and_raised(tmp_path, cache_dir, monkeypatch):
+    from sparsearch.cli import main
+    from sparsearch.pipeline import compare
+
+    real = compare.run_job
+
+    def broken_oneshot(job):
+        if job.variant == "oneshot":
+            raise RuntimeError("out of memory (simulated)")
+        return real(job)
+
+    monkeypatch.setattr(compare, "run_job", broken_oneshot)
+    assert main(_compare_args(tmp_path, "--set", "compare.seeds=[0]")) == 2
+    out = tmp_path / "cmp" / "compare"
+    failed = json.loads((out / "results.json").read_text())["failed"]
+    assert [f["trial"] for f in failed] == ["seed 0 oneshot-0.8"] and failed[0]["attempts"] == 2
+    assert "seed 0 oneshot-0.8: RuntimeError: out of memory (simulated)" in (out / "table.md").read_text()
+    assert {r[1] for r in _rows(out / "results.json")} == {"dense", "static-uniform"}
