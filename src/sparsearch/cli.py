@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import SparsearchError
@@ -188,9 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED_COMMANDS = ("train", "search")  # what runs as one job across torchrun's processes
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
+
     args = build_parser().parse_args(argv)
     try:
+        if distributed.active():
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise SparsearchError(f"`sparsearch {args.command}` does not run under torchrun (only "
+                                      f"{' and '.join(DISTRIBUTED_COMMANDS)} do); run it as one process and use "
+                                      "--executor ray or process for its trials")
+            if not distributed.is_main():
+                sys.stdout = open(os.devnull, "w")  # rank 0 prints for all
         return args.func(args)
     except SparsearchError as exc:
         print(f"sparsearch: error: {exc}", file=sys.stderr)
@@ -198,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sparsearch: interrupted (the run resumes from its last checkpoint)", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -87,10 +89,11 @@ class TensorLoader:
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             xb = self.x[idx].to(self.device, non_blocking=True)
-            if self.augment is not None:
+            if self.augment is not None:  # the whole batch, so every sample is augmented as in a one-process run
                 xb = random_crop_flip(xb, self.augment, _generator(self.seed, self.epoch, i))
+            xb, yb = distributed.shard(xb), distributed.shard(self.y[idx])  # under torchrun: this rank's share
             xb = xb.float().mul_(self._scale).add_(self._shift)
-            yield xb, self.y[idx].to(self.device, non_blocking=True)
+            yield xb, yb.to(self.device, non_blocking=True)
 
     def __iter__(self):
         return self.batches()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 
+from .. import distributed
 from .. import sparsity as sp
 from ..config import DSTConfig
 from ..train import Callback
@@ -51,6 +52,7 @@ class DynamicSparsity(Callback):
         if not self.is_update(trainer):
             return
         sp.track_dense_grads(trainer.model, None)
+        distributed.average_(list(self._grads.values()))  # under torchrun: every rank grows the same weights
         step, fraction = trainer.step, self.drop_fraction(trainer.step, trainer.total_steps)
         masks, churn = {}, {}
         current = sp.current_masks(trainer.model)
@@ -77,7 +79,8 @@ class DynamicSparsity(Callback):
                              "regrown": sum(c["regrown"] for c in churn.values())})
 
     def on_train_end(self, trainer) -> None:
-        (trainer.out_dir / "churn.json").write_text(json.dumps(self.churn))
+        if distributed.is_main():
+            (trainer.out_dir / "churn.json").write_text(json.dumps(self.churn))
 
     def state_dict(self) -> dict[str, Any]:
         return {"churn": self.churn}

@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from .. import sparsity as sp
 from ..train import Callback, load_checkpoint, save_checkpoint
 from .stage import MethodContext, StageResult
@@ -35,7 +36,7 @@ class KeepRewindPoint(Callback):
         self.step, self.path = step, path
 
     def on_batch_start(self, trainer) -> None:
-        if trainer.step == self.step and not self.path.exists():
+        if trainer.step == self.step and not self.path.exists() and distributed.is_main():
             save_checkpoint(self.path, {"model": trainer.model.state_dict()})
 
 
@@ -72,5 +73,6 @@ def imp(ctx: MethodContext) -> StageResult:
             model = _rewound(ctx, rewind_path, masks, densities)
         result = ctx.fit(model, ctx.out_dir / f"branch-{branch}", cfg.train)
         history.append({"branch": branch, "density": history[-1]["density"], "test_acc": result.summary["final_test_acc"]})
-    (ctx.out_dir / "levels.json").write_text(json.dumps(history, indent=2))
+    if distributed.is_main():
+        (ctx.out_dir / "levels.json").write_text(json.dumps(history, indent=2))
     return current

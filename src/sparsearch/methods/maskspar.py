@@ -17,6 +17,7 @@ import json
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from .. import sparsity as sp
 from ..errors import SparsearchError
 from ..models.tracing import conv_bn_pairs
@@ -61,10 +62,11 @@ def maskspar(ctx: MethodContext) -> StageResult:
         raise SparsearchError(f"maskspar: no BatchNorm fed directly by a convolution matches include={m.include} "
                               f"exclude={m.exclude}")
     keep = select_channels(model, bns, s, cfg.sparsity.allocation)
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.out_dir / "channels.json").write_text(json.dumps(
-        {bn: {"conv": pairs[bn], "kept": int(k.sum()), "channels": k.numel(), "pruned": (~k).nonzero().flatten().tolist()}
-         for bn, k in keep.items()}, indent=1))
+    if distributed.is_main():
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.out_dir / "channels.json").write_text(json.dumps(
+            {bn: {"conv": pairs[bn], "kept": int(k.sum()), "channels": k.numel(), "pruned": (~k).nonzero().flatten().tolist()}
+             for bn, k in keep.items()}, indent=1))
 
     modules = dict(model.named_modules())
     regularise = MaskedL1({n: modules[n] for n in bns}, {n: ~k for n, k in keep.items()}, m.reg)

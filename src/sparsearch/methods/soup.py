@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from .. import sparsity as sp
 from ..config import Config
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
+from ..errors import SparsearchError
 from ..executors import make_executor, raise_failures
 from ..models import model_builder
 from ..train import MetricsLog, evaluate, load_checkpoint, resolve_device, save_checkpoint, save_final
@@ -196,6 +198,9 @@ def _ingredient_cfgs(cfg: Config) -> list[Config]:
 
 def soup(ctx: MethodContext) -> StageResult:
     cfg, s = ctx.cfg, ctx.cfg.soup
+    if distributed.active():
+        raise SparsearchError("the soup method does not run under torchrun: its ingredients are trials "
+                              "(use --executor ray or process)")
     data_seed = cfg.seed if ctx.data_seed is None else ctx.data_seed
     data = soup_data(cfg, data_seed, cfg.seed)
     souper = Souper(ctx, data)

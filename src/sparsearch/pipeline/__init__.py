@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .. import distributed
 from ..config import Config, SparsityConfig
 from ..data import Dataset, build_loaders, dataset_from_config
 from ..methods import METHODS, MethodContext, StageResult, check_config
@@ -48,6 +49,8 @@ def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: 
     summary = {**final.summary, "variant": variant, "dataset": ds.name, "model": ctx.cfg.model.name,
                **count_flops(final.model, (ds.in_channels, *ds.image_size)), "run_dir": str(ctx.run_dir),
                "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir)}
+    if not distributed.is_main():  # under torchrun rank 0 writes
+        return summary
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     (ctx.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if (churn := final.out_dir / "churn.json").exists():  # dynamic sparse training: plot the topology churn

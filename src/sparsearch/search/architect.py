@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
+
 
 def _loss(model: nn.Module, x, y) -> torch.Tensor:
     out = model(x)
@@ -31,6 +33,7 @@ class Architect:
         else:
             loss = _loss(self.model, *val_batch)
             grads = torch.autograd.grad(loss, self.arch_params)
+        distributed.average_(list(grads))  # under torchrun each rank saw its share of the batch: alpha stays the same on all
         for p, g in zip(self.arch_params, grads):
             p.grad = g
         self.optimizer.step()
@@ -51,7 +54,8 @@ class Architect:
         grads = torch.autograd.grad(val_loss, self.arch_params + weights, allow_unused=True)
         d_alpha, v = grads[: len(self.arch_params)], grads[len(self.arch_params):]
         v = [g if g is not None else torch.zeros_like(w) for g, w in zip(v, weights)]
-        eps = 0.01 / torch.sqrt(sum((g * g).sum() for g in v)).clamp_min(1e-12)
+        # in float64: score gradients right after the scaled score init can exceed 1e19, whose square overflows float32
+        eps = float(0.01 / torch.sqrt(sum((g.double() ** 2).sum() for g in v)).clamp_min(1e-12))
         self._swap(weights, [w + eps * g for w, g in zip(original, v)])
         g_pos = torch.autograd.grad(_loss(self.model, *train_batch), self.arch_params)
         self._swap(weights, [w - eps * g for w, g in zip(original, v)])

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from .. import sparsity as sp
 from ..config import Config, SearchConfig
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
@@ -136,7 +137,9 @@ def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = T
                              parameters=SuperNet.weight_parameters, callbacks=callbacks, show_progress=show_progress)
         source = result.checkpoint
     genotype = result.model.genotype()
-    _write_outputs(run_dir, search_dir, genotype)
+    if distributed.is_main():
+        _write_outputs(run_dir, search_dir, genotype)
+    distributed.barrier()
     return genotype
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .. import distributed
 from .. import sparsity as sp
 from .trainer import Callback
 
@@ -29,6 +30,8 @@ class SparsityCallback(Callback):
             raise sp.SparsityError("sparsity invariant violated: " + "; ".join(problems[:3]))
 
     def on_train_end(self, trainer) -> None:
+        if not distributed.is_main():
+            return
         trainer.out_dir.mkdir(parents=True, exist_ok=True)
         (trainer.out_dir / "sparsity.json").write_text(json.dumps(sp.report(trainer.model), indent=2))
 

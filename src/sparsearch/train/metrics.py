@@ -18,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .. import distributed
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -35,6 +37,8 @@ class MetricsLog:
         self._tb = None
 
     def log(self, record: dict[str, Any]) -> None:
+        if not distributed.is_main():  # under torchrun rank 0 logs for all
+            return
         record = {"stage": self.stage, **{k: _clean(v) for k, v in record.items()}}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -44,7 +48,7 @@ class MetricsLog:
         return self.path.stat().st_size if self.path.exists() else 0
 
     def truncate(self, offset: int) -> None:
-        if self.path.exists():
+        if self.path.exists() and distributed.is_main():
             with open(self.path, "r+") as fh:
                 fh.truncate(offset)
 

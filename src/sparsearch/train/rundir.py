@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import distributed
 from ..config import Config, ConfigError, dump_yaml, load_config
 from ..errors import SparsearchError
 
@@ -15,6 +16,9 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
     Sections named in `extendable` only list work to do (e.g. `compare`: more variants or seeds), so they may
     change between invocations; what was finished stays valid and is skipped."""
     run_dir = cfg.run_dir
+    if not distributed.is_main():  # under torchrun: rank 0 checks and writes, the others wait for it
+        distributed.barrier()
+        return run_dir
     written = run_dir / "config.yaml"
     text = dump_yaml(cfg)
     if written.exists() and written.read_text() != text:
@@ -31,6 +35,7 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
                                   "pick another name or delete it")
     run_dir.mkdir(parents=True, exist_ok=True)
     written.write_text(text)
+    distributed.barrier()
     return run_dir
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from .. import distributed
 from .. import sparsity as sp
 from ..config import TrainConfig
 from ..data import TensorLoader
@@ -72,13 +73,14 @@ def evaluate(model: nn.Module, loader: TensorLoader, amp: bool = False) -> dict[
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     device_type = loader.device.type
-    for xb, yb in loader.batches():
+    for xb, yb in loader.batches():  # under torchrun: this rank's share of each batch
         with _autocast(device_type, amp):
             logits, _ = split_logits(model(xb))
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
         seen += len(yb)
     model.train(was_training)
+    loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], loader.device)
     return {"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)}
 
 
@@ -110,13 +112,14 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = len(train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.reporter = Reporter(self.metrics.stage, enabled=show_progress)
+        self.reporter = Reporter(self.metrics.stage, enabled=show_progress and distributed.is_main())
         # position and epoch accumulators: all part of the checkpoint
         self.epoch, self.batch, self.step = 0, 0, 0
         self._acc = {"loss_sum": 0.0, "correct": 0, "seen": 0}
         self.last_eval: dict[str, float] = {}
         self.best_acc = 0.0
         self.elapsed = 0.0
+        self.resyncs = 0  # under torchrun: steps after which a rank's masks differed and it took rank 0's state
         self.loss: torch.Tensor | None = None  # the current step's loss, for callbacks
         self.current_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -156,7 +159,9 @@ class Trainer:
         self.metrics.truncate(state["metrics_offset"])  # drop lines logged after this checkpoint
 
     def save(self) -> None:
-        save_checkpoint(self.checkpoint_path, self.state_dict())
+        state = self.state_dict()  # on every rank: the optimiser's state_dict may be collective in future torch
+        if distributed.is_main():
+            save_checkpoint(self.checkpoint_path, state)
 
     # ---------------------------------------------------------------------------------------- the loop
     @property
@@ -171,13 +176,16 @@ class Trainer:
         if self.cfg.resume and self.checkpoint_path.exists():
             self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
         self._call("on_train_start")
+        self.step_model = distributed.wrap(self.model)  # after callbacks that attach masks or scores
         try:
             while self.epoch < self.cfg.epochs:
                 self._run_epoch()
         finally:
             self.reporter.close()
         self._call("on_train_end")
-        return self._finish()
+        summary = self._finish()
+        distributed.barrier()  # the other ranks read what rank 0 has just written
+        return summary
 
     def _run_epoch(self) -> None:
         cfg, model = self.cfg, self.model
@@ -192,7 +200,7 @@ class Trainer:
             self.current_batch = (xb, yb)
             self._call("on_batch_start")
             with _autocast(self.device.type, cfg.amp):
-                logits, aux = split_logits(model(xb))
+                logits, aux = split_logits(self.step_model(xb))
                 loss = self.criterion(logits.float(), yb)
                 if aux is not None:
                     loss = loss + cfg.aux_weight * self.criterion(aux.float(), yb)
@@ -210,6 +218,7 @@ class Trainer:
             self._acc["correct"] += (logits.argmax(1) == yb).sum().item()
             self._acc["seen"] += len(yb)
             self._call("on_step_end")
+            self._agree_on_masks()
             if cfg.log_every and self.step % cfg.log_every == 0:
                 self.metrics.log({"kind": "step", "epoch": self.epoch, "step": self.step, "loss": loss_value,
                                   "lr": self.optimizer.param_groups[0]["lr"]})
@@ -221,12 +230,20 @@ class Trainer:
         self.elapsed += time.perf_counter() - started
         self._end_epoch()
 
+    def _agree_on_masks(self) -> None:
+        if distributed.active():
+            self.resyncs += distributed.follow_rank0(self.model, list(sp.current_masks(self.model).values()),
+                                                     self.optimizer)
+
     def _end_epoch(self) -> None:
         self._call("on_epoch_end")
-        seen = max(1, self._acc["seen"])
+        self._agree_on_masks()
+        loss_sum, correct, seen = distributed.all_sum([self._acc[k] for k in ("loss_sum", "correct", "seen")],
+                                                      self.device)
+        seen = max(1, seen)
         record: dict[str, Any] = {
             "kind": "epoch", "epoch": self.epoch, "step": self.step,
-            "train_loss": self._acc["loss_sum"] / seen, "train_acc": self._acc["correct"] / seen,
+            "train_loss": loss_sum / seen, "train_acc": correct / seen,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         last = self.epoch + 1 == self.cfg.epochs
@@ -246,15 +263,19 @@ class Trainer:
         self.save()
 
     def _finish(self) -> dict[str, Any]:
-        save_final(self.model, self.out_dir)
         summary = {
             "epochs": self.cfg.epochs, "steps": self.step,
             "final_test_acc": self.last_eval.get("acc"), "final_test_loss": self.last_eval.get("loss"),
             "best_test_acc": self.best_acc, "train_seconds": round(self.elapsed, 3),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
+        if distributed.active():
+            summary.update(world_size=distributed.world_size(), mask_resyncs=self.resyncs)
         for cb in self.callbacks:
             summary.update(cb.summary())
+        if not distributed.is_main():
+            return summary
+        save_final(self.model, self.out_dir)
         tmp = self.summary_path.with_suffix(".json.part")
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(self.summary_path)
