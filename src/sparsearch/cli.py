@@ -90,6 +90,14 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_book(args) -> int:
+    from .pipeline.book import run_book
+
+    out = run_book(args.out_dir, args.output, args.executor, args.workers, args.data_path)
+    print(f"results book: {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from pathlib import Path
 
@@ -154,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--model", help="model name (shorthand for --set model.name=...)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("book", help="rerun the seed papers' comparisons on CIFAR-10 at CPU scale; write docs/RESULTS.md")
+    p.add_argument("--out-dir", default="runs", help="where the book's runs live (finished runs there are reused)")
+    p.add_argument("--output", default="docs/RESULTS.md")
+    p.add_argument("--executor", choices=["local", "process", "ray"], default="ray", help="how independent trials run")
+    p.add_argument("--workers", type=int, default=2, help="trials at once")
+    p.add_argument("--data-path", help="CIFAR-10 (default: the configs' ../shared/data/cifar10-images.tar.xz)")
+    p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("report", help="rebuild the report of a finished `sparsearch run` directory")
     p.add_argument("run_dir")

@@ -236,6 +236,13 @@ class Executor:
         return results
 
 
+def stop_ray() -> None:
+    """Shut down the Ray instance this process started or joined (idle Ray processes would disturb timings)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def make_executor(run) -> Executor:
     """The executor the `run` config section describes (`executor`, `workers`, `retries`, `ray_address`)."""
     return Executor(run.executor, run.workers, run.retries, run.ray_address)

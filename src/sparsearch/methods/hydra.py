@@ -113,7 +113,7 @@ def hydra(ctx: MethodContext) -> StageResult:
     s = ctx.cfg.sparsity
     densities = density_map(sp.find_layers(ctx.build(), s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
     result = run_hydra(ctx.build, {s.sparsity: densities}, ctx.cfg.hydra, ctx.cfg.train, ctx.train_loader, ctx.eval_loader,
-                       ctx.out_dir, ctx.run_dir / "metrics.jsonl", ctx.run_dir, ctx.show_progress, ctx.pretrain_dir)
+                       ctx.out_dir, ctx.metrics_path, ctx.run_dir, ctx.show_progress, ctx.pretrain_dir)
     return result.finetune[s.sparsity]
 
 

@@ -73,7 +73,8 @@ def train_ingredient(trial: Ingredient) -> dict:
     model = model_builder(cfg, data.dataset)()
     if trial.start is not None:
         sp.load_masked_state_dict(model, load_checkpoint(trial.start)["model"])
-    metrics = MetricsLog(Path(trial.run_dir) / "metrics.jsonl", stage=out.relative_to(trial.run_dir).as_posix())
+    # a file per ingredient: ingredients may train in parallel (see MethodContext.metrics_file)
+    metrics = MetricsLog(out / "metrics.jsonl", stage=out.relative_to(trial.run_dir).as_posix())
     result = fit(model, out, cfg.train, data.train, data.test, metrics, show_progress=trial.show_progress)
     return {"name": out.name, "val_acc": evaluate(result.model, data.val)["acc"],
             "test_acc": result.summary["final_test_acc"], "train_seconds": result.summary["train_seconds"],

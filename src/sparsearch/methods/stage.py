@@ -61,14 +61,21 @@ class MethodContext:
     pretrain_dir: Path | None = None  # the dense training train-then-prune methods start from (default out_dir/pretrain)
     show_progress: bool = True
     data_seed: int | None = None  # the seed the data (subset) was drawn with, for trials that reload it (default cfg.seed)
+    # where metric lines go (default run_dir/metrics.jsonl). Trials that may run in parallel need a file of their own:
+    # a resumed stage truncates its file to the checkpoint's offset, which assumes one writer
+    metrics_file: Path | None = None
 
     def __post_init__(self):
         check_config(self.cfg)
 
     def fit(self, model: nn.Module, out_dir: Path, cfg: TrainConfig, **kwargs) -> StageResult:
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", stage=out_dir.relative_to(self.run_dir).as_posix())
+        metrics = MetricsLog(self.metrics_path, stage=out_dir.relative_to(self.run_dir).as_posix())
         return fit(model, out_dir, cfg, self.train_loader, self.eval_loader, metrics, show_progress=self.show_progress,
                    **kwargs)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.metrics_file or self.run_dir / "metrics.jsonl"
 
     def pretrain(self) -> StageResult:
         """The dense training (`train.*`). Methods that share `pretrain_dir` share one run of it."""

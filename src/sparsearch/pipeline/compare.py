@@ -124,7 +124,8 @@ def run_job(job: CompareJob) -> dict:
     train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
     seed_dir = run_dir / "compare" / f"seed-{cfg.seed}"
     ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, seed_dir / job.name, run_dir,
-                        pretrain_dir=seed_dir / "dense", show_progress=job.show_progress, data_seed=job.data_seed)
+                        pretrain_dir=seed_dir / "dense", show_progress=job.show_progress, data_seed=job.data_seed,
+                        metrics_file=seed_dir / job.name / "metrics.jsonl")  # jobs may run in parallel
     summary = write_summary(ctx, METHODS[cfg.sparsity.method](ctx), ds, job.name)
     return {"variant": job.variant, "sparsity": cfg.sparsity.sparsity, "seed": cfg.seed,
             "test_acc": summary["final_test_acc"], "weight_density": summary.get("weight_density", 1.0),

@@ -1,0 +1,72 @@
+"""The results book: each claim's verdict follows the numbers (reproduced, not, mixed), and the document lists them all.
+The runs themselves are the ordinary `run` / `compare` / `bench runtime` commands, tested elsewhere."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparsearch.pipeline import book
+
+
+def _search(dass: list[float], darts: list[float], random: list[float]) -> dict:
+    rows = []
+    for method, accs in (("dass", dass), ("darts", darts), ("random", random)):
+        for s, acc in zip((0.9, 0.95), accs):
+            rows.append({"method": method, "sparsity": s, "test_acc": acc, "search_seconds": 100.0,
+                         "pretrain_seconds": 50.0, "train_seconds": 10.0})
+    return {"summary": "Tiny.", "rows": rows, "random_samples": 4}
+
+
+@pytest.mark.parametrize("dass, verdict", [([0.5, 0.4], "**reproduced**"), ([0.3, 0.2], "**not reproduced**"),
+                                           ([0.5, 0.2], "**mixed**")])
+def test_dass_verdict_follows_the_numbers(dass, verdict):
+    chapter = book.dass_vs_darts(_search(dass, [0.4, 0.3], [0.4, 0.3]))
+    assert chapter.verdict.startswith(verdict)
+    assert "| 90% | " + f"{100 * dass[0]:.2f} | 40.00 | {100 * (dass[0] - 0.4):+.2f} |" in chapter.body
+    assert chapter.budget.startswith("6 CPU-minutes")  # two searches and pretrainings (150 s each) + four trainings (10 s)
+
+
+def test_random_search_no_better_than_one_random_configuration_within_a_point():
+    searched, single = _search([0.4] * 2, [0.4] * 2, [0.405, 0.50]), _search([0.4] * 2, [0.4] * 2, [0.40, 0.40])
+    chapter = book.random_search_vs_random_configuration(searched, single)
+    assert chapter.verdict.startswith("**mixed**") and "best of 4" in chapter.body
+
+
+def _table(variant: str, s: float, mean: float, lo: float, hi: float, seeds: int = 3) -> dict:
+    return {"variant": variant, "sparsity": s, "acc_mean": mean, "acc_std": 0.01, "acc_min": lo, "acc_max": hi,
+            "seeds": seeds}
+
+
+def test_erk_needs_disjoint_seed_ranges_at_the_highest_sparsity():
+    rows = [{"variant": v, "train_seconds": 60.0} for v in ("static-erk", "static-uniform")]
+    overlapping = {"model": "resnet20", "rows": rows, "table": [
+        _table("static-erk", 0.9, 0.44, 0.43, 0.45), _table("static-uniform", 0.9, 0.43, 0.42, 0.44),
+        _table("static-erk", 0.98, 0.39, 0.37, 0.41), _table("static-uniform", 0.98, 0.37, 0.36, 0.38)]}
+    assert book.erk_vs_uniform(overlapping).verdict.startswith("**mixed**")
+    overlapping["table"][2] = _table("static-erk", 0.98, 0.40, 0.39, 0.41)
+    chapter = book.erk_vs_uniform(overlapping)
+    assert chapter.verdict.startswith("**reproduced**") and "at 90% the two are within noise" in chapter.verdict
+
+
+def test_soup_counts_phases_where_the_soup_beats_its_best_ingredient(tmp_path):
+    phases = [{"phase": 1, "density": 0.3, "ingredients": [{"test_acc": 0.40}, {"test_acc": 0.42}],
+               "uniform": {"test_acc": 0.43}, "greedy": {"test_acc": 0.42}},
+              {"phase": 2, "density": 0.1, "ingredients": [{"test_acc": 0.38}, {"test_acc": 0.39}],
+               "uniform": {"test_acc": 0.385}, "greedy": {"test_acc": 0.39}}]
+    where = tmp_path / "compare" / "seed-0" / "soup-0.9"
+    where.mkdir(parents=True)
+    (where / "soup.json").write_text(json.dumps(phases))
+    chapter = book.soup_vs_best_ingredient({"rows": [{"variant": "soup", "train_seconds": 120.0}]}, tmp_path)
+    assert "beats its best ingredient in 1 of 2 phases" in chapter.verdict and chapter.verdict.startswith("**mixed**")
+    assert "| seed-0, soup-0.9 | 1 | 0.300 | 41.00 | 42.00 | 43.00 | 42.00 |" in chapter.body
+
+
+def test_document_lists_every_claim_with_its_verdict_and_figure():
+    bench = {"machine": {"cpu": "cpu", "torch": "2"}, "args": {"trials": 5}, "results": [
+        {"model": "resnet56", "batch": 32, "threads": 2, "sparsity": 0.95, "speedup": 1.75}]}
+    chapters = [book.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3])), book.speedup(bench)]
+    text = book._document(chapters, Path("results"), 120)
+    assert "| 1 | DASS cell vs DARTS cell at equal sparsity | reproduced |" in text
+    assert "| 2 | Measured speedup vs sparsity against the FLOP ideal | not reproduced |" in text
+    assert "resnet56, batch 32, 2 threads: 1.75x" in text and "![" in text and "results/runtime-speedup.png" in text
