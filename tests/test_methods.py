@@ -171,6 +171,7 @@ def test_compare_writes_table_and_plot_and_resumes(tmp_path, cache_dir, capsys):
     assert not (out / "seed-0" / "oneshot-0.8" / "pretrain").exists()
     capsys.readouterr()
     assert main(["compare", "-c", str(cfg)]) == 0  # everything finished: skipped
+    assert main(["compare", "-c", str(cfg), "--executor", "process"]) == 0  # how trials run is no config change
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
     # more variants later: only the new ones train (the dense runs are reused), other sections may not change
     assert main(["compare", "-c", str(cfg), "--set", "compare.variants=[dense, oneshot, gmp]", "--set", "compare.seeds=[0]"]) == 0

@@ -11,6 +11,10 @@ from ..config import Config, ConfigError, dump_yaml, load_config
 from ..errors import SparsearchError
 
 
+# settings of how trials run, not of what they compute (results do not depend on them): free to change on re-runs
+HOW_NOT_WHAT = {"run.executor", "run.workers", "run.retries", "run.ray_address"}
+
+
 def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
     """Create the run directory and write the resolved config; refuse to mix two different configs.
     Sections named in `extendable` only list work to do (e.g. `compare`: more variants or seeds), so they may
@@ -30,7 +34,7 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
         for section in extendable:
             before.pop(section, None)
             now.pop(section, None)
-        if changed := _changed_keys(before, now):
+        if changed := [k for k in _changed_keys(before, now) if k not in HOW_NOT_WHAT]:
             raise SparsearchError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])} differ); "
                                   "pick another name or delete it")
     run_dir.mkdir(parents=True, exist_ok=True)
