@@ -1,6 +1,8 @@
 """The sparse runtime: CSR kernels equal the dense layers, BatchNorm folding is exact, and a compiled model
 equals the masked model on every registry model and on genotype networks."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -49,6 +51,27 @@ def test_csr_linear_equals_dense_linear():
         assert torch.allclose(CSRLinear(lin)(x), lin(x), atol=1e-5)
         if kernels.numba is not None:
             assert torch.allclose(kernels.TapsConv2d(lin)(x), lin(x), atol=1e-5)
+
+
+def test_block_masks_get_the_bsr_kernel_and_unstructured_ones_do_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 6 * 6, 64))
+    layers = sp.find_layers(model, dense_first_last=False)
+    masks, densities = sp.compute_masks(model, layers, 0.9, "magnitude", "uniform", sp.Block(16, 16))
+    sp.attach(model, masks, densities=densities)
+    x = torch.randn(3, 16, 6, 6)
+    plain = copy.deepcopy(model)
+    sp.remove(plain)
+    conv, lin = plain[0], plain[3]
+    assert kernels.block_size(conv.weight.reshape(32, -1)) == (16, 16)
+    assert torch.allclose(kernels.candidates(conv)["bsr"](x), conv(x), atol=1e-5)
+    y = conv(x).relu().flatten(1)
+    assert torch.allclose(kernels.candidates(lin)["bsr"](y), lin(y), atol=1e-5)
+    compiled = compile(model, x, repeats=1, kernels=("bsr",))
+    assert {c.kernel for c in compiled.layers} == {"bsr"} and compiled.max_abs_error < 1e-5
+    unstructured = nn.Linear(64, 64)
+    _sparse_(unstructured.weight, 0.1)
+    assert kernels.block_size(unstructured.weight.detach()) is None and "bsr" not in kernels.candidates(unstructured)
 
 
 def _randomise_batchnorm_(model: nn.Module) -> None:

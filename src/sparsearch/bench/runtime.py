@@ -5,7 +5,8 @@ the three; medians and min/max are reported next to the FLOP-count ideal speedup
 
 Models: a DASS genotype network of the DASS-Small shape (36 initial channels, 20 cells) and ResNet-56,
 CIFAR input (3 x 32 x 32). Masks: magnitude with uniform per-layer sparsity on every conv and linear layer
-but the first conv and the classifier; BatchNorm statistics are randomised so folding is not a no-op.
+but the first conv and the classifier (unstructured unless `--kind` says otherwise); BatchNorm statistics are
+randomised so folding is not a no-op.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MODELS = {
 }
 
 
-def _model(name: str, genotype: str, sparsity: float) -> nn.Module:
+def _model(name: str, genotype: str, sparsity: float, kind: str = "unstructured") -> nn.Module:
     torch.manual_seed(0)
     model = MODELS[name](genotype).eval()
     gen = torch.Generator().manual_seed(1)
@@ -37,7 +38,7 @@ def _model(name: str, genotype: str, sparsity: float) -> nn.Module:
             m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
             m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
     if sparsity > 0:
-        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", "uniform")
+        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", "uniform", kind)
         sp.attach(model, masks, densities=densities)
     return model
 
@@ -49,9 +50,10 @@ def _time(fn, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int, trials: int, repeats: int) -> dict:
+def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int, trials: int, repeats: int,
+            kind: str = "unstructured") -> dict:
     torch.set_num_threads(threads)
-    masked = _model(name, genotype, sparsity)
+    masked = _model(name, genotype, sparsity, kind)
     dense = _model(name, genotype, 0.0)
     if sparsity > 0:  # the dense model with the masked model's weights: same numbers, no masks
         dense.load_state_dict(sp.squash(masked))
@@ -68,7 +70,7 @@ def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int,
             times[k].append(_time(fn, x))
     result = {k: stats(v) for k, v in times.items()}
     kernels = [c.kernel for c in compiled.layers]
-    return {"model": name, "sparsity": sparsity, "batch": batch, "threads": threads, "times": result,
+    return {"model": name, "kind": kind, "sparsity": sparsity, "batch": batch, "threads": threads, "times": result,
             "speedup": result["dense eager"]["median"] / result["compiled sparse"]["median"],
             "ideal": 1 / (1 - sparsity), "compile_s": compile_s, "max_abs_error": compiled.max_abs_error,
             "sparse_layers": sum(k != "dense" for k in kernels), "layers": len(kernels), "layer_table": compiled.table()}
@@ -109,6 +111,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.5, 0.9, 0.95, 0.98, 0.99])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--kind", default="unstructured", help="mask kind, e.g. block:16:16 (the bsr kernel's case)")
     ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=5, help="timings per kernel and layer when compiling")
     ap.add_argument("--out", default="bench-results/runtime.json")
@@ -118,7 +121,7 @@ def main(argv: list[str]) -> int:
         for threads in args.threads:
             for batch in args.batches:
                 for s in args.sparsities:
-                    r = measure(name, args.genotype, s, batch, threads, args.trials, args.repeats)
+                    r = measure(name, args.genotype, s, batch, threads, args.trials, args.repeats, args.kind)
                     rows.append(r)
                     write_json(args.out, {"benchmark": "runtime", "args": vars(args), "results": rows})  # as it goes
                     t = r["times"]

@@ -6,6 +6,8 @@ function. Which one a layer gets is decided by measurement (`runtime.compile`); 
     csr      the weight as a CSR matrix (out, in * kh * kw) times the input columns: the input itself for
              Linear and unstrided 1x1 convolutions, im2col (`F.unfold`) otherwise; torch.sparse runs it
              (MKL on x86 builds).
+    bsr      the same product with the weight as a block-sparse (BSR) matrix; a candidate only where the mask is
+             made of blocks on that (out, in * kh * kw) view (the `block` mask kind), found by `block_size`.
     taps     (needs numba, the `fast` extra) no im2col: the zero-padded input is laid out once as (in, N * Hp * Wp),
              where the kernel tap (i, j) is a shift by i * Wp + j. Per output channel (in parallel) and per
              block of output positions, each non-zero weight adds weight x the shifted input row (an axpy over
@@ -13,7 +15,8 @@ function. Which one a layer gets is decided by measurement (`runtime.compile`); 
              with each weight reading its group's channel. Strided convolutions compute the stride-1 grid and
              subsample it. torch.sparse's CSR product reached about 1 GFLOP/s on these shapes here, this loop
              about 10 (one thread).
-`csr` handles ungrouped convolutions only.
+`csr` and `bsr` handle ungrouped convolutions only. N:M masks run on these general kernels: a CPU has no
+sparse tensor cores, and their one regularity (the same count per row) saves little here.
 """
 
 from __future__ import annotations
@@ -59,10 +62,26 @@ if numba is not None:
                     k += 1
 
 
-def _csr(matrix: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():  # torch calls CSR support beta; we rely on it on purpose
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return matrix.detach().to_sparse_csr()
+def _sparse(matrix: torch.Tensor, blocksize: tuple[int, int] | None = None) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch calls CSR/BSR support beta; we rely on it on purpose
+        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
+        matrix = matrix.detach()
+        return matrix.to_sparse_bsr(blocksize) if blocksize else matrix.to_sparse_csr()
+
+
+def block_size(matrix: torch.Tensor, sizes=((32, 32), (16, 16), (8, 8), (4, 4))) -> tuple[int, int] | None:
+    """The largest block shape whose non-zero blocks are at least 80% filled and at most half of all blocks: a
+    mask made of blocks. None for unstructured masks (their scattered non-zeros touch most blocks)."""
+    rows, cols = matrix.shape
+    nnz = int((matrix != 0).sum())
+    for bh, bw in sizes:
+        if rows % bh or cols % bw or nnz == 0:
+            continue
+        blocks = (matrix != 0).reshape(rows // bh, bh, cols // bw, bw).any(3).any(1)
+        used = int(blocks.sum())
+        if used * bh * bw <= 1.25 * nnz and used <= blocks.numel() // 2:
+            return bh, bw
+    return None
 
 
 def _bias(layer: nn.Module) -> torch.Tensor | None:
@@ -70,29 +89,33 @@ def _bias(layer: nn.Module) -> torch.Tensor | None:
 
 
 class CSRLinear(nn.Module):
-    def __init__(self, layer: nn.Linear):
+    """The `csr` kernel (or `bsr`, given a block size) for linear layers."""
+
+    def __init__(self, layer: nn.Linear, blocksize: tuple[int, int] | None = None):
         super().__init__()
         self.out_features = layer.out_features
-        self.weight = _csr(layer.weight)
+        self.weight = _sparse(layer.weight, blocksize)
         self.bias = _bias(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        y = torch.sparse.mm(self.weight, flat.t()).t()  # (W x^T)^T: torch multiplies sparse-on-the-left
+        y = (self.weight @ flat.t()).t()  # (W x^T)^T: torch multiplies sparse-on-the-left
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class CSRConv2d(nn.Module):
-    def __init__(self, layer: nn.Conv2d):
+    """The `csr` kernel (or `bsr`, given a block size) for ungrouped convolutions."""
+
+    def __init__(self, layer: nn.Conv2d, blocksize: tuple[int, int] | None = None):
         super().__init__()
         if layer.groups != 1 or not isinstance(layer.padding, tuple):
             raise ValueError("CSRConv2d handles ungrouped convolutions with numeric padding")
         self.out_channels, self.kernel_size = layer.out_channels, layer.kernel_size
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
         self.pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-        self.weight = _csr(layer.weight.reshape(self.out_channels, -1))
+        self.weight = _sparse(layer.weight.reshape(self.out_channels, -1), blocksize)
         self.bias = _bias(layer)
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
@@ -110,7 +133,7 @@ class CSRConv2d(nn.Module):
             unfolded = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*k*k, L)
             cols = unfolded[0] if n == 1 else unfolded.transpose(0, 1).reshape(unfolded.shape[1], -1)
         # back to NCHW, contiguous: the next layer's kernels (depthwise ones above all) are slow on strided inputs
-        y = torch.sparse.mm(self.weight, cols).reshape(self.out_channels, n, oh, ow).transpose(0, 1).contiguous()
+        y = (self.weight @ cols).reshape(self.out_channels, n, oh, ow).transpose(0, 1).contiguous()
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y
@@ -171,13 +194,13 @@ class TapsConv2d(nn.Module):
 def candidates(layer: nn.Module) -> dict[str, nn.Module]:
     """The kernels that can run `layer`, by name; "dense" is the layer itself."""
     out: dict[str, nn.Module] = {"dense": layer}
-    if isinstance(layer, nn.Linear):
-        out["csr"] = CSRLinear(layer)
-        if numba is not None:
-            out["taps"] = TapsConv2d(layer)
-    elif isinstance(layer, nn.Conv2d) and isinstance(layer.padding, tuple) and layer.padding_mode == "zeros":
-        if layer.groups == 1:
-            out["csr"] = CSRConv2d(layer)
-        if numba is not None:
-            out["taps"] = TapsConv2d(layer)
+    matmul = {nn.Linear: CSRLinear, nn.Conv2d: CSRConv2d}.get(type(layer))
+    if isinstance(layer, nn.Conv2d) and not (isinstance(layer.padding, tuple) and layer.padding_mode == "zeros"):
+        return out
+    if matmul is not None and getattr(layer, "groups", 1) == 1:
+        out["csr"] = matmul(layer)
+        if blocks := block_size(layer.weight.detach().reshape(layer.weight.shape[0], -1)):
+            out["bsr"] = matmul(layer, blocks)
+    if numba is not None and isinstance(layer, (nn.Linear, nn.Conv2d)):
+        out["taps"] = TapsConv2d(layer)
     return out

@@ -10,7 +10,6 @@ from .. import distributed
 from ..config import Config, ConfigError, dump_yaml, load_config
 from ..errors import SparsearchError
 
-
 # settings of how trials run, not of what they compute (results do not depend on them): free to change on re-runs
 HOW_NOT_WHAT = {"run.executor", "run.workers", "run.retries", "run.ray_address"}
 
