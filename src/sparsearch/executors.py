@@ -53,11 +53,12 @@ def _one_line(error: BaseException) -> str:
 
 
 class TrialProgress:
-    """One display for all trials: done / running / failed (a rich bar on a terminal, a line per change else)."""
+    """One display for all trials: done / running / queued / failed (a rich bar on a terminal, a line per change
+    otherwise). `slots`: how many trials run at once; the rest of those submitted wait."""
 
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.done = self.failed = self.running = 0
+    def __init__(self, total: int, label: str, enabled: bool, slots: int = 1):
+        self.total, self.label, self.enabled, self.slots = total, label, enabled and total > 0, slots
+        self.done = self.failed = 0
         self._bar = None
         if self.enabled and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,11 +68,11 @@ class TrialProgress:
             self._task = self._bar.add_task(label, total=total, info="")
             self._bar.start()
 
-    def update(self, *, running: int, finished: bool = False, failed: bool = False, retried: str = "") -> None:
-        self.running = running
+    def update(self, *, in_flight: int, finished: bool = False, failed: bool = False, retried: str = "") -> None:
         self.done += finished
         self.failed += failed
-        info = f"{self.running} running, {self.failed} failed"
+        running = min(in_flight, self.slots)
+        info = f"{running} running, {in_flight - running} queued, {self.failed} failed"
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, info=info)
         elif self.enabled:
@@ -208,7 +209,7 @@ class Executor:
         backend = self._backend()
         results: list[Any] = [None] * len(items)
         attempts = [1] * len(items)
-        bar = TrialProgress(len(items), label, progress)
+        bar = TrialProgress(len(items), label, progress, 1 if self.kind == "local" else self.workers)
         try:
             running = {backend.submit(fn, item): i for i, item in enumerate(items)}
             pending = list(running)  # submission order: the local backend runs trials in it
@@ -224,10 +225,10 @@ class Executor:
                             new = backend.submit(fn, items[i])
                             running[new] = i
                             pending.append(new)
-                            bar.update(running=len(pending), retried=f"trial {i + 1}: {_one_line(e)}")
+                            bar.update(in_flight=len(pending), retried=f"trial {i + 1}: {_one_line(e)}")
                             continue
                         results[i] = Failed(repr(items[i])[:200], _one_line(e), attempts[i])
-                    bar.update(running=len(pending), finished=True, failed=isinstance(results[i], Failed))
+                    bar.update(in_flight=len(pending), finished=True, failed=isinstance(results[i], Failed))
                     if on_finish is not None:
                         on_finish(i, results[i])
         finally:

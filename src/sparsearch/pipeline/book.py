@@ -23,14 +23,18 @@ from ..executors import stop_ray
 # the searched cell (claims 1, 2): configs/cifar10-dass-cpu.yaml cut to a 4,000-image subset and 1 epoch per phase
 SEARCH_SIZE = ["data.train_subset=4000", "train.epochs=3", "search.pretrain_epochs=1", "search.finetune_epochs=1",
                "search.random_samples=6", "search.random_epochs=3", "hydra.prune_epochs=1", "hydra.finetune_epochs=1"]
-RUNS: dict[str, tuple[str, str, list[str]]] = {  # name: (command, config file, overrides)
-    "book-search": ("run", "configs/cifar10-dass-cpu.yaml", ["name=book-search", *SEARCH_SIZE]),
+# name: (command, config file, one list of overrides per invocation)
+RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
+    "book-search": ("run", "configs/cifar10-dass-cpu.yaml", [["name=book-search", *SEARCH_SIZE]]),
     # one random sample of the same space, trained the same way: a random sparse configuration (claim 2)
     "book-random-configuration": ("run", "configs/cifar10-dass-cpu.yaml",
-                                  ["name=book-random-configuration", *SEARCH_SIZE, "run.methods=[random]",
-                                   "search.random_samples=1"]),
-    "compare-cifar10": ("compare", "configs/compare-cifar10.yaml", []),
-    "sparse-training-cifar10": ("compare", "configs/sparse-training-cifar10.yaml", []),
+                                  [["name=book-random-configuration", *SEARCH_SIZE, "run.methods=[random]",
+                                    "search.random_samples=1"]]),
+    "compare-cifar10": ("compare", "configs/compare-cifar10.yaml", [[]]),
+    # every method for seed 0; the cheap ones (one training each) for three seeds: IMP and soups cost several
+    "sparse-training-cifar10": ("compare", "configs/sparse-training-cifar10.yaml",
+                                [["compare.seeds=[0]"],
+                                 ["compare.seeds=[0, 1, 2]", "compare.variants=[dense, static-erk, set, rigl, granet]"]]),
 }
 RUNTIME_ARGS = ["--threads", "1", "2", "--trials", "5", "--repeats", "3"]
 
@@ -232,10 +236,10 @@ def speedup(bench: dict) -> Chapter:
 
 
 # ------------------------------------------------------------------------------------------------ running and writing
-def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None) -> Config:
-    _, config, overrides = RUNS[name]
+def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None) -> list[Config]:
+    _, config, invocations = RUNS[name]
     extra = [f"out_dir={out_dir}", *executor] + ([f"data.path={data_path}"] if data_path else [])
-    return load_config(config, [*overrides, *extra])
+    return [load_config(config, [*overrides, *extra]) for overrides in invocations]
 
 
 def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md", executor: str = "local",
@@ -248,9 +252,10 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     trials = [f"run.executor={executor}", f"run.workers={workers}"]
     cfgs = {name: _load(name, out_dir, trials, data_path) for name in RUNS}  # all configs checked before any work
     started = time.time()
-    for name, cfg in cfgs.items():
-        print(f"book: {name} ({RUNS[name][0]} -c {RUNS[name][1]})", flush=True)
-        (run_all if RUNS[name][0] == "run" else run_compare)(cfg, show_progress=show_progress)
+    for name, invocations in cfgs.items():
+        for cfg in invocations:
+            print(f"book: {name} ({RUNS[name][0]} -c {RUNS[name][1]})", flush=True)
+            (run_all if RUNS[name][0] == "run" else run_compare)(cfg, show_progress=show_progress)
     bench_json = out_dir / "book-runtime" / "runtime.json"
     if not bench_json.exists():
         stop_ray()  # a quiet machine for the timings
@@ -259,7 +264,7 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
 
     read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
     search = read(out_dir / "book-search" / "results.json")
-    search["random_samples"] = cfgs["book-search"].search.random_samples
+    search["random_samples"] = cfgs["book-search"][0].search.random_samples
     single = read(out_dir / "book-random-configuration" / "results.json")
     pruning = read(out_dir / "compare-cifar10" / "compare" / "results.json")
     st = read(out_dir / "sparse-training-cifar10" / "compare" / "results.json")

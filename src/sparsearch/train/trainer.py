@@ -159,9 +159,8 @@ class Trainer:
         self.metrics.truncate(state["metrics_offset"])  # drop lines logged after this checkpoint
 
     def save(self) -> None:
-        state = self.state_dict()  # on every rank: the optimiser's state_dict may be collective in future torch
-        if distributed.is_main():
-            save_checkpoint(self.checkpoint_path, state)
+        if distributed.is_main():  # under torchrun the ranks hold the same state; rank 0 writes it
+            save_checkpoint(self.checkpoint_path, self.state_dict())
 
     # ---------------------------------------------------------------------------------------- the loop
     @property
