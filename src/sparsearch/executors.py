@@ -211,19 +211,19 @@ class Executor:
         attempts = [1] * len(items)
         bar = TrialProgress(len(items), label, progress, 1 if self.kind == "local" else self.workers)
         try:
-            running = {backend.submit(fn, item): i for i, item in enumerate(items)}
-            pending = list(running)  # submission order: the local backend runs trials in it
+            index_of = {backend.submit(fn, item): i for i, item in enumerate(items)}
+            pending = list(index_of)  # submission order: the local backend runs trials in it
             while pending:
                 for handle in backend.first_finished(pending):
                     pending.remove(handle)
-                    i = running.pop(handle)
+                    i = index_of.pop(handle)
                     try:
                         results[i] = backend.result(handle)
                     except Exception as e:  # the trial raised, or its worker died
                         if attempts[i] <= self.retries:
                             attempts[i] += 1
                             new = backend.submit(fn, items[i])
-                            running[new] = i
+                            index_of[new] = i
                             pending.append(new)
                             bar.update(in_flight=len(pending), retried=f"trial {i + 1}: {_one_line(e)}")
                             continue

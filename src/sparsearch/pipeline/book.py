@@ -281,15 +281,16 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     for name, source in plots.items():
         if source.exists():
             shutil.copyfile(source, figures / name)
-    output.write_text(_document(chapters, figures.relative_to(output.parent), time.time() - started))
+    command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers}"
+    output.write_text(_document(chapters, figures.relative_to(output.parent), time.time() - started, command))
     return output
 
 
-def _document(chapters: list[Chapter], figures: Path, seconds: float) -> str:
+def _document(chapters: list[Chapter], figures: Path, seconds: float, command: str = "sparsearch book") -> str:
     info = machine()
-    lines = ["# Results book", "",
-             "Produced by `sparsearch book --out-dir RUNS` (see `sparsearch book --help`); it reruns every comparison below "
-             "at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`), reusing runs that already finished.", "",
+    lines = ["# Results book", "", f"Command: `{command}`", "",
+             "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
+             "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
              f"Machine: {info['cpu']}, {info['threads']} threads, torch {info['torch']}. This invocation took "
              f"{seconds / 60:.0f} min; the budgets below are the training time recorded in the runs.", "",
              "Every network here is far from converged (minutes of CPU training, not GPU days): read the rankings and "
