@@ -232,7 +232,7 @@ def speedup(bench: dict) -> Chapter:
         + f"\nCompiled sparse (`sparsearch.runtime.compile`) over dense eager PyTorch of the same network, medians of "
         f"{bench['args']['trials']} side-by-side trials. {info['cpu']}, torch {info['torch']}.\n",
         f"**not reproduced**: best at 95% is {text}, short of 3.87x and far below the 20x FLOP ideal",
-        "about an hour of wall time (both thread counts)", "runtime-speedup.png")
+        "about half an hour of wall time on 2 cores (both thread counts, both networks)", "runtime-speedup.png")
 
 
 # ------------------------------------------------------------------------------------------------ running and writing
