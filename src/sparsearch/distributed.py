@@ -107,7 +107,7 @@ def follow_rank0(model: nn.Module, masks: list[torch.Tensor], optimizer: torch.o
     rank 0's parameters, buffers and optimiser state are broadcast to all. Returns whether that was needed."""
     if not active():
         return False
-    mine = _fingerprint(masks).to(masks[0].device if masks else "cpu")
+    mine = _fingerprint(masks)  # on the masks' device
     theirs = mine.clone()
     dist.broadcast(theirs, 0)
     differs = torch.tensor([float(not torch.equal(mine, theirs))], device=mine.device)

@@ -195,6 +195,11 @@ class Executor:
         # cores split between parallel trials so they do not oversubscribe the machine
         self.threads = max(1, (os.cpu_count() or 1) // workers) if kind != "local" else None
 
+    def trial_bars(self, progress: bool) -> bool:
+        """Whether trials draw their own training bars: only when they run one at a time in this process, where
+        those bars stay readable; otherwise the one trial display (`map(progress=...)`) stands for them."""
+        return progress and self.kind == "local"
+
     def _backend(self) -> _Backend:
         if self.kind == "process":
             return _ProcessBackend(self.workers, self.threads)

@@ -206,7 +206,7 @@ def soup(ctx: MethodContext) -> StageResult:
     data = soup_data(cfg, data_seed, cfg.seed)
     souper = Souper(ctx, data)
     executor = make_executor(cfg.run)
-    progress = ctx.show_progress and executor.kind == "local"  # one process: its training bars stay readable
+    progress = executor.trial_bars(ctx.show_progress)
 
     def trial(c: Config, start: Path | None, out_dir: Path) -> Ingredient:
         return Ingredient(c, data_seed, None if start is None else str(start), str(out_dir), str(ctx.run_dir), progress)

@@ -149,14 +149,13 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     out = run_dir / "compare"
     out.mkdir(exist_ok=True)
     executor = make_executor(cfg.run)
-    trial_progress = show_progress and executor.kind == "local"
-    trials = [CompareJob(variant_config(cfg, v, s, seed), v, cfg.seed, str(run_dir.resolve()), trial_progress)
-              for seed, v, s in jobs]
+    trials = [CompareJob(variant_config(cfg, v, s, seed), v, cfg.seed, str(run_dir.resolve()),
+                         executor.trial_bars(show_progress)) for seed, v, s in jobs]
     # rows of earlier invocations stay (a variant run for fewer seeds, say); rows of this one replace them
     results = out / "results.json"
     earlier = json.loads(results.read_text())["rows"] if results.exists() else []
     rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
-    ds_name = dataset_from_config(cfg.data, seed=cfg.seed).name
+    ds_name = dataset_from_config(cfg.data, seed=cfg.seed).name  # loaded here too: a bad data path fails before any trial
     failed: list[Failed] = []
     # the dense runs first: the methods that prune a trained network start from them
     for phase in ([t for t in trials if t.variant == "dense"], [t for t in trials if t.variant != "dense"]):

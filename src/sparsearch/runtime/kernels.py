@@ -73,11 +73,12 @@ def block_size(matrix: torch.Tensor, sizes=((32, 32), (16, 16), (8, 8), (4, 4)))
     """The largest block shape whose non-zero blocks are at least 80% filled and at most half of all blocks: a
     mask made of blocks. None for unstructured masks (their scattered non-zeros touch most blocks)."""
     rows, cols = matrix.shape
-    nnz = int((matrix != 0).sum())
+    nonzero = matrix != 0
+    nnz = int(nonzero.sum())
     for bh, bw in sizes:
         if rows % bh or cols % bw or nnz == 0:
             continue
-        blocks = (matrix != 0).reshape(rows // bh, bh, cols // bw, bw).any(3).any(1)
+        blocks = nonzero.reshape(rows // bh, bh, cols // bw, bw).any(3).any(1)
         used = int(blocks.sum())
         if used * bh * bw <= 1.25 * nnz and used <= blocks.numel() // 2:
             return bh, bw

@@ -69,8 +69,8 @@ def random_search(cfg: Config, search_dir: Path, executor, show_progress: bool =
     best one's `genotype.json` into `search_dir`."""
     rng = random.Random(cfg.seed)
     candidates = [sample_genotype(rng) for _ in range(cfg.search.random_samples)]
-    trial_progress = show_progress and executor.kind == "local"  # one process: its training bars stay readable
-    trials = [Trial(cfg, g, str(search_dir / f"trial-{i:03d}"), trial_progress) for i, g in enumerate(candidates)]
+    trials = [Trial(cfg, g, str(search_dir / f"trial-{i:03d}"), executor.trial_bars(show_progress))
+              for i, g in enumerate(candidates)]
     results = executor.map(evaluate_candidate, trials, label="random search", progress=show_progress)
     search_dir.mkdir(parents=True, exist_ok=True)
     (search_dir / "trials.jsonl").write_text("".join(
