@@ -42,3 +42,12 @@ def test_missing_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+
+
+def test_exponent_floats_read_as_floats_everywhere(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n  min_lr: -0e0\nname: 1e3run\n")
+    cfg = load_config(f, ["train.momentum=9e-1", "hydra.score_lr=+2e-2"])
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum, cfg.hydra.score_lr) == (1e-3, 5e-4, 0.9, 0.02)
+    assert cfg.name == "1e3run" and load_config(None, ["name=run-1e3"]).name == "run-1e3"  # names stay strings
+    assert load_config(None, ["sparsity.include=[1e3x]"]).sparsity.include == ["1e3x"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 from .errors import SparsearchError
 
@@ -208,10 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
 DISTRIBUTED_COMMANDS = ("train", "search")  # what runs as one job across torchrun's processes
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stop): stop as Ctrl-C does; checkpoints are written atomically."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
 
     args = build_parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         if distributed.active():
             if args.command not in DISTRIBUTED_COMMANDS:
@@ -224,11 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     except SparsearchError as exc:
         print(f"sparsearch: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sparsearch: interrupted (the run resumes from its last checkpoint)", file=sys.stderr)
-        return 130
+    except OSError as exc:  # a full disk, a read-only or vanished folder: the system's words, on one line
+        print(f"sparsearch: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"sparsearch: {how} (the run resumes from its last checkpoint)", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
         distributed.shutdown()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..config import DataConfig
+from ..errors import SparsearchError
 from .datasets import (
     CIFAR10_CLASSES,
     DATASETS,
@@ -17,7 +18,7 @@ from .datasets import (
 from .loader import Augment, TensorLoader
 
 __all__ = [
-    "Augment", "CIFAR10_CLASSES", "DATASETS", "Dataset", "TensorLoader", "build_loaders", "dataset_from_config",
+    "Augment", "CIFAR10_CLASSES", "DATASETS", "Dataset", "TensorLoader", "build_loaders", "check_batches", "dataset_from_config",
     "download_dataset", "load_dataset", "register_dataset", "split_train", "stratified_split",
 ]
 
@@ -26,7 +27,7 @@ def dataset_from_config(cfg: DataConfig, seed: int = 0) -> Dataset:
     """Load the configured dataset (downloading first if asked) and apply `train_subset`."""
     path = cfg.path
     if cfg.download and (path is None or not os.path.exists(path)):
-        from .datasets import default_cache_dir
+        from .cache import default_cache_dir
 
         path = str(download_dataset(cfg.name, path or default_cache_dir() / "downloads" / cfg.name))
     ds = load_dataset(cfg.name, path=path, cache_dir=cfg.cache_dir, image_size=cfg.image_size)
@@ -51,10 +52,18 @@ def split_train(ds: Dataset, portion: float = 0.5, seed: int = 0) -> tuple[Datas
     return part(a), part(b)
 
 
+def check_batches(examples: int, batch_size: int, what: str = "the training set") -> None:
+    """Training drops the last partial batch, so fewer examples than one batch would train nothing."""
+    if examples < batch_size:
+        raise SparsearchError(f"the batch size ({batch_size}) is larger than {what} ({examples} examples), so not one "
+                              "step would train; lower data.batch_size (or search.batch_size) or use more data")
+
+
 def build_loaders(ds: Dataset, cfg: DataConfig, seed: int, device="cpu",
                   stats: tuple[list[float], list[float]] | None = None) -> tuple[TensorLoader, TensorLoader]:
     """Training loader (shuffled, augmented) and evaluation loader over the test split, both normalised
     with `stats` (mean, std) or, by default, the training split's own channel statistics."""
+    check_batches(len(ds.train_y), cfg.batch_size)
     mean, std = stats or ds.channel_stats()
     augment = None
     if cfg.augment and ds.image_size[0] >= 16:  # cropping 8x8 digits by 4 pixels would destroy them

@@ -1,20 +1,13 @@
 """Dataset registry: every dataset becomes uint8 image tensors (N, C, H, W) held in memory.
 
-Sources that need decoding (JPEG/PNG trees, archives, pickled batches, idx files) are decoded once and
-cached as `.npz` under the cache directory, keyed by the source's path, size and modification time.
+Sources that need decoding (JPEG/PNG trees and archives: `images.py`; CIFAR-10's pickled batches: `cifar.py`;
+idx files) are decoded once and cached as checksummed `.npz` files (`cache.py`).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
-import os
-import pickle
 import struct
-import tarfile
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,11 +16,10 @@ import numpy as np
 import torch
 
 from ..errors import SparsearchError
+from .cache import cached
+from .cifar import CIFAR10_CLASSES, cifar_batches, has_cifar_batches
 from .download import fetch
-
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar", ".txz")
+from .images import decode_all, read_tree
 
 
 @dataclass
@@ -77,41 +69,6 @@ def load_dataset(name: str, path: str | None = None, cache_dir: str | None = Non
     return DATASETS[name](path=path, cache_dir=cache_dir, **kwargs)
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("SPARSEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sparsearch")
-    return Path(root)
-
-
-# ------------------------------------------------------------------------------------------------ cache
-
-def _source_key(path: Path) -> str:
-    """Identity of a source: its path plus size and mtime of every file in it (cheap, no reading)."""
-    digest = hashlib.sha1(str(path.resolve()).encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        st = f.stat()
-        digest.update(f"{f.relative_to(path) if f != path else ''}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
-def _cached(name: str, path: Path, cache_dir: str | None, build: Callable[[], dict]) -> dict:
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    file = cache / f"{name}-{_source_key(path)}.npz"
-    if file.exists():
-        try:
-            with np.load(file) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):
-            file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-    arrays = build()
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".npz.part")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, file)
-    return arrays
-
-
 def _to_dataset(name: str, arrays: dict) -> Dataset:
     return Dataset(
         name=name,
@@ -134,75 +91,8 @@ def _require(path: str | None, name: str) -> Path:
 
 # ---------------------------------------------------------------------------------- image-folder trees
 
-def _is_archive(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _read_tree(path: Path) -> dict[str, dict[str, list[tuple[str, bytes]]]]:
-    """{split: {class: [(filename, encoded bytes)]}} from a folder or a tar archive of `split/class/file`.
-
-    A single top-level folder above `train/` (as archives often have) is skipped.
-    """
-    entries: list[tuple[tuple[str, ...], bytes]] = []
-    if path.is_dir():
-        for f in path.rglob("*"):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                entries.append((f.relative_to(path).parts, f.read_bytes()))
-    elif _is_archive(path):
-        try:
-            with tarfile.open(path, "r:*") as tar:
-                for member in tar:
-                    if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                        entries.append((Path(member.name).parts, tar.extractfile(member).read()))
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise SparsearchError(f"cannot read archive {path}: {exc}") from None
-    else:
-        raise SparsearchError(f"{path} is neither a folder nor a .tar/.tar.gz/.tar.xz archive")
-    if not entries:
-        raise SparsearchError(f"no images found under {path}")
-    while len({parts[0] for parts, _ in entries}) == 1 and all(len(p) > 3 for p, _ in entries):
-        entries = [(parts[1:], data) for parts, data in entries]
-    tree: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
-    for parts, data in entries:
-        if len(parts) != 3:
-            raise SparsearchError(f"image {'/'.join(parts)} in {path} is not at <split>/<class>/<file>")
-        split, cls, fname = parts
-        tree.setdefault(split, {}).setdefault(cls, []).append((fname, data))
-    if "train" not in tree:
-        raise SparsearchError(f"{path} has no train/ folder (found: {', '.join(sorted(tree))})")
-    return tree
-
-
-def _decode(blobs: list[bytes], size: int | None) -> np.ndarray:
-    from PIL import Image
-
-    out = []
-    for blob in blobs:
-        img = Image.open(io.BytesIO(blob)).convert("RGB")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        out.append(np.asarray(img, dtype=np.uint8))
-    return np.stack(out)
-
-
-def _decode_all(blobs: list[bytes], size: int | None) -> np.ndarray:
-    """Decode images in parallel worker processes (JPEG decoding is the slow part of a first load)."""
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    if workers == 1 or len(blobs) < 2000:
-        arrays = [_decode(blobs, size)]
-    else:
-        chunk = (len(blobs) + workers * 4 - 1) // (workers * 4)
-        parts = [blobs[i : i + chunk] for i in range(0, len(blobs), chunk)]
-        with ProcessPoolExecutor(workers) as pool:
-            arrays = list(pool.map(_decode, parts, [size] * len(parts)))
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) != 1:
-        raise SparsearchError(f"images have different sizes {sorted(shapes)}; set data.image_size to resize")
-    return np.concatenate(arrays).transpose(0, 3, 1, 2).copy()  # NHWC -> NCHW
-
-
 def _tree_arrays(path: Path, classes: list[str] | None, size: int | None, test_fraction: float) -> dict:
-    tree = _read_tree(path)
+    tree = read_tree(path)
     found = sorted(tree["train"])
     if classes is not None and found != sorted(classes):
         raise SparsearchError(f"class folders in {path}/train do not match the expected classes: {found}")
@@ -217,12 +107,13 @@ def _tree_arrays(path: Path, classes: list[str] | None, size: int | None, test_f
             )
         splits["test"] = tree["test"]
     for split, by_class in splits.items():
-        blobs, labels = [], []
+        blobs, labels, names = [], [], []
         for label, cls in enumerate(classes):
-            for _, blob in sorted(by_class.get(cls, [])):
+            for fname, blob in sorted(by_class.get(cls, [])):
                 blobs.append(blob)
                 labels.append(label)
-        out[f"{split}_x"] = _decode_all(blobs, size)
+                names.append(f"{split}/{cls}/{fname} in {path}")
+        out[f"{split}_x"] = decode_all(blobs, size, names)
         out[f"{split}_y"] = np.array(labels, dtype=np.int64)
     if "test" not in splits:  # hold out a stratified, fixed test split
         train_idx, test_idx = stratified_split(torch.from_numpy(out["train_y"]), 1 - test_fraction, seed=0)
@@ -246,62 +137,14 @@ def load_digits(path=None, cache_dir=None, **_) -> Dataset:
     return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], [str(i) for i in range(10)])
 
 
-def _cifar_batches(path: Path) -> dict:
-    """The official CIFAR-10 python release: a folder of pickled batches, or its .tar.gz."""
-    def read(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            d = pickle.loads(blob, encoding="bytes")
-            return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"])
-        except Exception as exc:  # noqa: BLE001 - any unpickling problem means a corrupt batch
-            raise SparsearchError(f"corrupt CIFAR-10 batch in {path}: {exc}") from None
-
-    blobs: dict[str, bytes] = {}
-    if path.is_dir():
-        for f in path.rglob("*_batch*"):
-            blobs[f.name] = f.read_bytes()
-    else:
-        try:
-            with tarfile.open(path, "r:*") as tar:
-                for m in tar:
-                    if m.isfile() and "_batch" in Path(m.name).name:
-                        blobs[Path(m.name).name] = tar.extractfile(m).read()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise SparsearchError(f"cannot read archive {path}: {exc}") from None
-    train_names = [f"data_batch_{i}" for i in range(1, 6)]
-    missing = [n for n in train_names + ["test_batch"] if n not in blobs]
-    if missing:
-        raise SparsearchError(f"CIFAR-10 batches missing in {path}: {', '.join(missing)}")
-    train = [read(blobs[n]) for n in train_names]
-    test_x, test_y = read(blobs["test_batch"])
-    return {
-        "train_x": np.concatenate([x for x, _ in train]), "train_y": np.concatenate([y for _, y in train]),
-        "test_x": test_x, "test_y": test_y, "classes": np.array(CIFAR10_CLASSES),
-    }
-
-
-def _has_cifar_batches(path: Path) -> bool:
-    if path.is_dir():
-        return any(path.rglob("data_batch_1"))
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for m in tar:  # the batches folder is near the start of the official archive
-                if Path(m.name).name == "data_batch_1":
-                    return True
-                if Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                    return False
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise SparsearchError(f"cannot read archive {path}: {exc}") from None
-    return False
-
-
 @register_dataset("cifar10")
 def load_cifar10(path=None, cache_dir=None, **_) -> Dataset:
     """CIFAR-10 from the official python batches (folder or .tar.gz) or an image-folder tree (folder or archive)."""
     p = _require(path, "cifar10")
-    if _has_cifar_batches(p):
-        arrays = _cached("cifar10-batches", p, cache_dir, lambda: _cifar_batches(p))
+    if has_cifar_batches(p):
+        arrays = cached("cifar10-batches", p, cache_dir, lambda: cifar_batches(p))
     else:
-        arrays = _cached("cifar10-images", p, cache_dir, lambda: _tree_arrays(p, CIFAR10_CLASSES, None, 0.0))
+        arrays = cached("cifar10-images", p, cache_dir, lambda: _tree_arrays(p, CIFAR10_CLASSES, None, 0.0))
     return _to_dataset("cifar10", arrays)
 
 
@@ -309,7 +152,7 @@ def load_cifar10(path=None, cache_dir=None, **_) -> Dataset:
 def load_imagefolder(path=None, cache_dir=None, image_size: int | None = None, **_) -> Dataset:
     """Any `train/<class>/*` (+ optional `test/<class>/*`) tree or archive; without test/, 10% is held out."""
     p = _require(path, "imagefolder")
-    arrays = _cached(f"imagefolder-{image_size}", p, cache_dir, lambda: _tree_arrays(p, None, image_size, 0.1))
+    arrays = cached(f"imagefolder-{image_size}", p, cache_dir, lambda: _tree_arrays(p, None, image_size, 0.1))
     return _to_dataset(p.name.split(".")[0], arrays)
 
 

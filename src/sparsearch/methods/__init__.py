@@ -3,7 +3,7 @@ that trains (one or more resumable stages) and returns the final stage; `METHODS
 
 from typing import Callable
 
-from .checks import check_config
+from .checks import check_config, preflight
 from .dst import DynamicSparsity, granet, rigl, set_
 from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
 from .imp import imp, level_densities
@@ -23,5 +23,5 @@ STARTS_FROM_DENSE = {"oneshot", "hydra", "maskspar"}
 __all__ = [
     "METHODS", "STAGES", "STARTS_FROM_DENSE", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MaskDecay", "MethodContext",
     "SparseRefined", "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "flow_factor",
-    "level_densities", "phase_densities", "run_hydra", "stage_model", "stage_parameters", "train_stage",
+    "level_densities", "phase_densities", "preflight", "run_hydra", "stage_model", "stage_parameters", "train_stage",
 ]

@@ -1,11 +1,29 @@
 """What each method needs from the config, checked before anything is written (`MethodContext` checks on
-creation; `sparsearch train` and `compare` check before they create the run directory)."""
+creation; `preflight` is what `sparsearch train` and `compare` check before they claim the run directory)."""
 
 from __future__ import annotations
 
 from .. import sparsity as sp
 from ..config import Config
+from ..data import Dataset, check_batches, dataset_from_config
 from ..errors import SparsearchError
+from ..models import model_builder
+
+
+def preflight(cfg: Config, ds: Dataset | None = None) -> Dataset:
+    """Everything a training checks before it writes: the method's settings, the data (loaded; one batch fits), the
+    model (built once) and the mask kind on the layers it will mask. Returns the dataset."""
+    check_config(cfg)
+    ds = ds or dataset_from_config(cfg.data, seed=cfg.seed)
+    check_batches(len(ds.train_y), cfg.data.batch_size)
+    model = model_builder(cfg, ds)()
+    s = cfg.sparsity
+    if s.method != "dense" and s.sparsity > 0 and s.method != "maskspar":
+        kind = sp.parse_kind(s.kind)
+        for layer in sp.find_layers(model, s.include, s.exclude, s.dense_first_last).values():
+            if isinstance(kind, sp.NM):
+                kind.groups(layer.weight.detach())  # raises where the input dimension does not split into groups
+    return ds
 
 
 def check_config(cfg: Config) -> None:

@@ -31,7 +31,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs
         raise SparsearchError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
     try:
         return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError, RuntimeError, KeyError, ZeroDivisionError) as exc:  # kwargs the model cannot take
         raise SparsearchError(f"bad arguments for model '{name}': {exc}") from None
 
 

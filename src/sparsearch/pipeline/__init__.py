@@ -9,11 +9,12 @@ from typing import Any
 from .. import distributed
 from ..config import Config, SparsityConfig
 from ..data import Dataset, build_loaders, dataset_from_config
-from ..methods import METHODS, MethodContext, StageResult, check_config
+from ..files import write_json
+from ..methods import METHODS, MethodContext, StageResult, preflight
 from ..models import model_builder
 from ..models.flops import count_flops
 from ..report.plots import churn_plot, soup_plot
-from ..train import prepare_run_dir, resolve_device
+from ..train import claim_run_dir, resolve_device
 
 
 def build_for(cfg: Config):
@@ -31,17 +32,15 @@ def variant_name(s: SparsityConfig) -> str:
 
 def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     """`sparsearch train`: the configured method (`sparsity.method`; dense when `sparsity.sparsity` is 0)."""
-    s = cfg.sparsity
-    check_config(cfg)  # before anything is written
-    ds = dataset_from_config(cfg.data, seed=cfg.seed)
+    ds = preflight(cfg)  # before anything is written
     train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
-    run_dir = prepare_run_dir(cfg)
-    variant = variant_name(s)
-    out_dir = run_dir / "train" / variant
-    ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, out_dir, run_dir,
-                        pretrain_dir=out_dir if variant == "dense" else None, show_progress=show_progress)
-    final = METHODS["dense" if variant == "dense" else cfg.sparsity.method](ctx)
-    return write_summary(ctx, final, ds, variant)
+    with claim_run_dir(cfg) as run_dir:
+        variant = variant_name(cfg.sparsity)
+        out_dir = run_dir / "train" / variant
+        ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, out_dir, run_dir,
+                            pretrain_dir=out_dir if variant == "dense" else None, show_progress=show_progress)
+        final = METHODS["dense" if variant == "dense" else cfg.sparsity.method](ctx)
+        return write_summary(ctx, final, ds, variant)
 
 
 def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: str) -> dict[str, Any]:
@@ -51,8 +50,7 @@ def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: 
                "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir)}
     if not distributed.is_main():  # under torchrun rank 0 writes
         return summary
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(ctx.out_dir / "summary.json", summary)
     if (churn := final.out_dir / "churn.json").exists():  # dynamic sparse training: plot the topology churn
         churn_plot(json.loads(churn.read_text()), final.out_dir / "churn.png", f"{variant}: topology churn")
     if (soups := ctx.out_dir / "soup.json").exists():  # sparse model soups: ingredients vs soups per phase

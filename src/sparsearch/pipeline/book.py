@@ -19,6 +19,8 @@ from pathlib import Path
 from ..bench.common import machine
 from ..config import Config, load_config
 from ..executors import stop_ray
+from ..files import write_atomic
+from ..train import exclusive
 
 # the searched cell (claims 1, 2): configs/cifar10-dass-cpu.yaml cut to a 4,000-image subset and 1 epoch per phase
 SEARCH_SIZE = ["data.train_subset=4000", "train.epochs=3", "search.pretrain_epochs=1", "search.finetune_epochs=1",
@@ -242,16 +244,11 @@ def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None) 
     return [load_config(config, [*overrides, *extra]) for overrides in invocations]
 
 
-def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md", executor: str = "local",
-             workers: int = 2, data_path: str | None = None, show_progress: bool = True) -> Path:
+def _run_all(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool) -> None:
     from ..bench import runtime as runtime_bench
     from .compare import run_compare
     from .run import run_all
 
-    out_dir, output = Path(out_dir), Path(output)
-    trials = [f"run.executor={executor}", f"run.workers={workers}"]
-    cfgs = {name: _load(name, out_dir, trials, data_path) for name in RUNS}  # all configs checked before any work
-    started = time.time()
     for name, invocations in cfgs.items():
         for cfg in invocations:
             print(f"book: {name} ({RUNS[name][0]} -c {RUNS[name][1]})", flush=True)
@@ -262,6 +259,21 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
         print("book: bench runtime", flush=True)
         runtime_bench.main([*RUNTIME_ARGS, "--out", str(bench_json)])
 
+
+def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md", executor: str = "local",
+             workers: int = 2, data_path: str | None = None, show_progress: bool = True) -> Path:
+    out_dir, output = Path(out_dir), Path(output)
+    trials = [f"run.executor={executor}", f"run.workers={workers}"]
+    cfgs = {name: _load(name, out_dir, trials, data_path) for name in RUNS}  # all configs checked before any work
+    started = time.time()
+    with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
+        _run_all(cfgs, out_dir, show_progress)
+        command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers}"
+        return _write_book(cfgs, out_dir, output, command, time.time() - started)
+
+
+def _write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, command: str, seconds: float) -> Path:
+    bench_json = out_dir / "book-runtime" / "runtime.json"
     read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
     search = read(out_dir / "book-search" / "results.json")
     search["random_samples"] = cfgs["book-search"][0].search.random_samples
@@ -281,8 +293,7 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     for name, source in plots.items():
         if source.exists():
             shutil.copyfile(source, figures / name)
-    command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers}"
-    output.write_text(_document(chapters, figures.relative_to(output.parent), time.time() - started, command))
+    write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command))
     return output
 
 

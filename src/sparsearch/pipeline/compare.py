@@ -26,9 +26,10 @@ from pathlib import Path
 from ..config import Config, ConfigError
 from ..data import build_loaders, dataset_from_config
 from ..executors import Failed, make_executor, raise_failures
-from ..methods import METHODS, STARTS_FROM_DENSE, MethodContext, check_config
+from ..files import write_json
+from ..methods import METHODS, STARTS_FROM_DENSE, MethodContext, preflight
 from ..report.plots import comparison_plot
-from ..train import prepare_run_dir, resolve_device
+from ..train import claim_run_dir, resolve_device
 from . import model_builder, write_summary
 
 # named recipes: method plus the sparsity settings that define them
@@ -82,10 +83,8 @@ def markdown_table(table: list[dict], title: str) -> str:
 def _write_results(out: Path, cfg: Config, rows: list[dict], dataset: str, failed: list[Failed]) -> None:
     table = aggregate(rows)
     title = f"{cfg.model.name} on {dataset}: accuracy by method and sparsity"
-    tmp = out / "results.json.part"
-    tmp.write_text(json.dumps({"name": cfg.name, "dataset": dataset, "model": cfg.model.name, "rows": rows, "table": table,
-                               "failed": [dataclasses.asdict(f) for f in failed]}, indent=2))
-    tmp.replace(out / "results.json")
+    write_json(out / "results.json", {"name": cfg.name, "dataset": dataset, "model": cfg.model.name, "rows": rows,
+                                      "table": table, "failed": [dataclasses.asdict(f) for f in failed]})
     text = markdown_table(table, title)
     if failed:
         text += "\n## Failed runs (not in the table)\n\n" + "".join(f"- {f.trial}: {f.error} ({f.attempts} attempts)\n"
@@ -143,32 +142,32 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
                                        for v in variants):
         variants.insert(0, "dense")  # trained once per seed and shared: a trial of its own, reported too
     jobs = [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
-    for _, v, s in jobs:
-        check_config(variant_config(cfg, v, s, cfg.seed))  # unknown names and bad settings fail before any training
-    run_dir = prepare_run_dir(cfg, extendable=("compare",))
-    out = run_dir / "compare"
-    out.mkdir(exist_ok=True)
-    executor = make_executor(cfg.run)
-    trials = [CompareJob(variant_config(cfg, v, s, seed), v, cfg.seed, str(run_dir.resolve()),
-                         executor.trial_bars(show_progress)) for seed, v, s in jobs]
-    # rows of earlier invocations stay (a variant run for fewer seeds, say); rows of this one replace them
-    results = out / "results.json"
-    earlier = json.loads(results.read_text())["rows"] if results.exists() else []
-    rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
-    ds_name = dataset_from_config(cfg.data, seed=cfg.seed).name  # loaded here too: a bad data path fails before any trial
-    failed: list[Failed] = []
-    # the dense runs first: the methods that prune a trained network start from them
-    for phase in ([t for t in trials if t.variant == "dense"], [t for t in trials if t.variant != "dense"]):
-        def finished(i: int, row, phase=phase) -> None:
-            name = f"seed {phase[i].cfg.seed} {phase[i].name}"
-            if isinstance(row, Failed):
-                failed.append(dataclasses.replace(row, trial=name))
-            else:
-                rows[row["seed"], row["variant"], row["sparsity"]] = row
-                if show_progress:
-                    print(f"compare: {name}: test acc {100 * row['test_acc']:.2f}%", flush=True)
-            _write_results(out, cfg, list(rows.values()), ds_name, failed)
+    ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
+    for v, s in dict.fromkeys((v, s) for _, v, s in jobs):  # unknown names and bad settings fail before any training
+        preflight(variant_config(cfg, v, s, cfg.seed), ds)
+    with claim_run_dir(cfg, extendable=("compare",)) as run_dir:
+        out = run_dir / "compare"
+        out.mkdir(exist_ok=True)
+        executor = make_executor(cfg.run)
+        trials = [CompareJob(variant_config(cfg, v, s, seed), v, cfg.seed, str(run_dir.resolve()),
+                             executor.trial_bars(show_progress)) for seed, v, s in jobs]
+        # rows of earlier invocations stay (a variant run for fewer seeds, say); rows of this one replace them
+        results = out / "results.json"
+        earlier = json.loads(results.read_text())["rows"] if results.exists() else []
+        rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
+        failed: list[Failed] = []
+        # the dense runs first: the methods that prune a trained network start from them
+        for phase in ([t for t in trials if t.variant == "dense"], [t for t in trials if t.variant != "dense"]):
+            def finished(i: int, row, phase=phase) -> None:
+                name = f"seed {phase[i].cfg.seed} {phase[i].name}"
+                if isinstance(row, Failed):
+                    failed.append(dataclasses.replace(row, trial=name))
+                else:
+                    rows[row["seed"], row["variant"], row["sparsity"]] = row
+                    if show_progress:
+                        print(f"compare: {name}: test acc {100 * row['test_acc']:.2f}%", flush=True)
+                _write_results(out, cfg, list(rows.values()), ds.name, failed)
 
-        executor.map(run_job, phase, label="compare", progress=show_progress, on_finish=finished)
-    raise_failures(failed, "comparison runs")
-    return out
+            executor.map(run_job, phase, label="compare", progress=show_progress, on_finish=finished)
+        raise_failures(failed, "comparison runs")
+        return out

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from ..config import load_config
 from ..data import dataset_from_config
 from ..errors import SparsearchError
+from ..files import write_json
 from ..models import model_builder
 from ..runtime import compile, export
 
@@ -25,14 +26,22 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
     where = Path(training_dir)
     if not (where / "summary.json").exists():
         raise SparsearchError(f"{where} is not a finished training (no summary.json); point at train/<variant>/")
-    summary = json.loads((where / "summary.json").read_text())
-    cfg = load_config(Path(summary["run_dir"]) / "config.yaml")
+    try:
+        summary = json.loads((where / "summary.json").read_text())
+        run_dir, final = Path(summary["run_dir"]), Path(summary["final_stage"]) / "final.safetensors"
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SparsearchError(f"{where}/summary.json is not a sparsearch training summary ({type(exc).__name__}: "
+                              f"{exc})") from None
+    cfg = load_config(run_dir / "config.yaml")
     if summary.get("model") == "genotype" and "genotype" not in cfg.model.kwargs:
         raise SparsearchError("searched-cell trainings of `sparsearch run` are not supported yet; compile a "
                               "`sparsearch train` or `compare` result")
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     model = model_builder(cfg, ds)().eval()
-    model.load_state_dict(load_file(str(Path(summary["final_stage"]) / "final.safetensors")))
+    try:
+        model.load_state_dict(load_file(str(final)))
+    except Exception as exc:  # noqa: BLE001 - a truncated file, or weights of another model
+        raise SparsearchError(f"cannot load {final}: {str(exc).splitlines()[0]}") from None
     if threads:
         torch.set_num_threads(threads)
     example = torch.randn(batch, ds.in_channels, *ds.image_size, generator=torch.Generator().manual_seed(0))
@@ -44,5 +53,5 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
               "max_abs_error": compiled.max_abs_error, "layers": compiled.table(),
               "dense_ms": sum(r["dense_ms"] for r in compiled.table()),
               "chosen_ms": sum(r["chosen_ms"] for r in compiled.table())}
-    (out / "compile.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "compile.json", result)
     return result

@@ -19,15 +19,16 @@ import json
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..data import build_loaders, dataset_from_config
+from ..data import build_loaders
 from ..executors import make_executor
+from ..files import write_json
 from ..methods import density_map, run_hydra
 from ..models.flops import count_flops
-from ..models.genotypes import Genotype
+from ..models.genotypes import GENOTYPES, Genotype
 from ..report import write_report
-from ..search import differentiable_search, random_search
+from ..search import check_search, differentiable_search, random_search
 from ..sparsity import find_layers
-from ..train import prepare_run_dir, resolve_device
+from ..train import claim_run_dir, resolve_device
 from . import model_builder
 
 
@@ -63,11 +64,15 @@ def search_all(cfg: Config, show_progress: bool = True) -> dict[str, Genotype]:
 def run_all(cfg: Config, show_progress: bool = True) -> Path:
     """Returns the report directory."""
     _validate(cfg)
-    run_dir = prepare_run_dir(cfg)
-    genotypes = search_all(cfg, show_progress)
-
-    ds = dataset_from_config(cfg.data, seed=cfg.seed)
+    ds = check_search(cfg)  # everything checked before anything is written: search, data, the final network
     train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
+    model_builder(cfg, ds, genotype=GENOTYPES["DASS_95"].to_dict())()
+    with claim_run_dir(cfg) as run_dir:
+        return _search_and_train(cfg, run_dir, ds, train_loader, test_loader, show_progress)
+
+
+def _search_and_train(cfg: Config, run_dir: Path, ds, train_loader, test_loader, show_progress: bool) -> Path:
+    genotypes = search_all(cfg, show_progress)
     rows, searches = [], {}
     for method, genotype in genotypes.items():
         search_dir = run_dir / "search" / method
@@ -94,5 +99,5 @@ def run_all(cfg: Config, show_progress: bool = True) -> Path:
                f"{cfg.search.random_samples} samples x {cfg.search.random_epochs} epochs. Test accuracy is on the held-out "
                f"test set, never seen during search or selection.")
     results = {"name": cfg.name, "dataset": ds.name, "summary": summary, "rows": rows, "searches": searches}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(run_dir / "results.json", results)
     return write_report(run_dir)

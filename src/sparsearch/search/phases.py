@@ -30,7 +30,7 @@ from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, sp
 from ..errors import SparsearchError
 from ..methods.hydra import STAGES, StageKind, train_stage
 from ..models.genotypes import Genotype
-from ..train import Callback, MetricsLog, Trainer, prepare_run_dir, resolve_device
+from ..train import Callback, MetricsLog, Trainer, claim_run_dir, resolve_device
 from .architect import Architect
 from .supernet import SuperNet
 
@@ -117,9 +117,7 @@ def supernet_densities(net: SuperNet, sparsity: float) -> dict[str, float]:
 def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = True) -> Genotype:
     """Run the configured search (DASS or DARTS) into `search_dir` (inside the prepared run directory)."""
     s = cfg.search
-    if s.mode == "dass" and not 0 < s.sparsity < 1:
-        raise SparsearchError(f"search.sparsity must be in (0, 1) for DASS, got {s.sparsity}")
-    ds = dataset_from_config(cfg.data, seed=cfg.seed)
+    ds = check_search(cfg)
     train_loader, val_loader, eval_loader = search_loaders(cfg, ds)
     build = supernet_builder(cfg, ds)
     densities = supernet_densities(build(), s.sparsity)
@@ -143,10 +141,23 @@ def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = T
     return genotype
 
 
+def check_search(cfg: Config, ds: Dataset | None = None) -> Dataset:
+    """What a search checks before it writes: the DASS target, the data (both halves hold a batch), the supernet
+    (built once). Returns the dataset."""
+    s = cfg.search
+    if s.mode == "dass" and not 0 < s.sparsity < 1:
+        raise SparsearchError(f"search.sparsity must be in (0, 1) for DASS, got {s.sparsity}")
+    ds = ds or dataset_from_config(cfg.data, seed=cfg.seed)
+    search_loaders(cfg, ds)
+    supernet_builder(cfg, ds)()
+    return ds
+
+
 def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
     """`sparsearch search`: the configured search into `runs/<name>/search/`."""
-    prepare_run_dir(cfg)
-    return differentiable_search(cfg, cfg.run_dir / "search", show_progress)
+    check_search(cfg)
+    with claim_run_dir(cfg):
+        return differentiable_search(cfg, cfg.run_dir / "search", show_progress)
 
 
 def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import SparsearchError
+from ..files import write_atomic
 
 MAGIC = b"sparsearch-checkpoint v1 "
 
@@ -32,33 +31,31 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     torch.save(state, buf)
     payload = buf.getvalue()
     header = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(header)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomic(path, header + payload)  # a reader sees the old file or the new one, never half of one
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
     newline = raw.find(b"\n")
     if not raw.startswith(MAGIC) or newline < 0:
         raise CheckpointError(f"{path} is not a sparsearch checkpoint")
-    expected = raw[len(MAGIC) : newline].decode()
+    expected = raw[len(MAGIC) : newline]  # bytes: a flipped bit in the header need not be valid text
     payload = raw[newline + 1 :]
-    if hashlib.sha256(payload).hexdigest() != expected:
+    if hashlib.sha256(payload).hexdigest().encode() != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - weights_only refuses anything but tensors and plain containers
+        raise CheckpointError(f"checkpoint {path} holds something other than saved tensors ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dictionary")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,21 +1,118 @@
-"""The run directory: created once per run, holding the resolved config every stage reads."""
+"""The run directory: claimed by one process at a time, created once per run, holding the resolved config every
+stage reads."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import yaml
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked there
+    fcntl = None
 
 from .. import distributed
 from ..config import Config, ConfigError, dump_yaml, load_config
 from ..errors import SparsearchError
+from ..files import write_atomic
 
 # settings of how trials run, not of what they compute (results do not depend on them): free to change on re-runs
 HOW_NOT_WHAT = {"run.executor", "run.workers", "run.retries", "run.ray_address"}
+LOCK_NAME = ".lock"
+_held: dict[Path, list] = {}  # directory -> [open lock file, nesting depth]: re-entrant within this process
+
+
+def check_writable(path: Path) -> None:
+    """Fail before writing when `path` cannot become a folder: an ancestor that is a file, say."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SparsearchError(f"cannot create {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise SparsearchError(f"cannot create {path}: {parent} is not writable")
+            return
+
+
+def _holder(lock: Path) -> str:
+    try:
+        info = json.loads(lock.read_text())
+        return f"pid {info['pid']} on {info['host']}, since {info['since']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not yet said who it is"
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | Path) -> Iterator[Path]:
+    """Hold `directory` for this process: a second process (any command, any executor) that asks while this one
+    holds it gets a one-line error naming this one. The lock is an flock, so a killed process frees it at once;
+    the lock file goes when the holder lets go. Trials in worker processes write inside a claimed directory
+    without claiming it: the process that started them holds it."""
+    directory = Path(directory).resolve()
+    if directory in _held or not distributed.is_main() or fcntl is None:  # nested claim, or a torchrun rank other than 0
+        if directory in _held:
+            _held[directory][1] += 1
+        try:
+            yield directory
+        finally:
+            if directory in _held:
+                _held[directory][1] -= 1
+        return
+    check_writable(directory)
+    created = [d for d in [directory, *directory.parents] if not d.exists()]  # innermost first
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_NAME
+    while True:
+        fh = open(lock, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise SparsearchError(f"{directory} is in use by another sparsearch process ({_holder(lock)}); wait "
+                                  "for it to finish or use another --name") from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    fh.truncate(0)
+    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    fh.flush()
+    _held[directory] = [fh, 1]
+    try:
+        yield directory
+    finally:
+        _held[directory][1] -= 1
+        if _held[directory][1] == 0:
+            del _held[directory]
+            lock.unlink(missing_ok=True)  # before unlocking: a waiter then locks a new file, never a removed one
+            fh.close()
+            for d in created:  # folders this claim made and nothing filled (a run refused at its first write)
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+
+
+@contextlib.contextmanager
+def claim_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Iterator[Path]:
+    """What every command that writes a run does once its checks have passed: hold the directory, then write
+    (or compare) its config. `prepare_run_dir` alone writes without holding."""
+    with exclusive(cfg.run_dir):
+        yield prepare_run_dir(cfg, extendable)
 
 
 def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
-    """Create the run directory and write the resolved config; refuse to mix two different configs.
+    """Write the resolved config into the (claimed) run directory; refuse to mix two different configs.
     Sections named in `extendable` only list work to do (e.g. `compare`: more variants or seeds), so they may
     change between invocations; what was finished stays valid and is skipped."""
     run_dir = cfg.run_dir
@@ -36,8 +133,7 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
         if changed := [k for k in _changed_keys(before, now) if k not in HOW_NOT_WHAT]:
             raise SparsearchError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])} differ); "
                                   "pick another name or delete it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    written.write_text(text)
+    write_atomic(written, text)
     distributed.barrier()
     return run_dir
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from .. import distributed
 from .. import sparsity as sp
 from ..config import TrainConfig
 from ..data import TensorLoader
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..errors import SparsearchError
+from ..files import write_json
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog, Reporter
 from .schedule import build_optimizer, lr_at, set_lr
 
@@ -111,6 +114,9 @@ class Trainer:
         self.optimizer = build_optimizer(param_groups or [p for p in model.parameters() if p.requires_grad], cfg)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = len(train_loader)
+        if self.steps_per_epoch == 0:
+            raise SparsearchError(f"{self.out_dir}: {len(train_loader.x)} training examples make no batch of "
+                                  f"{train_loader.batch_size}, so not one step would train; lower the batch size")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.reporter = Reporter(self.metrics.stage, enabled=show_progress and distributed.is_main())
         # position and epoch accumulators: all part of the checkpoint
@@ -143,6 +149,10 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [k for k in ("model", "optimizer", "position", "accumulators", "callbacks", "rng", "metrics_offset")
+                   if k not in state]
+        if missing:
+            raise CheckpointError(f"{self.checkpoint_path} is not a sparsearch training state (no {', '.join(missing)})")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         pos = state["position"]
@@ -206,13 +216,17 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.loss = loss
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):  # nothing after this step could be trusted: keep the last good checkpoint
+                raise SparsearchError(f"{self.out_dir}: the loss became {loss_value} at step {self.step + 1} (epoch "
+                                      f"{self.epoch + 1}); stopped, the last good checkpoint is kept. Lower train.lr "
+                                      "or set train.grad_clip")
             self._call("on_before_optimizer_step")
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
             self.batch += 1
-            loss_value = loss.item()
             self._acc["loss_sum"] += loss_value * len(yb)
             self._acc["correct"] += (logits.argmax(1) == yb).sum().item()
             self._acc["seen"] += len(yb)
@@ -275,9 +289,7 @@ class Trainer:
         if not distributed.is_main():
             return summary
         save_final(self.model, self.out_dir)
-        tmp = self.summary_path.with_suffix(".json.part")
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.summary_path)
+        write_json(self.summary_path, summary)
         return summary
 
     def _call(self, hook: str, *args) -> None:

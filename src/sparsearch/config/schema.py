@@ -1,26 +1,11 @@
-"""YAML -> typed dataclasses, dotted overrides, validation with messages that name the key.
-
-A config is a tree of dataclasses. Every field has a type hint and a default, so an empty YAML file
-is a valid config. `load_config(path, ["train.epochs=3"])` reads, overrides and validates in one go;
-`to_dict(cfg)` gives back plain data for writing `config.yaml` into a run directory.
-"""
+"""The config tree: one dataclass per section, every field typed and defaulted, so an empty YAML file is a
+valid config. Value ranges are checked in `checks.py`; reading and overrides live in `loading.py`."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
-
-import yaml
-
-from .errors import SparsearchError
-
-
-class ConfigError(SparsearchError):
-    pass
+from typing import Any, Literal
 
 
 @dataclass
@@ -263,119 +248,3 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        return str(tp).replace("typing.", "")
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the type hint `tp`; return it (ints are accepted where floats are asked)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise ConfigError(f"config key '{key}' must be one of {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"config key '{key}' must be null, got {value!r}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool):
-        raise ConfigError(f"config key '{key}' must be int, got {value!r}")
-    if isinstance(value, tp):
-        return value
-    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'train.epochs=3' -> ('train.epochs', 3). The value is parsed as YAML (so 0.1, true, [1,2], null work)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.epochs=3)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def from_dict(data: dict | None, overrides: list[str] | None = None, cls: type = Config) -> Any:
-    tree = dict(data or {})
-    for text in overrides or []:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
-    return _build(cls, tree)
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config) -> Any:
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return from_dict(data, overrides, cls)
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
