@@ -92,6 +92,9 @@ def _disagree(rank: int, world: int, port: int, out: str) -> None:
     torch.save({"first": first, "second": second, "tensors": [t.detach() for t in (*model.parameters(), *model.buffers())],
                 "momentum": [opt.state[p]["momentum_buffer"] for p in model.parameters()]}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+    # gloo's worker threads can still hold work objects while the interpreter finalises, which aborts the process
+    # (SIGABRT, "terminate called without an active exception") about one run in three: skip the finalisation
+    os._exit(0)
 
 
 def test_ranks_whose_masks_differ_take_rank0s_state(tmp_path):
