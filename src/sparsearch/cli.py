@@ -104,10 +104,12 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from .report import write_report
+    from .train import exclusive
 
     if not (Path(args.run_dir) / "results.json").is_file():
         raise SparsearchError(f"{args.run_dir} has no results.json (is it a finished `sparsearch run` directory?)")
-    print(f"report: {write_report(args.run_dir) / 'index.html'}")
+    with exclusive(args.run_dir):  # not while a `sparsearch run` still writes it
+        print(f"report: {write_report(args.run_dir) / 'index.html'}")
     return 0
 
 
