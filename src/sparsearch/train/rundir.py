@@ -41,6 +41,13 @@ def check_writable(path: Path) -> None:
             return
 
 
+def _command() -> str:
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("__main__.py", "sparsearch"):  # `python -m sparsearch`, torchrun's `-m sparsearch`, the script
+        program = "sparsearch"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def _holder(lock: Path) -> str:
     try:
         info = json.loads(lock.read_text())
@@ -84,7 +91,7 @@ def exclusive(directory: str | Path) -> Iterator[Path]:
             pass
         fh.close()
     fh.truncate(0)
-    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": _command(),
                          "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
     fh.flush()
     _held[directory] = [fh, 1]
