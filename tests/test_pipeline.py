@@ -131,7 +131,11 @@ def test_run_end_to_end(tmp_path, cache_dir):
     for name in ("index.html", "report.md", "accuracy_vs_sparsity.png", "alphas_dass.png", "alphas_darts.png",
                  "cell_dass_normal.png", "cell_random_reduce.png"):
         assert (report / name).stat().st_size > 0
-    assert "| dass | 90%" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "| dass | 90%" in text
+    # searches this short do not move alpha: the report says so first, and names both differentiable searches
+    assert results["searches"]["dass"]["verdict"]["moved"] is False and results["searches"]["random"]["verdict"] is None
+    assert text.count("did not move away from uniform") >= 3 and "do not rank the methods" in text.splitlines()[2]
     # a second run skips everything that is finished and reports the same numbers
     before = (run_dir / "results.json").read_text()
     run_all(cfg, show_progress=False)

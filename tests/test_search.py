@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -136,6 +137,11 @@ def test_dass_search_end_to_end_and_resume(tmp_path):
     # alpha moved in every phase (the prune phase too: alpha_in_prune defaults to true)
     alphas = [json.loads(line)["normal"] for line in (out / "alphas.jsonl").read_text().splitlines()]
     assert alphas[0] != alphas[1] != alphas[2]
+    # a few dozen steps at arch_lr 3e-4 leave alpha at uniform: the verdict says so and estimates the budget
+    verdict = json.loads((out / "verdict.json").read_text())
+    steps = sum(json.loads((out / p / "summary.json").read_text())["steps"] for p in ("pretrain", "prune", "finetune"))
+    assert not verdict["moved"] and verdict["deviation"] < 0.01 and verdict["steps"] == steps
+    assert verdict["steps_needed"] > verdict["steps"] and "did not move" in verdict["words"]
     assert run_search(cfg, show_progress=False) == genotype  # finished phases are skipped, same result
 
 
@@ -146,3 +152,26 @@ def test_darts_mode_is_one_dense_phase(tmp_path):
                            second_order=False), show_progress=False)
     out = tmp_path / "s" / "search"
     assert (out / "search" / "summary.json").exists() and not (out / "prune").exists()
+
+
+def _epoch(strength: float, op: int = 1) -> dict:
+    """softmax(alpha) with `strength` of extra weight on operation `op` of every edge, and its derived genotype."""
+    edge = [(1 - strength) / 8] * 8
+    edge[op] += strength
+    return {"normal": [edge] * 14, "reduce": [edge] * 14, "genotype": {"normal": [[op, 0]] * 8}}
+
+
+def test_search_verdict_follows_its_rule():
+    from sparsearch.search.verdict import MOVED, normalised_entropy, search_verdict
+
+    uniform = search_verdict([_epoch(0.0)] * 5, steps=100)
+    assert not uniform["moved"] and uniform["deviation"] == pytest.approx(0) and uniform["steps_needed"] is None
+    assert uniform["entropy_normal"] == pytest.approx(1.0)
+    barely = search_verdict([_epoch(0.01)] * 5, steps=100)  # deviation 0.00875: noise, ~3x the steps would be needed
+    assert not barely["moved"] and barely["steps_needed"] == pytest.approx(100 * MOVED / barely["deviation"], abs=1)
+    settled = search_verdict([_epoch(0.2)] * 10, steps=100)
+    assert settled["moved"] and settled["settled"] and "settled" in settled["words"]
+    changing = search_verdict([_epoch(0.2, op=1)] * 9 + [_epoch(0.2, op=2)], steps=100)
+    assert changing["moved"] and not changing["settled"] and "had not settled" in changing["words"]
+    assert changing["settle_window"] == 2 and search_verdict([_epoch(0.2)] * 20, 1)["settle_window"] == 4
+    assert normalised_entropy([[1.0] + [0.0] * 7]) == 0

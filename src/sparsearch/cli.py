@@ -56,6 +56,8 @@ def cmd_search(args) -> int:
     cfg = _load(args)
     genotype = run_search(cfg)
     print(json.dumps(genotype.to_dict()))
+    verdict = json.loads((cfg.run_dir / "search" / "verdict.json").read_text())
+    print(f"the search {verdict['words']}")
     print(f"genotype written to {cfg.run_dir / 'search' / 'genotype.json'}")
     return 0
 

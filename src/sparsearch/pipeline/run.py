@@ -76,8 +76,10 @@ def _search_and_train(cfg: Config, run_dir: Path, ds, train_loader, test_loader,
     rows, searches = [], {}
     for method, genotype in genotypes.items():
         search_dir = run_dir / "search" / method
+        verdict = search_dir / "verdict.json"  # differentiable searches: did alpha move? (random search: none)
         searches[method] = {"seconds": _search_seconds(search_dir), "genotype": genotype.to_dict(),
-                            "param_free_normal": genotype.parameter_free_count("normal")}
+                            "param_free_normal": genotype.parameter_free_count("normal"),
+                            "verdict": json.loads(verdict.read_text()) if verdict.exists() else None}
         build = model_builder(cfg, ds, genotype=genotype.to_dict())
         model = build()
         layers = find_layers(model, cfg.sparsity.include, cfg.sparsity.exclude, cfg.sparsity.dense_first_last)

@@ -52,6 +52,21 @@ def _plots(run_dir: Path, out: Path, results: dict) -> list[tuple[str, str]]:
     return made
 
 
+def _verdict_words(search: dict) -> str:
+    v = search.get("verdict")
+    return f"the search {v['words']}" if v else "a sampled cell (no architecture weights to judge)"
+
+
+def no_evidence(searches: dict) -> str | None:
+    """The warning a report opens with when a differentiable search did not move: its rows rank nothing."""
+    still = [m for m, s in searches.items() if s.get("verdict") and not s["verdict"]["moved"]]
+    if not still:
+        return None
+    return (f"The {' and '.join(still)} search{'es' if len(still) > 1 else ''} did not move away from uniform "
+            f"architecture weights: {'their cells are' if len(still) > 1 else 'its cell is'} noise, so the rows below "
+            "do not rank the methods. Give the search a larger budget (see Searches) before reading them as a finding.")
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
@@ -61,11 +76,12 @@ def write_report(run_dir: str | Path) -> Path:
     headers = [h for _, h in COLUMNS]
     rows = table_rows(results)
     searches = results["searches"]
-    notes = [f"- **{m}**: search {s['seconds']:.0f} s; normal cell has {s['param_free_normal']} of 8 parameter-free "
-             f"operations; genotype `{json.dumps(s['genotype'])}`" for m, s in searches.items()]
+    notes = [f"- **{m}**: search {s['seconds']:.0f} s; {_verdict_words(s)}; normal cell has {s['param_free_normal']} of "
+             f"8 parameter-free operations; genotype `{json.dumps(s['genotype'])}`" for m, s in searches.items()]
+    warning = no_evidence(searches)
 
     md = [f"# {results['name']}: searched sparse cells on {results['dataset']}", "",
-          results["summary"], "",
+          *([f"**{warning}**", ""] if warning else []), results["summary"], "",
           "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     md += ["", "## Searches", "", *notes, "", "## Plots", ""]
@@ -74,11 +90,12 @@ def write_report(run_dir: str | Path) -> Path:
 
     esc = html.escape
     body = [f"<h1>{esc(results['name'])}: searched sparse cells on {esc(results['dataset'])}</h1>",
-            f"<p>{esc(results['summary'])}</p>", "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>"]
+            *([f"<p><b>{esc(warning)}</b></p>"] if warning else []), f"<p>{esc(results['summary'])}</p>",
+            "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>"]
     body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
     body += ["</table>", "<h2>Searches</h2><ul>"]
-    body += [f"<li><b>{esc(m)}</b>: search {s['seconds']:.0f} s; {s['param_free_normal']} of 8 normal-cell operations "
-             f"parameter-free</li>" for m, s in searches.items()]
+    body += [f"<li><b>{esc(m)}</b>: search {s['seconds']:.0f} s; {esc(_verdict_words(s))}; {s['param_free_normal']} of 8 "
+             f"normal-cell operations parameter-free</li>" for m, s in searches.items()]
     body += ["</ul><h2>Plots</h2>"]
     body += [f'<figure><img src="{name}" alt="{esc(cap)}"><figcaption>{esc(cap)}</figcaption></figure>' for name, cap in plots]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"

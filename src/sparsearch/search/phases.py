@@ -28,11 +28,13 @@ from .. import sparsity as sp
 from ..config import Config, SearchConfig
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
 from ..errors import SparsearchError
+from ..files import write_json
 from ..methods.hydra import STAGES, StageKind, train_stage
 from ..models.genotypes import Genotype
 from ..train import Callback, MetricsLog, Trainer, claim_run_dir, resolve_device
 from .architect import Architect
 from .supernet import SuperNet
+from .verdict import normalised_entropy, search_verdict
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,9 @@ class ArchitectCallback(Callback):
         model: SuperNet = trainer.model
         genotype = model.genotype()
         free = genotype.parameter_free_count("normal")
-        metrics.update(genotype=genotype.to_dict(), param_free_normal=free,
-                       alphas_normal=F.softmax(model.arch.normal, -1).tolist(),
-                       alphas_reduce=F.softmax(model.arch.reduce, -1).tolist())
+        normal, reduce = F.softmax(model.arch.normal, -1).tolist(), F.softmax(model.arch.reduce, -1).tolist()
+        metrics.update(genotype=genotype.to_dict(), param_free_normal=free, alphas_normal=normal, alphas_reduce=reduce,
+                       entropy_normal=normalised_entropy(normal), entropy_reduce=normalised_entropy(reduce))
         if free >= len(genotype.normal) - 1:
             log.warning("normal cell has %d of %d parameter-free operations: the search is collapsing to skip "
                         "connections and pooling", free, len(genotype.normal))
@@ -121,7 +123,7 @@ def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = T
     train_loader, val_loader, eval_loader = search_loaders(cfg, ds)
     build = supernet_builder(cfg, ds)
     densities = supernet_densities(build(), s.sparsity)
-    run_dir, source, result = cfg.run_dir, None, None
+    run_dir, source, result, arch_steps = cfg.run_dir, None, None, 0
     for phase, kind in phases(s):
         def callbacks(net: SuperNet, params: list[torch.nn.Parameter], kind=kind) -> list[Callback]:
             architect = Architect(net, net.arch_parameters(), s.arch_lr, (0.5, 0.999), s.arch_weight_decay, s.second_order)
@@ -134,9 +136,10 @@ def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = T
                              train_loader, eval_loader, MetricsLog(run_dir / "metrics.jsonl", out.relative_to(run_dir).as_posix()),
                              parameters=SuperNet.weight_parameters, callbacks=callbacks, show_progress=show_progress)
         source = result.checkpoint
+        arch_steps += result.summary["steps"] if kind != "prune" or s.alpha_in_prune else 0
     genotype = result.model.genotype()
     if distributed.is_main():
-        _write_outputs(run_dir, search_dir, genotype)
+        _write_outputs(run_dir, search_dir, genotype, arch_steps)
     distributed.barrier()
     return genotype
 
@@ -160,14 +163,17 @@ def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
         return differentiable_search(cfg, cfg.run_dir / "search", show_progress)
 
 
-def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype) -> None:
+def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype, arch_steps: int) -> None:
     genotype.save(search_dir / "genotype.json")
     prefix = search_dir.relative_to(run_dir).as_posix() + "/"
-    lines = [json.dumps({"stage": r["stage"], "epoch": r["epoch"], "normal": r["alphas_normal"],
-                         "reduce": r["alphas_reduce"], "genotype": r["genotype"]})
-             for r in MetricsLog(run_dir / "metrics.jsonl").read()
-             if r.get("kind") == "epoch" and "alphas_normal" in r and r["stage"].startswith(prefix)]
+    epochs = [{"stage": r["stage"], "epoch": r["epoch"], "normal": r["alphas_normal"], "reduce": r["alphas_reduce"],
+               "genotype": r["genotype"], "entropy_normal": normalised_entropy(r["alphas_normal"]),
+               "entropy_reduce": normalised_entropy(r["alphas_reduce"])}
+              for r in MetricsLog(run_dir / "metrics.jsonl").read()
+              if r.get("kind") == "epoch" and "alphas_normal" in r and r["stage"].startswith(prefix)]
+    lines = [json.dumps(e) for e in epochs]
     (search_dir / "alphas.jsonl").write_text("\n".join(lines) + "\n")
+    write_json(search_dir / "verdict.json", search_verdict(epochs, arch_steps))
     from .plots import alpha_heatmap, cell_diagram  # matplotlib loads only when a search finishes
 
     last = json.loads(lines[-1])
