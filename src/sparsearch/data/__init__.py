@@ -52,10 +52,10 @@ def split_train(ds: Dataset, portion: float = 0.5, seed: int = 0) -> tuple[Datas
     return part(a), part(b)
 
 
-def check_batches(examples: int, batch_size: int, what: str = "the training set") -> None:
+def check_batches(examples: int, batch_size: int) -> None:
     """Training drops the last partial batch, so fewer examples than one batch would train nothing."""
     if examples < batch_size:
-        raise SparsearchError(f"the batch size ({batch_size}) is larger than {what} ({examples} examples), so not one "
+        raise SparsearchError(f"the batch size ({batch_size}) is larger than the training set ({examples} examples), so not one "
                               "step would train; lower data.batch_size (or search.batch_size) or use more data")
 
 

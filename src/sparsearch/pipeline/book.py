@@ -244,7 +244,7 @@ def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None) 
     return [load_config(config, [*overrides, *extra]) for overrides in invocations]
 
 
-def _run_all(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool) -> None:
+def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool) -> None:
     from ..bench import runtime as runtime_bench
     from .compare import run_compare
     from .run import run_all
@@ -267,7 +267,7 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     cfgs = {name: _load(name, out_dir, trials, data_path) for name in RUNS}  # all configs checked before any work
     started = time.time()
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
-        _run_all(cfgs, out_dir, show_progress)
+        _run_chapters(cfgs, out_dir, show_progress)
         command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers}"
         return _write_book(cfgs, out_dir, output, command, time.time() - started)
 

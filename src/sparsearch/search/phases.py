@@ -119,7 +119,8 @@ def supernet_densities(net: SuperNet, sparsity: float) -> dict[str, float]:
 def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = True) -> Genotype:
     """Run the configured search (DASS or DARTS) into `search_dir` (inside the prepared run directory)."""
     s = cfg.search
-    ds = check_search(cfg)
+    _check_target(s)
+    ds = dataset_from_config(cfg.data, seed=cfg.seed)
     train_loader, val_loader, eval_loader = search_loaders(cfg, ds)
     build = supernet_builder(cfg, ds)
     densities = supernet_densities(build(), s.sparsity)
@@ -144,12 +145,15 @@ def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = T
     return genotype
 
 
+def _check_target(s: SearchConfig) -> None:
+    if s.mode == "dass" and not 0 < s.sparsity < 1:
+        raise SparsearchError(f"search.sparsity must be in (0, 1) for DASS, got {s.sparsity}")
+
+
 def check_search(cfg: Config, ds: Dataset | None = None) -> Dataset:
     """What a search checks before it writes: the DASS target, the data (both halves hold a batch), the supernet
     (built once). Returns the dataset."""
-    s = cfg.search
-    if s.mode == "dass" and not 0 < s.sparsity < 1:
-        raise SparsearchError(f"search.sparsity must be in (0, 1) for DASS, got {s.sparsity}")
+    _check_target(cfg.search)
     ds = ds or dataset_from_config(cfg.data, seed=cfg.seed)
     search_loaders(cfg, ds)
     supernet_builder(cfg, ds)()

@@ -30,7 +30,7 @@ LOCK_NAME = ".lock"
 _held: dict[Path, list] = {}  # directory -> [open lock file, nesting depth]: re-entrant within this process
 
 
-def check_writable(path: Path) -> None:
+def _check_writable(path: Path) -> None:
     """Fail before writing when `path` cannot become a folder: an ancestor that is a file, say."""
     for parent in [path, *path.parents]:
         if parent.exists():
@@ -63,16 +63,17 @@ def exclusive(directory: str | Path) -> Iterator[Path]:
     the lock file goes when the holder lets go. Trials in worker processes write inside a claimed directory
     without claiming it: the process that started them holds it."""
     directory = Path(directory).resolve()
-    if directory in _held or not distributed.is_main() or fcntl is None:  # nested claim, or a torchrun rank other than 0
-        if directory in _held:
-            _held[directory][1] += 1
+    if directory in _held:  # a nested claim in this process: the outer one holds the lock
+        _held[directory][1] += 1
         try:
             yield directory
         finally:
-            if directory in _held:
-                _held[directory][1] -= 1
+            _held[directory][1] -= 1
         return
-    check_writable(directory)
+    if not distributed.is_main() or fcntl is None:  # torchrun: rank 0 holds it for all ranks
+        yield directory
+        return
+    _check_writable(directory)
     created = [d for d in [directory, *directory.parents] if not d.exists()]  # innermost first
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / LOCK_NAME
