@@ -1,0 +1,244 @@
+// The whole-network engine's kernels (see runtime/plan.py for the plan they run).
+//
+// A plan is an array of fixed-size int64 records, one per operation, run in one OpenMP parallel region:
+// each operation splits its work with `omp for` (whose barrier orders it before the next), so an operation
+// costs microseconds of overhead, not a Python call. Tensors live in buffers laid out channel-major,
+// (C, N, H + 2P, W + 2P), zero-padded by as much as their consumers need, so convolutions read their padding
+// from memory and concatenation is producers writing into channel slices of one buffer.
+//
+// The convolution is output-stationary: a tile of R output rows x TX columns of one output channel stays in
+// registers while every non-zero weight of that channel adds weight x the shifted input (one broadcast and
+// R x TX / vector-width fused multiply-adds), and is stored once with bias, residual and ReLU applied.
+// Dense weights are the same loop with every tap present; depthwise and grouped layers differ only in which
+// input channel a weight reads, which the plan folds into each non-zero's offset.
+#include <omp.h>
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+enum { CONV = 1, POOL = 2, EWISE = 3, GAP = 4 };
+enum { RECORD = 40 };
+
+// CONV fields
+enum { C_IN = 1, C_IN_IMG, C_IN_ROW, C_OUT, C_OUT_CH, C_OUT_IMG, C_OUT_ROW, C_O, C_N, C_OH, C_OW, C_S, C_INDPTR, C_OFF,
+       C_VAL, C_BIAS, C_RES, C_RES_CH, C_RES_IMG, C_RES_ROW, C_RELU, C_LO, C_HI, C_TX, C_R };
+
+static inline float clamp(float v, float lo, float hi) {  // plain compares: vectorised, unlike fminf / fmaxf
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+template <int R, int TX, int S>
+static inline void conv_tile(const float* __restrict in, i64 irow, const int32_t* __restrict off, const float* __restrict val,
+                             int nnz, float bias, const float* __restrict res, i64 rrow, int act, float lo, float hi,
+                             float* __restrict out, i64 orow, int nx) {
+    float acc[R][TX];
+    for (int r = 0; r < R; ++r)
+        for (int x = 0; x < TX; ++x) acc[r][x] = bias;
+    for (int k = 0; k < nnz; ++k) {
+        const float w = val[k];
+        const float* src = in + off[k];
+        for (int r = 0; r < R; ++r)
+            for (int x = 0; x < TX; ++x) acc[r][x] += w * src[r * S * irow + x * S];
+    }
+    for (int r = 0; r < R; ++r) {
+        float* o = out + r * orow;
+        if (res) {
+            const float* rs = res + r * rrow;
+            for (int x = 0; x < TX; ++x) acc[r][x] += rs[x];
+        }
+        if (act)
+            for (int x = 0; x < TX; ++x) acc[r][x] = clamp(acc[r][x], lo, hi);
+        if (nx == TX)
+            for (int x = 0; x < TX; ++x) o[x] = acc[r][x];
+        else
+            for (int x = 0; x < nx; ++x) o[x] = acc[r][x];
+    }
+}
+
+typedef void (*tile_fn)(const float*, i64, const int32_t*, const float*, int, float, const float*, i64, int, float, float,
+                        float*, i64, int);
+
+template <int S>
+static tile_fn pick(int r, int tx) {
+#define CASE(RR, TT) if (r == RR && tx == TT) return conv_tile<RR, TT, S>;
+    CASE(1, 64) CASE(2, 32) CASE(1, 32) CASE(4, 16) CASE(2, 16) CASE(1, 16) CASE(8, 8) CASE(4, 8) CASE(2, 8) CASE(1, 8)
+    CASE(8, 4) CASE(4, 4) CASE(2, 4) CASE(1, 4) CASE(1, 1)
+#undef CASE
+    return nullptr;
+}
+
+static void conv(const i64* p) {
+    const float* in = (const float*)p[C_IN];
+    float* out = (float*)p[C_OUT];
+    const float* res = (const float*)p[C_RES];
+    const int32_t* indptr = (const int32_t*)p[C_INDPTR];
+    const int32_t* off = (const int32_t*)p[C_OFF];
+    const float* val = (const float*)p[C_VAL];
+    const float* bias = (const float*)p[C_BIAS];
+    const i64 O = p[C_O], N = p[C_N], OH = p[C_OH], OW = p[C_OW], S = p[C_S], TX = p[C_TX], R = p[C_R];
+    const int act = (int)p[C_RELU];
+    float lo, hi;
+    memcpy(&lo, &p[C_LO], sizeof(float));
+    memcpy(&hi, &p[C_HI], sizeof(float));
+    tile_fn full = S == 1 ? pick<1>(R, TX) : pick<2>(R, TX);
+    tile_fn row = S == 1 ? pick<1>(1, TX) : pick<2>(1, TX);
+    const i64 YT = (OH + R - 1) / R, XT = (OW + TX - 1) / TX, items = N * YT * XT * O;
+    // a contiguous share of the items per thread, decoded once and then stepped (no divisions per tile)
+    const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const i64 begin = items * id / nt, end = items * (id + 1) / nt;
+    i64 o = begin % O, xt = (begin / O) % XT, yt = (begin / (O * XT)) % YT, n = begin / (O * XT * YT);
+    for (i64 it = begin; it < end; ++it) {
+        const i64 y0 = yt * R, x0 = xt * TX;
+        const int nx = (int)(OW - x0 < TX ? OW - x0 : TX);
+        const float b = bias ? bias[o] : 0.0f;
+        const int32_t k0 = indptr[o], nnz = indptr[o + 1] - k0;
+        const float* src = in + n * p[C_IN_IMG] + y0 * S * p[C_IN_ROW] + x0 * S;
+        float* dst = out + o * p[C_OUT_CH] + n * p[C_OUT_IMG] + y0 * p[C_OUT_ROW] + x0;
+        const float* rs = res ? res + o * p[C_RES_CH] + n * p[C_RES_IMG] + y0 * p[C_RES_ROW] + x0 : nullptr;
+        if (y0 + R <= OH) {
+            full(src, p[C_IN_ROW], off + k0, val + k0, nnz, b, rs, p[C_RES_ROW], act, lo, hi, dst, p[C_OUT_ROW], nx);
+        } else {
+            for (i64 r = 0; y0 + r < OH; ++r)
+                row(src + r * S * p[C_IN_ROW], p[C_IN_ROW], off + k0, val + k0, nnz, b, rs ? rs + r * p[C_RES_ROW] : nullptr,
+                    p[C_RES_ROW], act, lo, hi, dst + r * p[C_OUT_ROW], p[C_OUT_ROW], nx);
+        }
+        if (++o == O) {
+            o = 0;
+            if (++xt == XT) {
+                xt = 0;
+                if (++yt == YT) yt = 0, ++n;
+            }
+        }
+    }
+#pragma omp barrier
+}
+
+// POOL fields: in (interior origin), in strides (ch, img, row), out, out strides, C, N, H, W, OH, OW, k, stride, pad,
+// mode (0 max, 1 average over the window's in-bounds part, 2 average over the whole window)
+enum { P_IN = 1, P_IN_CH, P_IN_IMG, P_IN_ROW, P_OUT, P_OUT_CH, P_OUT_IMG, P_OUT_ROW, P_C, P_N, P_H, P_W, P_OH, P_OW, P_K,
+       P_S, P_PAD, P_MODE };
+
+static void pool(const i64* p) {
+    const float* in = (const float*)p[P_IN];
+    float* out = (float*)p[P_OUT];
+    const i64 C = p[P_C], N = p[P_N], H = p[P_H], W = p[P_W], OH = p[P_OH], OW = p[P_OW], K = p[P_K], S = p[P_S],
+              PAD = p[P_PAD], mode = p[P_MODE];
+#pragma omp for schedule(static)
+    for (i64 it = 0; it < C * N * OH; ++it) {
+        const i64 y = it % OH, n = (it / OH) % N, c = it / (OH * N);
+        const float* plane = in + c * p[P_IN_CH] + n * p[P_IN_IMG];
+        float* o = out + c * p[P_OUT_CH] + n * p[P_OUT_IMG] + y * p[P_OUT_ROW];
+        const i64 ya = y * S - PAD, yb0 = ya < 0 ? 0 : ya, yb1 = ya + K > H ? H : ya + K;
+        for (i64 x = 0; x < OW; ++x) {
+            const i64 xa = x * S - PAD, xb0 = xa < 0 ? 0 : xa, xb1 = xa + K > W ? W : xa + K;
+            float acc = mode == 0 ? -INFINITY : 0.0f;
+            for (i64 yy = yb0; yy < yb1; ++yy) {
+                const float* r = plane + yy * p[P_IN_ROW];
+                if (mode == 0)
+                    for (i64 xx = xb0; xx < xb1; ++xx) acc = acc < r[xx] ? r[xx] : acc;
+                else
+                    for (i64 xx = xb0; xx < xb1; ++xx) acc += r[xx];
+            }
+            if (mode == 1) acc /= (float)((yb1 - yb0) * (xb1 - xb0));
+            if (mode == 2) acc /= (float)(K * K);
+            o[x] = acc;
+        }
+    }
+}
+
+// EWISE fields: out[c, n, y, x] = clamp(scale[c] * (a[c, n, y, x] + b[c, n, y, x]) + shift[c]), each operand with
+// its own four strides (channel, image, row, column); b, scale, shift optional. Covers ReLU, add, copies into
+// slices, subsampling, flattening, the network's input and output, and BatchNorms that no convolution absorbed.
+enum { E_A = 1, E_A_CH, E_A_IMG, E_A_ROW, E_A_COL, E_B, E_B_CH, E_B_IMG, E_B_ROW, E_B_COL, E_OUT, E_OUT_CH, E_OUT_IMG,
+       E_OUT_ROW, E_OUT_COL, E_C, E_N, E_H, E_W, E_SCALE, E_SHIFT, E_ACT, E_LO, E_HI };
+
+static void ewise(const i64* p) {
+    const float* a = (const float*)p[E_A];
+    const float* b = (const float*)p[E_B];
+    float* out = (float*)p[E_OUT];
+    const float* scale = (const float*)p[E_SCALE];
+    const float* shift = (const float*)p[E_SHIFT];
+    const i64 C = p[E_C], N = p[E_N], H = p[E_H], W = p[E_W];
+    const int act = (int)p[E_ACT];
+    float lo, hi;
+    memcpy(&lo, &p[E_LO], sizeof(float));
+    memcpy(&hi, &p[E_HI], sizeof(float));
+    const i64 ac = p[E_A_COL], bc = p[E_B_COL], oc = p[E_OUT_COL];
+#pragma omp for schedule(static)
+    for (i64 it = 0; it < C * N * H; ++it) {
+        const i64 y = it % H, n = (it / H) % N, c = it / (H * N);
+        const float* ar = a + c * p[E_A_CH] + n * p[E_A_IMG] + y * p[E_A_ROW];
+        const float* br = b ? b + c * p[E_B_CH] + n * p[E_B_IMG] + y * p[E_B_ROW] : nullptr;
+        float* orow = out + c * p[E_OUT_CH] + n * p[E_OUT_IMG] + y * p[E_OUT_ROW];
+        const float sc = scale ? scale[c] : 1.0f, sh = shift ? shift[c] : 0.0f;
+        if (ac == 1 && oc == 1 && (!br || bc == 1)) {  // the common case, vectorised
+            if (br)
+                for (i64 x = 0; x < W; ++x) {
+                    float v = sc * (ar[x] + br[x]) + sh;
+                    orow[x] = act ? clamp(v, lo, hi) : v;
+                }
+            else
+                for (i64 x = 0; x < W; ++x) {
+                    float v = sc * ar[x] + sh;
+                    orow[x] = act ? clamp(v, lo, hi) : v;
+                }
+        } else {
+            for (i64 x = 0; x < W; ++x) {
+                float v = sc * (ar[x * ac] + (br ? br[x * bc] : 0.0f)) + sh;
+                orow[x * oc] = act ? clamp(v, lo, hi) : v;
+            }
+        }
+    }
+}
+
+// GAP fields: in (interior origin), in strides (ch, img, row), out, out strides (ch, img), C, N, H, W
+enum { G_IN = 1, G_IN_CH, G_IN_IMG, G_IN_ROW, G_OUT, G_OUT_CH, G_OUT_IMG, G_C, G_N, G_H, G_W };
+
+static void gap(const i64* p) {
+    const float* in = (const float*)p[G_IN];
+    float* out = (float*)p[G_OUT];
+    const i64 C = p[G_C], N = p[G_N], H = p[G_H], W = p[G_W];
+#pragma omp for schedule(static)
+    for (i64 it = 0; it < C * N; ++it) {
+        const i64 n = it % N, c = it / N;
+        const float* plane = in + c * p[G_IN_CH] + n * p[G_IN_IMG];
+        float acc = 0.0f;
+        for (i64 y = 0; y < H; ++y)
+            for (i64 x = 0; x < W; ++x) acc += plane[y * p[G_IN_ROW] + x];
+        out[c * p[G_OUT_CH] + n * p[G_OUT_IMG]] = acc / (float)(H * W);
+    }
+}
+
+extern "C" {
+
+int sparsearch_record_size() { return RECORD; }
+
+// Runs the plan's operations in order on `threads` threads; `seconds`, if given, receives each operation's
+// wall time (taken by thread 0 after the operation's closing barrier).
+void sparsearch_run(const i64* plan, i64 count, int threads, double* seconds) {
+#pragma omp parallel num_threads(threads)
+    {
+        double t0 = seconds ? omp_get_wtime() : 0.0;
+        for (i64 i = 0; i < count; ++i) {
+            const i64* p = plan + i * RECORD;
+            switch (p[0]) {
+                case CONV: conv(p); break;
+                case POOL: pool(p); break;
+                case EWISE: ewise(p); break;
+                case GAP: gap(p); break;
+            }
+            if (seconds) {
+#pragma omp master
+                {
+                    double t1 = omp_get_wtime();
+                    seconds[i] += t1 - t0;
+                    t0 = t1;
+                }
+            }
+        }
+    }
+}
+}

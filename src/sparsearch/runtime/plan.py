@@ -1,0 +1,243 @@
+"""The whole-network engine: a lowered `Graph` laid out in memory once per input shape and run by one native
+call (`native.library()`).
+
+Planning, per input shape:
+    1. each value gets its place: a buffer of its own, a channel slice of a concatenation's buffer, or a window
+       of another value;
+    2. each buffer gets the zero padding its convolutions read (padding lives in the buffer, written once);
+    3. buffers of the same geometry share memory when their lifetimes do not overlap, so a deep network's
+       activations stay in cache;
+    4. each operation becomes a record of pointers, strides and sizes (the layout `engine.cpp` reads); each
+       convolution's non-zero weights become per-output-channel lists of (offset into the input, value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .graph import Graph, Op, Unsupported, Value, base
+from .native import library
+
+RECORD = 40
+KIND = {"conv": 1, "pool": 2, "ewise": 3, "gap": 4}
+GUARD = 4096  # floats after each buffer: tiles read up to one tile width past a row's end
+TILES = {64: 1, 32: 2, 16: 4, 8: 8, 4: 8, 1: 1}  # tile width -> rows per tile (<= 64 accumulators)
+
+
+def _float_bits(x: float) -> int:
+    return int(np.array([x], np.float32).view(np.int32)[0])
+
+
+@dataclass(eq=False)
+class Buffer:
+    C: int
+    N: int
+    H: int
+    W: int
+    pad: int = 0
+    zero: bool = False
+    first: int = -1
+    last: int = -1
+    array: np.ndarray | None = None
+
+    @property
+    def strides(self) -> tuple[int, int, int]:  # channel, image, row (in floats)
+        hp, wp = self.H + 2 * self.pad, self.W + 2 * self.pad
+        return self.N * hp * wp, hp * wp, wp
+
+    def address(self, c: int, n: int, y: int, x: int) -> int:
+        ch, img, row = self.strides
+        return self.array.ctypes.data + 4 * (c * ch + n * img + (self.pad + y) * row + self.pad + x)
+
+
+def _locate(v: Value) -> tuple[Value, int, int, int]:
+    """The value owning v's buffer, and v's channel and spatial offsets in it."""
+    c = y = x = 0
+    while True:
+        if v.view_of is not None:
+            c, y, x, v = c + v.dc, y + v.dy, x + v.dx, v.view_of
+        elif v.slot is not None:
+            c, v = c + v.slot_c, v.slot
+        else:
+            return v, c, y, x
+
+
+class Plan:
+    """One input shape's memory and records. Not re-entrant: one call at a time."""
+
+    def __init__(self, graph: Graph):
+        self.graph, self.keep = graph, []
+        self.buffers: dict[int, Buffer] = {}
+        for v in graph.values:
+            root = _locate(v)[0]
+            if not root.external and id(root) not in self.buffers:
+                self.buffers[id(root)] = Buffer(root.C, root.N, root.H, root.W, zero=root.zero_channels)
+        self._pads()
+        self._lifetimes()
+        self._allocate()
+        self.records = np.zeros((len(graph.ops), RECORD), np.int64)
+        for i, op in enumerate(graph.ops):
+            getattr(self, "_" + op.kind)(self.records[i], op)
+        self.input_record = 0  # lowering makes the first operation the copy of the input
+        out = graph.output
+        self.out_shape = (out.N, out.C) if out.rank2 else (out.N, out.C, out.H, out.W)
+        self.out_value = out
+
+    def buffer(self, v: Value) -> tuple[Buffer, int, int, int]:
+        root, c, y, x = _locate(v)
+        return self.buffers[id(root)], c, y, x
+
+    def _pads(self) -> None:
+        for op in self.graph.ops:
+            if op.kind != "conv":
+                continue
+            v = op.inputs[0]
+            buf, _, y0, x0 = self.buffer(v)
+            (kh, kw), (ph, pw), (dh, dw), s = op.attrs["weight"].shape[2:], op.attrs["pad"], op.attrs["dilation"], op.attrs["stride"]
+            oh, ow = op.out.H, op.out.W
+            below = (oh - 1) * s - ph + (kh - 1) * dh - (v.H - 1)
+            right = (ow - 1) * s - pw + (kw - 1) * dw - (v.W - 1)
+            need = max(ph, pw, below, right, 0)
+            window = (y0, x0, v.H, v.W) != (0, 0, buf.H, buf.W)
+            if need and window:
+                raise Unsupported(f"{op.name}: a padded convolution of a cropped map")
+            buf.pad = max(buf.pad, need)
+
+    def _lifetimes(self) -> None:
+        for i, op in enumerate(self.graph.ops):
+            reads = [v for v in op.inputs + [op.attrs.get("residual")] if v is not None and not _locate(v)[0].external]
+            for v in reads + [op.out]:
+                buf = self.buffer(v)[0]
+                buf.first = i if buf.first < 0 else buf.first
+                buf.last = max(buf.last, i)
+        self.buffer(self.graph.output)[0].last = len(self.graph.ops)
+        for buf in self.buffers.values():
+            if buf.first < 0:  # never written nor read by an operation (a zero value): lives throughout
+                buf.first, buf.last = 0, len(self.graph.ops)
+
+    def _allocate(self) -> None:
+        """Greedy reuse: a buffer takes the memory of one of the same geometry whose last use is over. Buffers with
+        channels nothing writes keep their own (zeroed) memory, so zeros and padding stay zeros."""
+        free: dict[tuple, list[np.ndarray]] = {}
+        by_first = sorted(self.buffers.values(), key=lambda b: b.first)
+        by_last = sorted(self.buffers.values(), key=lambda b: b.last)
+        j = 0
+        for i in range(len(self.graph.ops) + 1):
+            for b in (b for b in by_first if b.first == i):
+                key = (b.C, b.N, b.H, b.W, b.pad)
+                hp, wp = b.H + 2 * b.pad, b.W + 2 * b.pad
+                pool = free.get(key) if not b.zero else None
+                b.array = pool.pop() if pool else np.zeros(b.C * b.N * hp * wp + GUARD, np.float32)
+            while j < len(by_last) and by_last[j].last <= i:
+                b = by_last[j]
+                if not b.zero:
+                    free.setdefault((b.C, b.N, b.H, b.W, b.pad), []).append(b.array)
+                j += 1
+
+    def _operand(self, v: Value, stride: int = 1) -> tuple[int, int, int, int, int]:
+        """Pointer and (channel, image, row, column) strides of v, sampling every `stride`-th row and column."""
+        if v.external:
+            return 0, v.H * v.W, v.C * v.H * v.W, v.W * stride, stride
+        buf, c, y, x = self.buffer(v)
+        ch, img, row = buf.strides
+        return buf.address(c, 0, y, x), ch, img, row * stride, stride
+
+    def _conv(self, r: np.ndarray, op: Op) -> None:
+        a = op.attrs
+        weight, s, (dh, dw), (ph, pw), groups = a["weight"], a["stride"], a["dilation"], a["pad"], a["groups"]
+        x, out = op.inputs[0], op.out
+        buf, c0, y0, x0 = self.buffer(x)
+        ob, oc0, oy0, ox0 = self.buffer(out)
+        ch, img, row = buf.strides
+        O, cg = weight.shape[:2]
+        o, c, i, j = np.nonzero(weight)
+        cin = (o // (O // groups)) * cg + c
+        offsets = cin * ch + i * dh * row + j * dw
+        order = np.lexsort((offsets, o))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=O))]).astype(np.int32)
+        off, val = offsets[order].astype(np.int32), weight[o, c, i, j][order].astype(np.float32)
+        bias = a["bias"]
+        N, OH, OW = out.N, out.H, out.W
+        ochs, oimg, orow = ob.strides
+        flat = (weight.shape[2:] == (1, 1) and s == 1 and buf.pad == 0 and ob.pad == 0
+                and (y0, x0, x.H, x.W) == (0, 0, buf.H, buf.W) and (oy0, ox0, OH, OW) == (0, 0, ob.H, ob.W))
+        if flat:  # a pointwise layer over unpadded maps: all images' positions are one contiguous row
+            N, OH, OW = 1, 1, N * OH * OW
+        tx = next(t for t in (1, 4, 8, 16, 32, 64) if t >= OW) if OW <= 64 else 64
+        rows = min(TILES[tx], OH)
+        rows = 1 << (rows.bit_length() - 1)
+        self.keep += [indptr, off, val, bias]
+        r[:25] = [KIND["conv"], buf.address(c0, 0, y0 - ph, x0 - pw), img, row, ob.address(oc0, 0, oy0, ox0), ochs, oimg,
+                  orow, O, N, OH, OW, s, indptr.ctypes.data, off.ctypes.data, val.ctypes.data,
+                  0 if bias is None else bias.ctypes.data, 0, 0, 0, 0, 0, 0, 0, 0]
+        if a["residual"] is not None:
+            ptr, rch, rimg, rrow, _ = self._operand(a["residual"])
+            r[17:21] = [ptr, rch, rimg, rrow]
+        self._act(r, 21, a["act"])
+        r[24:26] = [tx, rows]
+
+    @staticmethod
+    def _act(r: np.ndarray, at: int, act) -> None:
+        if act is not None:
+            r[at:at + 3] = [1, _float_bits(act[0]), _float_bits(act[1])]
+
+    def _pool(self, r: np.ndarray, op: Op) -> None:
+        x, out, a = op.inputs[0], op.out, op.attrs
+        ptr, ch, img, row, _ = self._operand(x)
+        optr, och, oimg, orow, _ = self._operand(out)
+        r[:19] = [KIND["pool"], ptr, ch, img, row, optr, och, oimg, orow, x.C, x.N, x.H, x.W, out.H, out.W, a["k"],
+                  a["stride"], a["pad"], a["mode"]]
+
+    def _ewise(self, r: np.ndarray, op: Op) -> None:
+        a = op.attrs
+        r[0] = KIND["ewise"]
+        r[1:6] = self._operand(op.inputs[0], a["stride"])
+        if len(op.inputs) > 1:
+            r[6:11] = self._operand(op.inputs[1], a["stride"])
+        r[11:16] = self._operand(op.out)
+        out = op.out
+        r[16:20] = [out.C, out.N, out.H, out.W]
+        for k, name in ((20, "scale"), (21, "shift")):
+            if a.get(name) is not None:
+                arr = np.ascontiguousarray(a[name], np.float32)
+                self.keep.append(arr)
+                r[k] = arr.ctypes.data
+        self._act(r, 22, a["act"])
+
+    def _gap(self, r: np.ndarray, op: Op) -> None:
+        x, out = op.inputs[0], op.out
+        ptr, ch, img, row, _ = self._operand(x)
+        optr, och, oimg, _, _ = self._operand(out)
+        r[:12] = [KIND["gap"], ptr, ch, img, row, optr, och, oimg, x.C, x.N, x.H, x.W]
+
+    def run(self, x: torch.Tensor, threads: int, seconds: np.ndarray | None = None) -> torch.Tensor:
+        lib = library()
+        x = x.detach().to(torch.float32).contiguous()
+        self.records[self.input_record, 1] = x.data_ptr()
+        lib.sparsearch_run(self.records.ctypes.data, len(self.records), threads,
+                           None if seconds is None else seconds.ctypes.data)
+        buf, c, y, xo = self.buffer(self.out_value)
+        v = self.out_value
+        ch, img, row = buf.strides
+        view = np.lib.stride_tricks.as_strided(  # (N, C, H, W) view of the output's buffer, copied out
+            np.frombuffer(buf.array, np.float32)[(buf.address(c, 0, y, xo) - buf.array.ctypes.data) // 4:],
+            (v.N, v.C, v.H, v.W), (4 * img, 4 * ch, 4 * row, 4))
+        return torch.from_numpy(np.ascontiguousarray(view)).reshape(self.out_shape)
+
+    def table(self, seconds: np.ndarray) -> list[dict]:
+        rows = []
+        for op, t in zip(self.graph.ops, seconds):
+            row = {"op": op.name, "kind": op.kind, "ms": round(1e3 * float(t), 4),
+                   "out": [op.out.C, op.out.H, op.out.W]}
+            if op.kind == "conv":
+                w = op.attrs["weight"]
+                row.update(shape=list(w.shape), density=round(float((w != 0).mean()), 4),
+                           fused=[k for k in ("residual", "act") if op.attrs[k] is not None])
+            rows.append(row)
+        return rows
+
+
+__all__ = ["Plan", "base"]
