@@ -30,31 +30,77 @@ static inline float clamp(float v, float lo, float hi) {  // plain compares: vec
     return v > hi ? hi : v;
 }
 
+// Explicit vectors (GCC/Clang vector extensions; unaligned: rows start anywhere): the tile's shape is fixed at
+// compile time, so its accumulators are registers whatever the auto-vectoriser would have done.
+#if defined(__AVX512F__)
+enum { WIDEST = 16 };
+#elif defined(__AVX__)
+enum { WIDEST = 8 };
+#else
+enum { WIDEST = 4 };
+#endif
+template <int V> struct Vec;
+template <> struct Vec<16> { typedef float type __attribute__((vector_size(64), aligned(4))); };
+template <> struct Vec<8> { typedef float type __attribute__((vector_size(32), aligned(4))); };
+template <> struct Vec<4> { typedef float type __attribute__((vector_size(16), aligned(4))); };
+template <> struct Vec<1> { typedef float type; };
+
+template <int V, int S> struct Load {  // V lanes from p, p + S, p + 2S, ...
+    static inline typename Vec<V>::type at(const float* p) { return *(const typename Vec<V>::type*)p; }
+};
+template <> struct Load<1, 2> { static inline float at(const float* p) { return *p; } };
+template <> struct Load<4, 2> {
+    static inline Vec<4>::type at(const float* p) {
+        Vec<4>::type a = Load<4, 1>::at(p), b = Load<4, 1>::at(p + 4);
+        return __builtin_shufflevector(a, b, 0, 2, 4, 6);
+    }
+};
+template <> struct Load<8, 2> {
+    static inline Vec<8>::type at(const float* p) {
+        Vec<8>::type a = Load<8, 1>::at(p), b = Load<8, 1>::at(p + 8);
+        return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+    }
+};
+template <> struct Load<16, 2> {
+    static inline Vec<16>::type at(const float* p) {
+        Vec<16>::type a = Load<16, 1>::at(p), b = Load<16, 1>::at(p + 16);
+        return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    }
+};
+
 template <int R, int TX, int S>
-static inline void conv_tile(const float* __restrict in, i64 irow, const int32_t* __restrict off, const float* __restrict val,
-                             int nnz, float bias, const float* __restrict res, i64 rrow, int act, float lo, float hi,
-                             float* __restrict out, i64 orow, int nx) {
-    float acc[R][TX];
+static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __restrict off, const float* __restrict val,
+                      int nnz, float bias, const float* __restrict res, i64 rrow, int act, float lo, float hi,
+                      float* __restrict out, i64 orow, int nx) {
+    constexpr int V = TX < WIDEST ? TX : WIDEST, J = TX / V;
+    typedef typename Vec<V>::type vec;
+    vec acc[R][J];
     for (int r = 0; r < R; ++r)
-        for (int x = 0; x < TX; ++x) acc[r][x] = bias;
+        for (int j = 0; j < J; ++j) acc[r][j] = (vec){} + bias;
     for (int k = 0; k < nnz; ++k) {
-        const float w = val[k];
+        const vec w = (vec){} + val[k];
         const float* src = in + off[k];
         for (int r = 0; r < R; ++r)
-            for (int x = 0; x < TX; ++x) acc[r][x] += w * src[r * S * irow + x * S];
+            for (int j = 0; j < J; ++j) acc[r][j] += w * Load<V, S>::at(src + r * S * irow + j * V * S);
     }
+    const vec lov = (vec){} + lo, hiv = (vec){} + hi;
     for (int r = 0; r < R; ++r) {
         float* o = out + r * orow;
-        if (res) {
-            const float* rs = res + r * rrow;
-            for (int x = 0; x < TX; ++x) acc[r][x] += rs[x];
+        for (int j = 0; j < J; ++j) {
+            vec v = acc[r][j];
+            if (res) v += Load<V, 1>::at(res + r * rrow + j * V);
+            if (act) {
+                v = v < lov ? lov : v;
+                v = v > hiv ? hiv : v;
+            }
+            if (nx == TX) {
+                *(vec*)(o + j * V) = v;
+            } else {
+                float lanes[V];
+                __builtin_memcpy(lanes, &v, sizeof lanes);
+                for (int x = j * V; x < nx && x < (j + 1) * V; ++x) o[x] = lanes[x - j * V];
+            }
         }
-        if (act)
-            for (int x = 0; x < TX; ++x) acc[r][x] = clamp(acc[r][x], lo, hi);
-        if (nx == TX)
-            for (int x = 0; x < TX; ++x) o[x] = acc[r][x];
-        else
-            for (int x = 0; x < nx; ++x) o[x] = acc[r][x];
     }
 }
 

@@ -46,7 +46,13 @@ class Buffer:
     @property
     def strides(self) -> tuple[int, int, int]:  # channel, image, row (in floats)
         hp, wp = self.H + 2 * self.pad, self.W + 2 * self.pad
-        return self.N * hp * wp, hp * wp, wp
+        lines = -(-self.N * hp * wp // 16)  # 64-byte lines per channel, made odd: with a power-of-two channel stride
+        lines += 1 - lines % 2              # every channel's tile falls in one L1 set, and a convolution thrashes it
+        return 16 * lines, hp * wp, wp
+
+    @property
+    def size(self) -> int:
+        return self.C * self.strides[0] + GUARD
 
     def address(self, c: int, n: int, y: int, x: int) -> int:
         ch, img, row = self.strides
@@ -128,9 +134,8 @@ class Plan:
         for i in range(len(self.graph.ops) + 1):
             for b in (b for b in by_first if b.first == i):
                 key = (b.C, b.N, b.H, b.W, b.pad)
-                hp, wp = b.H + 2 * b.pad, b.W + 2 * b.pad
                 pool = free.get(key) if not b.zero else None
-                b.array = pool.pop() if pool else np.zeros(b.C * b.N * hp * wp + GUARD, np.float32)
+                b.array = pool.pop() if pool else np.zeros(b.size, np.float32)
             while j < len(by_last) and by_last[j].last <= i:
                 b = by_last[j]
                 if not b.zero:
