@@ -23,7 +23,7 @@ enum { RECORD = 40 };
 
 // CONV fields
 enum { C_IN = 1, C_IN_IMG, C_IN_ROW, C_OUT, C_OUT_CH, C_OUT_IMG, C_OUT_ROW, C_O, C_N, C_OH, C_OW, C_S, C_INDPTR, C_OFF,
-       C_VAL, C_BIAS, C_RES, C_RES_CH, C_RES_IMG, C_RES_ROW, C_RELU, C_LO, C_HI, C_TX, C_R };
+       C_VAL, C_BIAS, C_RES, C_RES_CH, C_RES_IMG, C_RES_ROW, C_RELU, C_LO, C_HI, C_TX, C_R, C_IN_RELU };
 
 static inline float clamp(float v, float lo, float hi) {  // plain compares: vectorised, unlike fminf / fmaxf
     v = v < lo ? lo : v;
@@ -68,7 +68,7 @@ template <> struct Load<16, 2> {
     }
 };
 
-template <int R, int TX, int S>
+template <int R, int TX, int S, bool IN_RELU>
 static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __restrict off, const float* __restrict val,
                       int nnz, float bias, const float* __restrict res, i64 rrow, int act, float lo, float hi,
                       float* __restrict out, i64 orow, int nx) {
@@ -81,7 +81,11 @@ static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __res
         const vec w = (vec){} + val[k];
         const float* src = in + off[k];
         for (int r = 0; r < R; ++r)
-            for (int j = 0; j < J; ++j) acc[r][j] += w * Load<V, S>::at(src + r * S * irow + j * V * S);
+            for (int j = 0; j < J; ++j) {
+                vec x = Load<V, S>::at(src + r * S * irow + j * V * S);
+                if (IN_RELU) x = x < 0 ? (vec){} : x;  // the ReLU a DARTS operation starts with, applied as it reads
+                acc[r][j] += w * x;
+            }
     }
     const vec lov = (vec){} + lo, hiv = (vec){} + hi;
     for (int r = 0; r < R; ++r) {
@@ -107,9 +111,9 @@ static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __res
 typedef void (*tile_fn)(const float*, i64, const int32_t*, const float*, int, float, const float*, i64, int, float, float,
                         float*, i64, int);
 
-template <int S>
+template <int S, bool IN_RELU>
 static tile_fn pick(int r, int tx) {
-#define CASE(RR, TT) if (r == RR && tx == TT) return conv_tile<RR, TT, S>;
+#define CASE(RR, TT) if (r == RR && tx == TT) return conv_tile<RR, TT, S, IN_RELU>;
     CASE(1, 64) CASE(2, 32) CASE(1, 32) CASE(4, 16) CASE(2, 16) CASE(1, 16) CASE(8, 8) CASE(4, 8) CASE(2, 8) CASE(1, 8)
     CASE(8, 4) CASE(4, 4) CASE(2, 4) CASE(1, 4) CASE(1, 1)
 #undef CASE
@@ -129,8 +133,9 @@ static void conv(const i64* p) {
     float lo, hi;
     memcpy(&lo, &p[C_LO], sizeof(float));
     memcpy(&hi, &p[C_HI], sizeof(float));
-    tile_fn full = S == 1 ? pick<1>(R, TX) : pick<2>(R, TX);
-    tile_fn row = S == 1 ? pick<1>(1, TX) : pick<2>(1, TX);
+    const bool ir = p[C_IN_RELU];
+    tile_fn full = S == 1 ? (ir ? pick<1, true>(R, TX) : pick<1, false>(R, TX)) : (ir ? pick<2, true>(R, TX) : pick<2, false>(R, TX));
+    tile_fn row = S == 1 ? (ir ? pick<1, true>(1, TX) : pick<1, false>(1, TX)) : (ir ? pick<2, true>(1, TX) : pick<2, false>(1, TX));
     const i64 YT = (OH + R - 1) / R, XT = (OW + TX - 1) / TX, items = N * YT * XT * O;
     // a contiguous share of the items per thread, decoded once and then stepped (no divisions per tile)
     const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();

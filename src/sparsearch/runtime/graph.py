@@ -224,6 +224,9 @@ def _fuse(g: Graph) -> None:
     for op in g.ops:
         for v in op.inputs + ([op.attrs["residual"]] if op.attrs.get("residual") else []):
             uses[id(v)] = uses.get(id(v), 0) + 1
+    for v in g.values:  # a view reads its base
+        if v.view_of is not None:
+            uses[id(v.view_of)] = uses.get(id(v.view_of), 0) + 1
     uses[id(g.output)] = uses.get(id(g.output), 0) + 1
     producer = {id(op.out): op for op in g.ops}
     position = {id(op): i for i, op in enumerate(g.ops)}
@@ -247,6 +250,32 @@ def _fuse(g: Graph) -> None:
                     break
             else:
                 keep.append(op)
+            continue
+        keep.append(op)
+    g.ops = keep
+    _relu_into_consumers(g)
+
+
+def _relu_into_consumers(g: Graph) -> None:
+    """A ReLU whose output only convolutions read (DARTS' ReLU -> conv, one ReLU per operation on a shared state)
+    is applied by each of those convolutions as it loads its input, instead of being written out."""
+    readers: dict[int, list[Op]] = {}
+    other = {id(g.output)} | {id(v.view_of) for v in g.values if v.view_of is not None}
+    for op in g.ops:
+        for k, v in enumerate(op.inputs):
+            if op.kind == "conv" and k == 0:
+                readers.setdefault(id(v), []).append(op)
+            else:
+                other.add(id(v))
+        if op.attrs.get("residual") is not None:
+            other.add(id(op.attrs["residual"]))
+    keep = []
+    for op in g.ops:
+        relu = (op.kind == "ewise" and len(op.inputs) == 1 and op.attrs["act"] == ACT[nn.ReLU] and op.attrs["stride"] == 1
+                and op.attrs.get("scale") is None and op.attrs.get("shift") is None)
+        if relu and op.out.slot is None and id(op.out) not in other and readers.get(id(op.out)):
+            for conv in readers[id(op.out)]:
+                conv.inputs[0], conv.attrs["in_relu"] = op.inputs[0], True
             continue
         keep.append(op)
     g.ops = keep

@@ -182,7 +182,7 @@ class Plan:
             ptr, rch, rimg, rrow, _ = self._operand(a["residual"])
             r[17:21] = [ptr, rch, rimg, rrow]
         self._act(r, 21, a["act"])
-        r[24:26] = [tx, rows]
+        r[24:27] = [tx, rows, int(a.get("in_relu", False))]
 
     @staticmethod
     def _act(r: np.ndarray, at: int, act) -> None:
