@@ -1,141 +1,188 @@
-"""Turn a masked model into an inference module that runs its sparse weights: `compile(model, example_input)`.
+"""Turn a masked model into a fast inference callable: `compile(model, example_input)`.
 
-    1. a copy of the model, masks baked in as zeros (`sparsity.remove`), in eval mode;
-    2. every BatchNorm that directly follows a convolution folded into it (zeros stay zeros);
-    3. per conv / linear layer, each kernel that can run it (`kernels.candidates`) timed on the layer's real
-       input from `example_input` at the current thread count; the fastest wins, so a layer where sparse is
-       not faster stays dense;
-    4. the result checked against the masked model on `example_input`: max abs error <= `tolerance` times
-       max(1, largest |output|).
-
-The per-layer table (layer, shape, density, kernel, dense and chosen time) is `CompiledModel.layers`.
-`export` / `load` write and read a squashed model that needs only the model constructor.
+    1. a copy of the model, masks baked in as zeros (`sparsity.remove`), BatchNorms folded into the
+       convolutions they follow, in eval mode;
+    2. every engine that can run it here (`engines.py`: sparsearch's whole-network sparse engine, onnxruntime
+       and OpenVINO on the dense network, PyTorch eager) is built and checked against the masked model on
+       `example_input` (max abs error <= `tolerance` x max(1, largest |output|)); one that differs is dropped;
+    3. the survivors are timed side by side on `example_input` at the current thread count: rounds that
+       alternate the engines, medians, and more rounds where the two fastest are within 10%;
+    4. the fastest wins. `CompiledModel.times` holds every engine's timings, `.table()` the winning sparse
+       engine's per-operation times.
+`CompiledModel.save(dir)` writes that choice (plan.json) beside an export of the weights; `load(dir)` runs it
+again without timing. `compile(..., kernels=(...))` forces the per-layer kernels of `layers.py` instead.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import statistics
+import sys
 import time
-from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .. import sparsity as sp
 from ..errors import SparsearchError
-from ..models.tracing import conv_bn_pairs
-from .export import export, load, to_onnx
+from ..files import write_json
+from .engines import BUILDERS, DENSE, Unavailable
+from .export import export, to_onnx
+from .export import load as load_export
 from .kernels import CSRConv2d, CSRLinear, TapsConv2d, candidates
+from .layers import LayerChoice, LayerwiseModel, compile_layers, fold_batchnorm
 
-__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "TapsConv2d", "candidates", "compile", "export", "fold_batchnorm",
-           "load", "to_onnx"]
+__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "LayerwiseModel", "TapsConv2d", "candidates",
+           "compile", "compile_layers", "export", "fold_batchnorm", "load", "to_onnx"]
 
-
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Fold each BatchNorm that normalises a convolution's output into that convolution (eval statistics) and
-    replace it by an identity. Returns the folded BatchNorms' names."""
-    modules = dict(model.named_modules())
-    pairs = conv_bn_pairs(model, example, affine_only=False)
-    for bn_name, conv_name in pairs.items():
-        bn, conv = modules[bn_name], modules[conv_name]
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias if bn.affine else torch.zeros_like(scale)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
-        conv.bias = nn.Parameter(shift + (bias - bn.running_mean) * scale)
-        _replace(model, bn_name, nn.Identity())
-    return list(pairs)
+CLOSE = 1.10  # two engines whose medians are within 10% are timed again before one is chosen
 
 
 def _logits(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output  # genotype networks: (logits, aux)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-def _median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
-    fn(x)  # warm-up (allocations, MKL handles)
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
-@dataclass
-class LayerChoice:
-    layer: str
-    shape: list[int]
-    density: float
-    kernel: str
-    dense_ms: float
-    chosen_ms: float
+def _error(got: torch.Tensor, want: torch.Tensor) -> float:
+    # relative to the output's magnitude when that exceeds 1: summation order differs between engines, and an
+    # untrained deep network's logits can be in the thousands
+    return float((got.reshape(want.shape) - want).abs().max()) / max(1.0, float(want.abs().max()))
 
 
 class CompiledModel(nn.Module):
-    """Inference only: runs under `torch.inference_mode`."""
+    """Inference only. `engine` names the engine that runs it; `times` has each candidate's {median, min, max, n}
+    in ms; `skipped` why the others were not candidates."""
 
-    def __init__(self, net: nn.Module, layers: list[LayerChoice], max_abs_error: float):
+    def __init__(self, runner, engine: str, times: dict, max_abs_error: float, skipped: dict, shape: list[int],
+                 ops: list[dict] | None = None):
         super().__init__()
-        self.net, self.layers, self.max_abs_error = net, layers, max_abs_error
+        self.runner, self.engine, self.times, self.max_abs_error = runner, engine, times, max_abs_error
+        self.skipped, self.shape, self.ops = skipped, shape, ops or []
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return _logits(self.net(x))
+            return _logits(self.runner(x))
 
     def table(self) -> list[dict]:
-        return [asdict(c) for c in self.layers]
+        """Per operation (the sparse engine) or per layer (the per-layer runtime); empty for a dense engine."""
+        return self.ops
+
+    def fastest_dense(self) -> tuple[str, float] | None:
+        dense = {k: v["median"] for k, v in self.times.items() if k in DENSE}
+        return min(dense.items(), key=lambda kv: kv[1]) if dense else None
+
+    def plan(self) -> dict:
+        return {"engine": self.engine, "input_shape": self.shape, "threads": torch.get_num_threads(), "times_ms": self.times,
+                "max_abs_error": self.max_abs_error, "skipped": self.skipped, "ops": self.ops}
+
+    def save(self, out_dir: str | Path) -> Path:
+        """plan.json in `out_dir` (beside an `export` of the same model, which `load` needs)."""
+        return write_json(Path(out_dir) / "plan.json", self.plan())
 
 
-def _layer_inputs(net: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0]))
-             for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        net(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return inputs
+def _prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    net = copy.deepcopy(model).eval()
+    sp.remove(net)
+    fold_batchnorm(net, example)
+    return net
+
+
+def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor, tolerance: float):
+    runners, errors, skipped = {}, {}, {}
+    for name in names:
+        try:
+            runner = BUILDERS[name](net, example)
+            error = _error(_logits(runner(example)), reference)
+        except Unavailable as exc:
+            skipped[name] = str(exc)
+            continue
+        if error > tolerance:
+            skipped[name] = f"differs from the masked model by {error:.2e} (> {tolerance:g})"
+            continue
+        runners[name], errors[name] = runner, error
+    return runners, errors, skipped
+
+
+def _race(runners: dict, x: torch.Tensor, repeats: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Seconds per call for each runner: `rounds` rounds that alternate them, `repeats` calls each; the two
+    fastest again where they are within `CLOSE` (a noisy machine can make one slow timing look like a win)."""
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+
+    def timed(names, n_rounds):
+        for _ in range(n_rounds):
+            for name in names:
+                runners[name](x)  # warm: caches, thread pools
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    runners[name](x)
+                    samples[name].append(time.perf_counter() - t0)
+
+    with torch.inference_mode():
+        timed(list(runners), rounds)
+        ranked = sorted(samples, key=lambda k: statistics.median(samples[k]))
+        if len(ranked) > 1 and statistics.median(samples[ranked[1]]) < CLOSE * statistics.median(samples[ranked[0]]):
+            timed(ranked[:2], rounds)
+    return samples
 
 
 @torch.no_grad()
 def compile(model: nn.Module, example_input: torch.Tensor, repeats: int = 9, tolerance: float = 1e-4,
-            kernels: tuple[str, ...] | None = None) -> CompiledModel:
-    """`model` (masked or not) as a `CompiledModel` tuned for `example_input`'s shape and the current thread
-    count. `kernels` restricts the choice (e.g. ("csr",) forces sparse wherever it applies)."""
+            kernels: tuple[str, ...] | None = None, engines: tuple[str, ...] | None = None):
+    """`model` (masked or not) as the fastest engine for `example_input`'s shape and the current thread count.
+    `engines` restricts the candidates (e.g. ("engine",)); `kernels` forces the per-layer runtime's kernels."""
+    if kernels is not None:
+        return compile_layers(model, example_input, repeats, tolerance, kernels)
     was_training = model.training
     model.eval()
     try:
         reference = _logits(model(example_input))
     finally:
         model.train(was_training)
-    net = copy.deepcopy(model).eval()
-    sp.remove(net)
-    fold_batchnorm(net, example_input)
-    inputs = _layer_inputs(net, example_input)
-    layers = []
-    for name, x in inputs.items():
-        layer = net.get_submodule(name)
-        options = {k: v for k, v in candidates(layer).items() if k == "dense" or kernels is None or k in kernels}
-        times = {k: _median_seconds(m, x, repeats) for k, m in options.items()}
-        forced = [k for k in options if k != "dense"] if kernels else []
-        best = forced[0] if forced else min(times, key=times.get)
-        if best != "dense":
-            _replace(net, name, options[best])
-        density = float((layer.weight != 0).float().mean())
-        layers.append(LayerChoice(name, list(layer.weight.shape), round(density, 4), best,
-                                  round(1e3 * times["dense"], 4), round(1e3 * times[best], 4)))
-    # relative to the output's magnitude when that exceeds 1: summation order differs between kernels, and an
-    # untrained deep network's logits can be in the thousands
-    error = float((_logits(net(example_input)) - reference).abs().max()) / max(1.0, float(reference.abs().max()))
-    if error > tolerance:
-        raise SparsearchError(f"compiled model differs from the original by {error:.2e} (> {tolerance:g}), "
-                              "relative to the largest output")
-    return CompiledModel(net, layers, error)
+    net = _prepare(model, example_input)
+    runners, errors, skipped = _build(engines or tuple(BUILDERS), net, example_input, reference, tolerance)
+    if "engine" in skipped and (engines is None or "layers" in engines):
+        layered = compile_layers(model, example_input, max(1, repeats // 3), tolerance)
+        runners["layers"], errors["layers"] = layered, layered.max_abs_error
+    if not runners:
+        raise SparsearchError("no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    samples = _race(runners, example_input, max(1, repeats // 3))
+    times = {k: {"median": 1e3 * statistics.median(v), "min": 1e3 * min(v), "max": 1e3 * max(v), "n": len(v)}
+             for k, v in samples.items()}
+    best = min(times, key=lambda k: times[k]["median"])
+    if best == "engine":
+        ops = runners[best].profile(example_input, max(3, repeats))
+    elif best == "layers":
+        ops = runners[best].table()
+    else:
+        ops = []
+    return CompiledModel(runners[best], best, times, errors[best], skipped, list(example_input.shape), ops)
+
+
+def load(out_dir: str | Path) -> nn.Module:
+    """An exported model (`export`). With a saved plan beside it (`CompiledModel.save`), the compiled model that
+    plan chose, built without timing; where that engine cannot run here, the next available one, with a notice."""
+    out = Path(out_dir)
+    model = load_export(out)
+    if not (out / "plan.json").exists():
+        return model
+    try:
+        plan = json.loads((out / "plan.json").read_text())
+        engine, shape = plan["engine"], [int(s) for s in plan["input_shape"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SparsearchError(f"{out}/plan.json is not a sparsearch plan ({type(exc).__name__}: {exc})") from None
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = _logits(model(example))
+    net = _prepare(model, example)
+    reason = ""
+    for name in [engine] + [k for k in BUILDERS if k != engine]:
+        runners, errors, skipped = _build([name], net, example, reference, 1e-4)
+        reason = reason or skipped.get(name, "")
+        if name in runners:
+            if name != engine:
+                print(f"sparsearch: the plan's engine {engine} cannot run here ({reason}); using {name}", file=sys.stderr)
+            return CompiledModel(runners[name], name, plan.get("times_ms", {}), errors[name], skipped, shape,
+                                 plan.get("ops", []))
+    raise SparsearchError(f"no engine can run {out} here")

@@ -1,0 +1,120 @@
+"""The engines `runtime.compile` chooses between, each a callable from an input tensor to the output tensor:
+
+    engine        sparsearch's whole-network engine (`plan.py`): the sparse weights' non-zeros only, one native
+                  call per batch; needs a C++ compiler (`native.py`) and a network `graph.lower` can trace
+    onnxruntime   the dense network (zeros multiplied like any weight) in onnxruntime: the `onnx` extra
+    openvino      the same ONNX graph in OpenVINO, where the `openvino` package is installed
+    eager         the dense network in PyTorch eager mode (always there)
+    layers        the per-layer runtime (`layers.py`); a candidate only where `engine` is not
+
+A builder raises `Unavailable` (with the reason) where its engine cannot run here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .graph import Unsupported, lower
+from .native import library
+from .plan import Plan
+
+
+class Unavailable(Exception):
+    """This engine cannot run the network here; the message says why."""
+
+
+class Native:
+    name = "engine"
+
+    def __init__(self, net: nn.Module, example: torch.Tensor):
+        if library() is None:
+            raise Unavailable("the native library could not be built (no C++ compiler?)")
+        self.net, self.plans = net, {}
+        self.plan(tuple(example.shape))
+
+    def plan(self, shape: tuple[int, ...]) -> Plan:
+        """The plan for one input shape, made on first use (shapes are fixed per plan: buffers are preallocated)."""
+        if shape not in self.plans:
+            try:
+                self.plans[shape] = Plan(lower(self.net, shape))
+            except Unsupported as exc:
+                raise Unavailable(str(exc)) from None
+        return self.plans[shape]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.plan(tuple(x.shape)).run(x, torch.get_num_threads())
+
+    def profile(self, x: torch.Tensor, repeats: int) -> list[dict]:
+        """Per-operation wall time (ms, mean of `repeats` runs), with what each operation is."""
+        plan = self.plan(tuple(x.shape))
+        seconds = np.zeros(len(plan.records))
+        for _ in range(repeats):
+            plan.run(x, torch.get_num_threads(), seconds)
+        return plan.table(seconds / repeats)
+
+
+def _onnx_file(net: nn.Module, example: torch.Tensor, folder: str) -> str:
+    from .export import to_onnx
+
+    return str(to_onnx(net, example, Path(folder) / "model.onnx"))
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+
+    def __init__(self, net: nn.Module, example: torch.Tensor):
+        try:
+            import onnx  # noqa: F401 - the exporter needs it
+            import onnxruntime as ort
+        except ImportError:
+            raise Unavailable("onnxruntime is not installed (the `onnx` extra)") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        with tempfile.TemporaryDirectory() as folder:
+            self.session = ort.InferenceSession(_onnx_file(net, example, folder), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"input": x.detach().float().contiguous().numpy()})[0])
+
+
+class OpenVino:
+    name = "openvino"
+
+    def __init__(self, net: nn.Module, example: torch.Tensor):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise Unavailable("openvino is not installed") from None
+        with tempfile.TemporaryDirectory() as folder:
+            core = ov.Core()
+            # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16, another function than ours
+            config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_PRECISION_HINT": "f32"}
+            self.model = core.compile_model(core.read_model(_onnx_file(net, example, folder)), "CPU", config)
+        self.request = self.model.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.request.infer({0: x.detach().float().contiguous().numpy()})
+        return torch.from_numpy(np.array(next(iter(result.values()))))
+
+
+class Eager:
+    name = "eager"
+
+    def __init__(self, net: nn.Module, example: torch.Tensor):
+        self.net = net
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.net(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+BUILDERS = {"engine": Native, "onnxruntime": OnnxRuntime, "openvino": OpenVino, "eager": Eager}
+DENSE = ("onnxruntime", "openvino", "eager")  # the dense engines a user would otherwise deploy with
