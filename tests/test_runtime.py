@@ -118,14 +118,16 @@ def test_compiled_model_equals_the_masked_model(name, kwargs, channels, size):
         want = model.eval()(x)
         want = want[0] if isinstance(want, tuple) else want
     forced = [("csr",)] + ([("taps",)] if kernels.numba is not None else [])
-    for only in [*forced, None]:  # each sparse kernel wherever it applies; then chosen by measurement
+    for only in forced:  # the per-layer runtime, each sparse kernel wherever it applies
         compiled = compile(model, x, repeats=1, kernels=only)
         assert compiled.max_abs_error <= 1e-4
         assert (compiled(x) - want).abs().max() <= 1e-4
         rows = compiled.table()
         assert rows and all(r["kernel"] in ("dense", "csr", "taps") for r in rows)
-        if only:
-            assert any(r["kernel"] == only[0] for r in rows)
+        assert any(r["kernel"] == only[0] for r in rows)
+    compiled = compile(model, x, repeats=1)  # the fastest engine by measurement
+    assert compiled.engine in compiled.times and compiled.max_abs_error <= 1e-4
+    assert (compiled(x) - want).abs().max() <= 1e-4
     assert sp.masked_layers(model)  # the original keeps its masks
 
 
@@ -161,9 +163,12 @@ def test_compile_command_on_a_trained_run(tmp_path, cache_dir, capsys):
                  "--set", "model.kwargs={width: 8}"]) == 0
     where = tmp_path / "run" / "train" / "static-0.9"
     assert main(["compile", str(where), "--batch", "4"]) == 0
-    result = json.loads((where / "compiled" / "compile.json").read_text())
-    assert result["batch"] == 4 and result["max_abs_error"] <= 1e-4 and len(result["layers"]) == 4
-    assert load(where / "compiled").training is False and "kernel" in capsys.readouterr().out
+    result = json.loads((where / "compiled" / "plan.json").read_text())
+    assert result["batch"] == 4 and result["max_abs_error"] <= 1e-4 and result["engine"] in result["times_ms"]
+    assert "eager" in result["times_ms"] and result["fastest_dense"]["engine"] in result["times_ms"]
+    reloaded = load(where / "compiled")
+    assert reloaded.training is False and reloaded.engine == result["engine"]
+    assert f"engine {result['engine']}" in capsys.readouterr().out
     assert main(["compile", str(tmp_path)]) == 2  # not a training directory: one line, exit 2
 
 

@@ -85,11 +85,19 @@ def cmd_compile(args) -> int:
     from .pipeline.compile import run_compile
 
     result = run_compile(args.training_dir, args.batch, args.threads)
-    print_table(f"per-layer kernels at batch {result['batch']}, {result['threads']} threads (ms per call, medians)",
-                ["layer", "shape", "density", "kernel", "dense ms", "chosen ms"],
-                [[r["layer"], "x".join(map(str, r["shape"])), r["density"], r["kernel"], r["dense_ms"], r["chosen_ms"]]
-                 for r in result["layers"]])
-    print(f"conv/linear time: dense {result['dense_ms']:.2f} ms -> chosen {result['chosen_ms']:.2f} ms; "
+    times = result["times_ms"]
+    print_table(f"engines at batch {result['batch']}, {result['threads']} threads (ms per batch)", ["engine", "median", "min-max", ""],
+                [[k, f"{v['median']:.3f}", f"{v['min']:.3f}-{v['max']:.3f}", "chosen" if k == result["engine"] else ""]
+                 for k, v in sorted(times.items(), key=lambda kv: kv[1]["median"])])
+    if result["ops"]:
+        slowest = sorted(result["ops"], key=lambda r: -r.get("ms", r.get("chosen_ms", 0)))[:12]
+        print_table("where the time goes (slowest operations)", ["op", "kind", "ms", "density"],
+                    [[r.get("op", r.get("layer")), r.get("kind", r.get("kernel")), r.get("ms", r.get("chosen_ms")),
+                      r.get("density", "")] for r in slowest])
+    dense = result.get("fastest_dense")
+    versus = (f"{dense['speedup']:.2f}x the fastest dense engine ({dense['engine']}, {dense['median_ms']:.3f} ms)"
+              if dense else "no dense engine to compare with")
+    print(f"engine {result['engine']}: {times[result['engine']]['median']:.3f} ms, {versus}; "
           f"max abs error {result['max_abs_error']:.1e}; written to {args.training_dir}/compiled/")
     return 0
 
@@ -198,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", help="base URL to download from instead of the official one")
     p.set_defaults(func=cmd_data_download)
 
-    p = sub.add_parser("compile", help="compile a trained model for sparse CPU inference; per-layer table, export")
+    p = sub.add_parser("compile", help="compile a trained model for CPU inference: the fastest engine by measurement, plan, export")
     p.add_argument("training_dir", help="a train/<variant>/ (or compare/seed-k/<variant>/) directory")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)

@@ -1,8 +1,10 @@
 """`sparsearch compile TRAINING_DIR`: the trained model of a `sparsearch train` / `compare` variant directory
 (the one holding summary.json), compiled for inference at a batch size and thread count.
 
-    <dir>/compiled/compile.json   per-layer table (layer, shape, density, kernel, dense and chosen ms) and totals
-    <dir>/compiled/model.json, model.safetensors   the exported model (`runtime.export`)
+    <dir>/compiled/plan.json   the engine chosen, every candidate engine's timings (medians, spreads), the sparse
+                               engine's per-operation table, and the speedup over the fastest dense engine
+    <dir>/compiled/model.json, model.safetensors   the exported model (`runtime.export`); `runtime.load(<dir>/compiled)`
+                               runs the saved plan without timing again
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
     compiled = compile(model, example)
     out = where / "compiled"
     export(model, out, cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **cfg.model.kwargs)
-    result = {"batch": batch, "threads": torch.get_num_threads(), "compile_seconds": time.perf_counter() - t0,
-              "max_abs_error": compiled.max_abs_error, "layers": compiled.table(),
-              "dense_ms": sum(r["dense_ms"] for r in compiled.table()),
-              "chosen_ms": sum(r["chosen_ms"] for r in compiled.table())}
-    write_json(out / "compile.json", result)
+    result = {**compiled.plan(), "batch": batch, "compile_seconds": time.perf_counter() - t0}
+    if dense := compiled.fastest_dense():
+        result["fastest_dense"] = {"engine": dense[0], "median_ms": dense[1],
+                                   "speedup": dense[1] / compiled.times[compiled.engine]["median"]}
+    write_json(out / "plan.json", result)
     return result

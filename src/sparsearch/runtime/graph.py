@@ -123,11 +123,13 @@ def _place(g: Graph, parts: list[tuple[Value, int]], C: int, name: str) -> Value
     return out
 
 
-def _flat(x: Value, name: str) -> Value:
-    if x.H != 1 or x.W != 1:
-        raise Unsupported(f"{name}: flattening a {x.H}x{x.W} map")
-    x.rank2 = True
-    return x
+def _flat(g: Graph, x: Value, name: str) -> Value:
+    """(N, C, H, W) -> (N, C * H * W): a view of a 1 x 1 map, else a copy that moves each position to a channel."""
+    if x.H == 1 and x.W == 1:
+        x.rank2 = True
+        return x
+    out = g.value(x.C * x.H * x.W, 1, 1, rank2=True)
+    return g.op("ewise", [x], out, name, stride=1, act=None, flatten=True)
 
 
 def _getitem(g: Graph, x: Value, index, name: str) -> Value:
@@ -152,7 +154,7 @@ def _module(g: Graph, m: nn.Module, args, name: str) -> Value:
     if isinstance(m, (nn.Identity, nn.Dropout)):
         return x
     if isinstance(m, nn.Flatten):
-        return _flat(x, name)
+        return _flat(g, x, name)
     if isinstance(m, nn.BatchNorm2d):
         scale = 1 / torch.sqrt(m.running_var + m.eps)
         shift = -m.running_mean * scale
@@ -186,7 +188,7 @@ def _function(g: Graph, fn, args, kwargs, name: str):
         offsets = np.cumsum([0] + [v.C for v in parts])
         return _place(g, list(zip(parts, offsets[:-1].tolist())), int(offsets[-1]), name)
     if fn is torch.flatten and (args[1:] or [kwargs.get("start_dim")])[0] == 1:
-        return _flat(args[0], name)
+        return _flat(g, args[0], name)
     if fn is F.adaptive_avg_pool2d and args[1] in (1, (1, 1)):
         return g.op("gap", [args[0]], g.value(args[0].C, 1, 1), name)
     if fn is F.dropout:
@@ -206,7 +208,7 @@ def _method(g: Graph, method: str, args, kwargs, name: str):
     if method in ("relu", "relu_"):
         return _ewise(g, [x], name, act=ACT[nn.ReLU])
     if method == "flatten" and args[1:] == (1,):
-        return _flat(x, name)
+        return _flat(g, x, name)
     raise Unsupported(f"{name}: .{method}()")
 
 

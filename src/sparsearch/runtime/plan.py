@@ -205,6 +205,11 @@ class Plan:
         r[11:16] = self._operand(op.out)
         out = op.out
         r[16:20] = [out.C, out.N, out.H, out.W]
+        if a.get("flatten"):  # input position (c, y, x) -> output channel (c * H + y) * W + x
+            x = op.inputs[0]
+            ch = r[12]
+            r[12:16] = [x.H * x.W * ch, r[13], x.W * ch, ch]
+            r[16:20] = [x.C, x.N, x.H, x.W]
         for k, name in ((20, "scale"), (21, "shift")):
             if a.get(name) is not None:
                 arr = np.ascontiguousarray(a[name], np.float32)
