@@ -23,7 +23,7 @@ enum { RECORD = 40 };
 
 // CONV fields
 enum { C_IN = 1, C_IN_IMG, C_IN_ROW, C_OUT, C_OUT_CH, C_OUT_IMG, C_OUT_ROW, C_O, C_N, C_OH, C_OW, C_S, C_INDPTR, C_OFF,
-       C_VAL, C_BIAS, C_RES, C_RES_CH, C_RES_IMG, C_RES_ROW, C_RELU, C_LO, C_HI, C_TX, C_R, C_IN_RELU };
+       C_VAL, C_BIAS, C_RES, C_RES_CH, C_RES_IMG, C_RES_ROW, C_RELU, C_LO, C_HI, C_TX, C_R, C_IN_RELU, C_CHANS };
 
 static inline float clamp(float v, float lo, float hi) {  // plain compares: vectorised, unlike fminf / fmaxf
     v = v < lo ? lo : v;
@@ -128,6 +128,7 @@ static void conv(const i64* p) {
     const int32_t* off = (const int32_t*)p[C_OFF];
     const float* val = (const float*)p[C_VAL];
     const float* bias = (const float*)p[C_BIAS];
+    const int32_t* chans = (const int32_t*)p[C_CHANS];  // the output channels to compute; all where null
     const i64 O = p[C_O], N = p[C_N], OH = p[C_OH], OW = p[C_OW], S = p[C_S], TX = p[C_TX], R = p[C_R];
     const int act = (int)p[C_RELU];
     float lo, hi;
@@ -140,8 +141,9 @@ static void conv(const i64* p) {
     // a contiguous share of the items per thread, decoded once and then stepped (no divisions per tile)
     const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
     const i64 begin = items * id / nt, end = items * (id + 1) / nt;
-    i64 o = begin % O, xt = (begin / O) % XT, yt = (begin / (O * XT)) % YT, n = begin / (O * XT * YT);
+    i64 oi = begin % O, xt = (begin / O) % XT, yt = (begin / (O * XT)) % YT, n = begin / (O * XT * YT);
     for (i64 it = begin; it < end; ++it) {
+        const i64 o = chans ? chans[oi] : oi;
         const i64 y0 = yt * R, x0 = xt * TX;
         const int nx = (int)(OW - x0 < TX ? OW - x0 : TX);
         const float b = bias ? bias[o] : 0.0f;
@@ -156,8 +158,8 @@ static void conv(const i64* p) {
                 row(src + r * S * p[C_IN_ROW], p[C_IN_ROW], off + k0, val + k0, nnz, b, rs ? rs + r * p[C_RES_ROW] : nullptr,
                     p[C_RES_ROW], act, lo, hi, dst + r * p[C_OUT_ROW], p[C_OUT_ROW], nx);
         }
-        if (++o == O) {
-            o = 0;
+        if (++oi == O) {
+            oi = 0;
             if (++xt == XT) {
                 xt = 0;
                 if (++yt == YT) yt = 0, ++n;

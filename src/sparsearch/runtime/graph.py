@@ -283,6 +283,35 @@ def _relu_into_consumers(g: Graph) -> None:
     g.ops = keep
 
 
+def _zero_channels(g: Graph) -> None:
+    """Output channels with no non-zero weight and no bias are zeros (at 95% most depthwise channels are). A
+    convolution reading such a channel drops the weights that would multiply it, and where only convolutions
+    read the value, those channels are not computed at all (`skip`)."""
+    zero: dict[int, np.ndarray] = {}
+    for op in g.ops:
+        if op.kind != "conv":
+            continue
+        w, a = op.attrs["weight"], op.attrs
+        O, cg = w.shape[:2]
+        if id(op.inputs[0]) in zero:
+            cin = (np.arange(O)[:, None] // (O // a["groups"])) * cg + np.arange(cg)[None, :]
+            w[zero[id(op.inputs[0])][cin]] = 0
+        keeps_zero = a["act"] is None or a["act"][0] <= 0 <= a["act"][1]
+        if a["residual"] is None and keeps_zero:
+            empty = ~w.reshape(O, -1).any(1) & (True if a["bias"] is None else a["bias"] == 0)
+            if empty.any():
+                zero[id(op.out)] = empty
+    other = {id(g.output)} | {id(v.view_of) for v in g.values if v.view_of is not None}
+    other |= {id(v) for v in g.values if v.slot is not None}
+    for op in g.ops:
+        other |= {id(v) for v in op.inputs[op.kind == "conv":]}
+        if op.attrs.get("residual") is not None:
+            other.add(id(op.attrs["residual"]))
+    for op in g.ops:
+        if op.kind == "conv" and id(op.out) in zero and id(op.out) not in other:
+            op.attrs["skip"] = zero[id(op.out)]
+
+
 def lower(model: nn.Module, shape: tuple[int, ...]) -> Graph:
     """`model` (eval mode, plain layers) traced for inputs of `shape` (N, C, H, W)."""
     try:
@@ -316,4 +345,5 @@ def lower(model: nn.Module, shape: tuple[int, ...]) -> Graph:
         else:
             raise Unsupported(f"{node.name}: {node.op}")
     _fuse(g)
+    _zero_channels(g)
     return g

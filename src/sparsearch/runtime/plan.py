@@ -175,6 +175,10 @@ class Plan:
         rows = min(TILES[tx], OH)
         rows = 1 << (rows.bit_length() - 1)
         self.keep += [indptr, off, val, bias]
+        if a.get("skip") is not None:  # output channels known to be zero that no one reads
+            chans = np.flatnonzero(~a["skip"]).astype(np.int32)
+            self.keep.append(chans)
+            O = len(chans)
         r[:25] = [KIND["conv"], buf.address(c0, 0, y0 - ph, x0 - pw), img, row, ob.address(oc0, 0, oy0, ox0), ochs, oimg,
                   orow, O, N, OH, OW, s, indptr.ctypes.data, off.ctypes.data, val.ctypes.data,
                   0 if bias is None else bias.ctypes.data, 0, 0, 0, 0, 0, 0, 0, 0]
@@ -183,6 +187,8 @@ class Plan:
             r[17:21] = [ptr, rch, rimg, rrow]
         self._act(r, 21, a["act"])
         r[24:27] = [tx, rows, int(a.get("in_relu", False))]
+        if a.get("skip") is not None:
+            r[27] = chans.ctypes.data
 
     @staticmethod
     def _act(r: np.ndarray, at: int, act) -> None:
