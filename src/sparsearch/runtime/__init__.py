@@ -74,7 +74,7 @@ class CompiledModel(nn.Module):
         return min(dense.items(), key=lambda kv: kv[1]) if dense else None
 
     def plan(self) -> dict:
-        return {"engine": self.engine, "input_shape": self.shape, "threads": torch.get_num_threads(), "times_ms": self.times,
+        return {"engine": self.engine, "chunk": getattr(self.runner, "chunk", None), "input_shape": self.shape, "threads": torch.get_num_threads(), "times_ms": self.times,
                 "max_abs_error": self.max_abs_error, "skipped": self.skipped, "ops": self.ops}
 
     def save(self, out_dir: str | Path) -> Path:
@@ -89,11 +89,11 @@ def _prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return net
 
 
-def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor, tolerance: float):
+def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor, tolerance: float, options=None):
     runners, errors, skipped = {}, {}, {}
     for name in names:
         try:
-            runner = BUILDERS[name](net, example)
+            runner = BUILDERS[name](net, example, **(options or {}).get(name, {}))
             error = _error(_logits(runner(example)), reference)
         except Unavailable as exc:
             skipped[name] = str(exc)
@@ -179,7 +179,8 @@ def load(out_dir: str | Path) -> nn.Module:
     net = _prepare(model, example)
     reason = ""
     for name in [engine] + [k for k in BUILDERS if k != engine]:
-        runners, errors, skipped = _build([name], net, example, reference, 1e-4)
+        chunk = {"engine": {"chunk": plan["chunk"]}} if plan.get("chunk") else {}
+        runners, errors, skipped = _build([name], net, example, reference, 1e-4, chunk)
         reason = reason or skipped.get(name, "")
         if name in runners:
             if name != engine:
