@@ -86,9 +86,10 @@ def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int,
     compile_s = time.perf_counter() - t0
     variants = {**_dense_engines(dense, x), "compiled": compiled}
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(trials):
-        for k, fn in variants.items():
-            times[k].append(_time(fn, x, calls))
+    names = list(variants)
+    for trial in range(trials):  # the order rotates, so no engine always runs right after the same other one
+        for k in names[trial % len(names):] + names[: trial % len(names)]:
+            times[k].append(_time(variants[k], x, calls))
     result = {k: stats(v) for k, v in times.items()}
     fastest = min((k for k in result if k != "compiled"), key=lambda k: result[k]["median"])
     ops = compiled.table()
@@ -163,7 +164,8 @@ def main(argv: list[str]) -> int:
                       ms(r, "openvino"), f"{1e3 * c['median']:.2f} ({1e3 * c['min']:.2f}-{1e3 * c['max']:.2f})", r["engine"],
                       f"{r['speedup']:.2f}x", f"{vs:.2f}x", f"{r['ideal']:.1f}x", verdict])
     info = machine()
-    print_table(f"inference ms per batch, medians of {args.trials} alternating rounds of {args.calls} calls ({info['cpu']}, torch {info['torch']})",
+    print_table(f"inference ms per batch, medians of {args.trials} alternating rounds of {args.calls} calls "
+                f"({info['cpu']}, torch {info['torch']})",
                 ["model", "sparsity", "batch", "threads", "eager", "onnxruntime", "openvino", "compiled (min-max)", "engine",
                  "vs eager", "vs fastest dense", "ideal", ""], table)
     for r in rows:

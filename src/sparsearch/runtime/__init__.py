@@ -74,7 +74,8 @@ class CompiledModel(nn.Module):
         return min(dense.items(), key=lambda kv: kv[1]) if dense else None
 
     def plan(self) -> dict:
-        return {"engine": self.engine, "chunk": getattr(self.runner, "chunk", None), "input_shape": self.shape, "threads": torch.get_num_threads(), "times_ms": self.times,
+        return {"engine": self.engine, "chunk": getattr(self.runner, "chunk", None), "input_shape": self.shape,
+                "threads": torch.get_num_threads(), "times_ms": self.times,
                 "max_abs_error": self.max_abs_error, "skipped": self.skipped, "ops": self.ops}
 
     def save(self, out_dir: str | Path) -> Path:
@@ -111,8 +112,8 @@ def _race(runners: dict, x: torch.Tensor, repeats: int, rounds: int = 3) -> dict
     samples: dict[str, list[float]] = {k: [] for k in runners}
 
     def timed(names, n_rounds):
-        for _ in range(n_rounds):
-            for name in names:
+        for r in range(n_rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: no fixed predecessor
                 runners[name](x)  # warm: caches, and the previous engine's thread pool, still spinning, settles
                 runners[name](x)
                 for _ in range(repeats):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .graph import Graph, Op, Unsupported, Value, base
+from .graph import Graph, Op, Unsupported, Value
 from .native import library
 
 RECORD = 40
@@ -157,12 +157,12 @@ class Plan:
         buf, c0, y0, x0 = self.buffer(x)
         ob, oc0, oy0, ox0 = self.buffer(out)
         ch, img, row = buf.strides
-        O, cg = weight.shape[:2]
+        outs, cg = weight.shape[:2]
         o, c, i, j = np.nonzero(weight)
-        cin = (o // (O // groups)) * cg + c
+        cin = (o // (outs // groups)) * cg + c
         offsets = cin * ch + i * dh * row + j * dw
         order = np.lexsort((offsets, o))
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=O))]).astype(np.int32)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=outs))]).astype(np.int32)
         off, val = offsets[order].astype(np.int32), weight[o, c, i, j][order].astype(np.float32)
         bias = a["bias"]
         N, OH, OW = out.N, out.H, out.W
@@ -178,9 +178,9 @@ class Plan:
         if a.get("skip") is not None:  # output channels known to be zero that no one reads
             chans = np.flatnonzero(~a["skip"]).astype(np.int32)
             self.keep.append(chans)
-            O = len(chans)
+            outs = len(chans)
         r[:25] = [KIND["conv"], buf.address(c0, 0, y0 - ph, x0 - pw), img, row, ob.address(oc0, 0, oy0, ox0), ochs, oimg,
-                  orow, O, N, OH, OW, s, indptr.ctypes.data, off.ctypes.data, val.ctypes.data,
+                  orow, outs, N, OH, OW, s, indptr.ctypes.data, off.ctypes.data, val.ctypes.data,
                   0 if bias is None else bias.ctypes.data, 0, 0, 0, 0, 0, 0, 0, 0]
         if a["residual"] is not None:
             ptr, rch, rimg, rrow, _ = self._operand(a["residual"])
@@ -256,4 +256,4 @@ class Plan:
         return rows
 
 
-__all__ = ["Plan", "base"]
+__all__ = ["Plan"]

@@ -1,0 +1,124 @@
+"""Fusion passes over a lowered `Graph`, in order:
+
+    1. a ReLU (or ReLU6) into the operation that produces its input, and a residual add into the convolution
+       that produces one operand: conv -> (+ r) -> ReLU is one convolution with a fused epilogue;
+    2. a ReLU that only convolutions read into those convolutions, applied as they load (DARTS' ReLU -> conv);
+    3. output channels known to be zero (no weight, no bias) dropped from the convolutions that read them, and
+       not computed at all where nothing else reads them.
+Each pass applies only where the intermediate value has no other reader, so the function is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn as nn
+
+from .graph import ACT, Graph, Op, Value
+
+
+def fuse(g: Graph) -> None:
+    _producer_fusions(g)
+    _relu_into_consumers(g)
+    _zero_channels(g)
+
+
+def base(v: Value) -> Value:
+    """The value whose buffer a view reads."""
+    while v.view_of is not None:
+        v = v.view_of
+    return v
+
+
+def _producer_fusions(g: Graph) -> None:
+    """Fold each ReLU and residual add into the operation that produces its input, where that input has no
+    other use: conv -> (+ r) -> ReLU becomes one conv."""
+    uses: dict[int, int] = {}
+    for op in g.ops:
+        for v in op.inputs + ([op.attrs["residual"]] if op.attrs.get("residual") else []):
+            uses[id(v)] = uses.get(id(v), 0) + 1
+    for v in g.values:  # a view reads its base
+        if v.view_of is not None:
+            uses[id(v.view_of)] = uses.get(id(v.view_of), 0) + 1
+    uses[id(g.output)] = uses.get(id(g.output), 0) + 1
+    producer = {id(op.out): op for op in g.ops}
+    position = {id(op): i for i, op in enumerate(g.ops)}
+    keep = []
+    for i, op in enumerate(g.ops):
+        src = producer.get(id(op.inputs[0]))
+        plain = op.kind == "ewise" and op.attrs.get("scale") is None and op.attrs["stride"] == 1
+        fusible = src is not None and uses[id(op.inputs[0])] == 1 and op.inputs[0].slot is None and src.attrs.get("act") is None
+        if plain and fusible and len(op.inputs) == 1 and op.attrs["act"] and src.kind in ("conv", "ewise"):
+            src.attrs["act"], src.out = op.attrs["act"], op.out  # ReLU into its producer
+            producer[id(op.out)] = src
+            continue
+        if plain and len(op.inputs) == 2 and op.attrs["act"] is None:
+            for a, b in ((op.inputs[0], op.inputs[1]), (op.inputs[1], op.inputs[0])):
+                conv = producer.get(id(a))
+                ready = producer.get(id(base(b)))
+                if (conv is not None and conv.kind == "conv" and uses[id(a)] == 1 and a.slot is None and conv.attrs["act"] is None
+                        and conv.attrs["residual"] is None and (b.external or ready is not None and position[id(ready)] < position[id(conv)])):
+                    conv.attrs["residual"], conv.out = b, op.out
+                    producer[id(op.out)] = conv
+                    break
+            else:
+                keep.append(op)
+            continue
+        keep.append(op)
+    g.ops = keep
+
+
+def _relu_into_consumers(g: Graph) -> None:
+    """A ReLU whose output only convolutions read (DARTS' ReLU -> conv, one ReLU per operation on a shared state)
+    is applied by each of those convolutions as it loads its input, instead of being written out."""
+    readers: dict[int, list[Op]] = {}
+    other = {id(g.output)} | {id(v.view_of) for v in g.values if v.view_of is not None}
+    for op in g.ops:
+        for k, v in enumerate(op.inputs):
+            if op.kind == "conv" and k == 0:
+                readers.setdefault(id(v), []).append(op)
+            else:
+                other.add(id(v))
+        if op.attrs.get("residual") is not None:
+            other.add(id(op.attrs["residual"]))
+    keep = []
+    for op in g.ops:
+        relu = (op.kind == "ewise" and len(op.inputs) == 1 and op.attrs["act"] == ACT[nn.ReLU] and op.attrs["stride"] == 1
+                and op.attrs.get("scale") is None and op.attrs.get("shift") is None)
+        whole = op.inputs[0].view_of is None  # a padded convolution cannot read a crop's padding
+        if relu and whole and op.out.slot is None and id(op.out) not in other and readers.get(id(op.out)):
+            for conv in readers[id(op.out)]:
+                conv.inputs[0], conv.attrs["in_relu"] = op.inputs[0], True
+            continue
+        keep.append(op)
+    g.ops = keep
+
+
+def _zero_channels(g: Graph) -> None:
+    """Output channels with no non-zero weight and no bias are zeros (at 95% most depthwise channels are). A
+    convolution reading such a channel drops the weights that would multiply it, and where only convolutions
+    read the value, those channels are not computed at all (`skip`)."""
+    zero: dict[int, np.ndarray] = {}
+    for op in g.ops:
+        if op.kind != "conv":
+            continue
+        w, a = op.attrs["weight"], op.attrs
+        outs, cg = w.shape[:2]
+        if id(op.inputs[0]) in zero:
+            cin = (np.arange(outs)[:, None] // (outs // a["groups"])) * cg + np.arange(cg)[None, :]
+            w[zero[id(op.inputs[0])][cin]] = 0
+        keeps_zero = a["act"] is None or a["act"][0] <= 0 <= a["act"][1]
+        if a["residual"] is None and keeps_zero:
+            empty = ~w.reshape(outs, -1).any(1) & (True if a["bias"] is None else a["bias"] == 0)
+            if empty.any():
+                zero[id(op.out)] = empty
+    other = {id(g.output)} | {id(v.view_of) for v in g.values if v.view_of is not None}
+    other |= {id(v) for v in g.values if v.slot is not None}
+    for op in g.ops:
+        other |= {id(v) for v in op.inputs[op.kind == "conv":]}
+        if op.attrs.get("residual") is not None:
+            other.add(id(op.attrs["residual"]))
+    for op in g.ops:
+        if op.kind == "conv" and id(op.out) in zero and id(op.out) not in other:
+            op.attrs["skip"] = zero[id(op.out)]
+
+
