@@ -62,17 +62,21 @@ def library() -> ctypes.CDLL | None:
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode(),
                                      _cpu_flags().encode()])).hexdigest()[:16]
     target = cache_dir() / f"engine-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                first = (proc.stderr.strip().splitlines() or ["no output"])[0]
-                _notice(f"building the engine failed ({first})")
-                return None
-            os.replace(built, target)  # atomic: a concurrent build leaves one complete file
-    lib = ctypes.CDLL(str(target))
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+                    _notice(f"building the engine failed ({first})")
+                    return None
+                os.replace(built, target)  # atomic: a concurrent build leaves one complete file
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:  # an unwritable cache, a library that does not load
+        _notice(f"the engine library is not usable ({exc})")
+        return None
     lib.sparsearch_run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
     lib.sparsearch_run.restype = None
     lib.sparsearch_record_size.restype = ctypes.c_int
