@@ -180,3 +180,16 @@ def test_run_dir_accepts_settings_added_since_and_names_real_changes(tmp_path):
     prepare_run_dir(cfg)  # the same run: accepted
     with pytest.raises(SparsearchError, match=r"train\.lr differ"):
         prepare_run_dir(load_config(None, [f"out_dir={tmp_path}", "train.lr=0.5"]))
+
+
+def test_channels_last_trains_the_same_function_and_float16_needs_cuda(tmp_path):
+    plain = run_train(tiny_cfg(tmp_path / "a", epochs=1), show_progress=False)
+    nhwc = run_train(tiny_cfg(tmp_path / "b", epochs=1, channels_last=True), show_progress=False)
+    assert nhwc["final_test_loss"] == pytest.approx(plain["final_test_loss"], rel=1e-3)
+    bf16 = run_train(tiny_cfg(tmp_path / "c", epochs=1, amp=True, channels_last=True), show_progress=False)
+    assert bf16["final_test_loss"] == pytest.approx(plain["final_test_loss"], rel=0.1)  # bfloat16: 8 mantissa bits
+    if not torch.cuda.is_available():  # refused when the config is read, before anything is written
+        from sparsearch.config import ConfigError
+
+        with pytest.raises(ConfigError, match="float16 needs CUDA"):
+            from_dict({**TINY, "out_dir": str(tmp_path / "d"), "train": {**TINY["train"], "amp": True, "amp_dtype": "float16"}})

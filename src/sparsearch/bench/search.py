@@ -2,6 +2,10 @@
 (learned-score masks on every parametric layer, prune phase; fixed masks, finetune phase), on the same
 supernet and batch, first and second order. Configurations alternate within each trial; medians reported.
 
+`--implementations` instead times today's supernet against the fast one side by side (`search.fast_ops` and
+`train.channels_last`): first-order steps at batch 16 and 64, a second-order step, the DASS prune step, and a
+genotype network's (DASS_95, 16 channels, 8 cells, batch 64) training step.
+
 Defaults are CPU-sized (C=8, 5 cells, batch 16); the paper's search net is --channels 16 --layers 8
 --batch-size 32, about 30 s (first order) / 65 s (second order) per dense step on 2 CPU cores."""
 
@@ -43,6 +47,80 @@ def _search_step(net, params, opt, architect, train, val) -> float:
     return time.perf_counter() - t0
 
 
+def _supernet(args, fast: bool, channels_last: bool) -> SuperNet:
+    torch.manual_seed(0)
+    net = SuperNet(args.channels, args.layers, 10, 3, fast=fast)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def _batches(batch: int, size: int, channels_last: bool):
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(2):
+        x = torch.randn(batch, 3, size, size, generator=gen)
+        out.append((x.contiguous(memory_format=torch.channels_last) if channels_last else x,
+                    torch.randint(0, 10, (batch,), generator=gen)))
+    return out
+
+
+def _step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
+    """A callable doing one step of `kind` on its own model and data."""
+    if kind == "genotype":
+        from ..models import build_model
+
+        torch.manual_seed(0)
+        net = build_model("genotype", genotype="DASS_95", channels=16, layers=8)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        (x, y), _ = _batches(batch, args.image_size, channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9)
+
+        def step():
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return time.perf_counter() - t0
+        return step
+    net = _supernet(args, fast, channels_last)
+    params = net.weight_parameters()
+    if kind == "prune":
+        layers = sp.find_layers(net, dense_first_last=False)
+        sp.attach_learned(net, {n: 1 - args.sparsity for n in layers})
+        params = stage_parameters(net, "prune", net.weight_parameters())
+    train, val = _batches(batch, args.image_size, channels_last)
+    opt = torch.optim.SGD(params, lr=0.025)
+    architect = Architect(net, net.arch_parameters(), second_order=kind == "second")
+    return lambda: _search_step(net, params, opt, architect, train, val)
+
+
+def implementations(args) -> int:
+    cases = [("first order", "first", 16), ("first order", "first", 64), ("second order", "second", 16),
+             (f"DASS prune ({args.sparsity:.0%})", "prune", 16), ("genotype net DASS_95 16x8", "genotype", 64)]
+    results, rows = [], []
+    for label, kind, batch in cases:
+        fns = {"today": _step_fn(args, kind, batch, False, False), "new": _step_fn(args, kind, batch, True, True)}
+        times = {k: [] for k in fns}
+        for fn in fns.values():
+            fn()  # warm-up
+        for _ in range(args.trials):
+            for k, fn in fns.items():
+                times[k].append(fn())
+        st = {k: stats(v) for k, v in times.items()}
+        ratio = st["today"]["median"] / st["new"]["median"]
+        results.append({"case": label, "kind": kind, "batch": batch, "times": st, "speedup": ratio})
+        rows.append([f"{label}, batch {batch}", f"{st['today']['median']:.3f} ({st['today']['min']:.3f}-{st['today']['max']:.3f})",
+                     f"{st['new']['median']:.3f} ({st['new']['min']:.3f}-{st['new']['max']:.3f})", f"{ratio:.2f}x"])
+        print(f"  {rows[-1]}", flush=True)
+    info = machine()
+    print_table(f"today vs new (fast_ops + channels_last), s/step medians of {args.trials}, supernet C={args.channels} "
+                f"L={args.layers} ({info['cpu']}, {info['threads']} threads)", ["step", "today (min-max)", "new (min-max)",
+                                                                                 "speedup"], rows)
+    print(f"wrote {write_json(args.out, {'benchmark': 'search_implementations', 'args': vars(args), 'results': results})}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sparsearch bench search", description=__doc__)
     ap.add_argument("--channels", type=int, default=8)
@@ -52,7 +130,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--out", default="bench-results/search.json")
+    ap.add_argument("--implementations", action="store_true", help="today's supernet vs the fast one (see above)")
     args = ap.parse_args(argv)
+    if args.implementations:
+        return implementations(args)
     torch.manual_seed(0)
     net = SuperNet(args.channels, args.layers, 10, 3)
     gen = torch.Generator().manual_seed(0)

@@ -80,9 +80,20 @@ def check_ranges(cfg: Config) -> None:
             if not ok(item):
                 where = key if i is None else f"{key}[{i}]"
                 raise ConfigError(f"config key '{where}' must be {must}, got {item!r}")
+    t = cfg.train
+    on_cpu = t.device == "cpu" or (t.device == "auto" and not _cuda())
+    if t.amp and t.amp_dtype == "float16" and on_cpu:
+        raise ConfigError("config key 'train.amp_dtype' float16 needs CUDA (a gradient scaler on a GPU); "
+                          "use bfloat16 on the CPU")
     s = cfg.search
     if s.pretrain_epochs + s.prune_epochs + s.finetune_epochs < 1:
         raise ConfigError("search.pretrain_epochs + prune_epochs + finetune_epochs must be >= 1")
     if cfg.train.warmup_epochs > cfg.train.epochs:
         raise ConfigError(f"config key 'train.warmup_epochs' ({cfg.train.warmup_epochs:g}) must not exceed "
                           f"train.epochs ({cfg.train.epochs})")
+
+
+def _cuda() -> bool:
+    import torch  # here: reading a config needs torch only for this question
+
+    return torch.cuda.is_available()

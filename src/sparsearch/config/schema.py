@@ -46,7 +46,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     aux_weight: float = 0.4  # weight of an auxiliary head's loss, for models that return one
     drop_path: float = 0.0  # drop-path probability for genotype networks, ramped linearly from 0 over the epochs
-    amp: bool = False  # bfloat16 autocast on CPU, float16 on CUDA
+    amp: bool = False  # mixed precision: autocast to `amp_dtype` for the forward pass and the loss
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 (CUDA only) adds a gradient scaler
+    channels_last: bool = False  # model and batches in channels-last memory format (NHWC kernels)
+    cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms for the fixed shapes
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     log_every: int = 50  # steps between step-level metric lines
@@ -194,6 +197,7 @@ class SearchConfig:
     momentum: float = 0.0  # the reference search SGD has no momentum
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
+    fast_ops: bool = True  # the supernet's mixed edges skip `none` (x * 0) and share ReLU(x): same function, less work
     alpha_in_prune: bool = True  # update alpha while scores train (the reference's `base` trainer does)
     random_samples: int = 8  # random-search baseline: genotypes sampled from the same space
     random_epochs: int = 2  # short sparse training per sample (weight half), ranked on the alpha half

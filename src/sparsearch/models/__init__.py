@@ -45,6 +45,9 @@ def model_builder(cfg: Config, ds: Dataset, **overrides: Any) -> Callable[[], nn
     """A function that builds the configured model (kwargs updated by `overrides`), seeded: the same init every call
     (`build(seed=k)` draws another initialisation, e.g. for IMP's random re-initialisation branch)."""
     kwargs: dict[str, Any] = {**cfg.model.kwargs, **overrides}
+    if taken := sorted({"num_classes", "in_channels"} & set(kwargs)):
+        raise SparsearchError(f"model.kwargs sets {', '.join(taken)}, which the dataset decides ({ds.name}: "
+                          f"{ds.in_channels} channels, {ds.num_classes} classes)")
     if cfg.model.name == "mlp":
         kwargs.setdefault("image_size", ds.image_size[0])
 

@@ -31,7 +31,7 @@ from ..errors import SparsearchError
 from ..files import write_json
 from ..methods.hydra import STAGES, StageKind, train_stage
 from ..models.genotypes import Genotype
-from ..train import Callback, MetricsLog, Trainer, claim_run_dir, resolve_device
+from ..train import Callback, MetricsLog, Trainer, autocast, claim_run_dir, resolve_device
 from .architect import Architect
 from .supernet import SuperNet
 from .verdict import normalised_entropy, search_verdict
@@ -52,9 +52,13 @@ class ArchitectCallback(Callback):
         if not self.enabled:
             return
         self.val_loader.set_epoch(trainer.epoch)
-        val_batch = next(self.val_loader.batches(start=trainer.batch % len(self.val_loader)))
+        x, y = next(self.val_loader.batches(start=trainer.batch % len(self.val_loader)))
+        cfg = trainer.cfg
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         xi = trainer.optimizer.param_groups[0]["lr"]
-        self.architect.step(trainer.current_batch, val_batch, self.trained, xi, self.weight_decay)
+        with autocast(trainer.device.type, cfg.amp, cfg.amp_dtype):  # the weight step's precision
+            self.architect.step(trainer.current_batch, (x, y), self.trained, xi, self.weight_decay)
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         model: SuperNet = trainer.model
@@ -106,7 +110,7 @@ def search_loaders(cfg: Config, ds: Dataset) -> tuple[TensorLoader, TensorLoader
 def supernet_builder(cfg: Config, ds: Dataset):
     def build() -> SuperNet:
         torch.manual_seed(cfg.seed)
-        return SuperNet(cfg.search.channels, cfg.search.layers, ds.num_classes, ds.in_channels)
+        return SuperNet(cfg.search.channels, cfg.search.layers, ds.num_classes, ds.in_channels, fast=cfg.search.fast_ops)
 
     return build
 

@@ -11,12 +11,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.genotypes import Genotype
-from ..models.operations import OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
+from ..models.operations import OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN, SepConv
+
+CONV_OPS = {"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"}
+
+
+def _after_relu(op: nn.Module, relu_x: torch.Tensor) -> torch.Tensor:
+    """A DilConv / SepConv (which starts with ReLU) applied to an input that is already ReLU(x)."""
+    if isinstance(op, SepConv):
+        return op[1](_after_relu(op[0], relu_x))
+    for layer in list(op)[1:]:
+        relu_x = layer(relu_x)
+    return relu_x
 
 
 class MixedOp(nn.Module):
-    def __init__(self, c: int, stride: int):
+    """sum_k softmax(alpha)_k op_k(x). `fast` computes the same function with less work: the `none` term (x * 0)
+    is left out, and the four convolutional operations share one ReLU(x) instead of computing it each."""
+
+    def __init__(self, c: int, stride: int, fast: bool = True):
         super().__init__()
+        self.fast = fast
         self.ops = nn.ModuleList()
         for name in PRIMITIVES:
             op = OPS[name](c, stride, False)
@@ -25,18 +40,26 @@ class MixedOp(nn.Module):
             self.ops.append(op)
 
     def forward(self, x, weights):
-        return sum(w * op(x) for w, op in zip(weights, self.ops))
+        if not self.fast:
+            return sum(w * op(x) for w, op in zip(weights, self.ops))
+        relu_x = F.relu(x)
+        total = 0
+        for k, (name, op) in enumerate(zip(PRIMITIVES, self.ops)):
+            if name == "none":
+                continue
+            total = total + weights[k] * (_after_relu(op, relu_x) if name in CONV_OPS else op(x))
+        return total
 
 
 class SearchCell(nn.Module):
     def __init__(self, steps: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
-                 reduction: bool, reduction_prev: bool):
+                 reduction: bool, reduction_prev: bool, fast: bool = True):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.preprocess0 = (FactorizedReduce(c_prev_prev, c, affine=False) if reduction_prev
                             else ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False))
         self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
-        self.edges = nn.ModuleList(MixedOp(c, 2 if reduction and j < 2 else 1)
+        self.edges = nn.ModuleList(MixedOp(c, 2 if reduction and j < 2 else 1, fast)
                                    for i in range(steps) for j in range(2 + i))
 
     def forward(self, s0, s1, weights):
@@ -57,7 +80,7 @@ class ArchParameters(nn.Module):
 
 class SuperNet(nn.Module):
     def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
-                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3):
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, fast: bool = True):
         super().__init__()
         self.steps = steps
         c_curr = stem_multiplier * channels
@@ -69,7 +92,7 @@ class SuperNet(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 c_curr *= 2
-            self.cells.append(SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction, reduction_prev))
+            self.cells.append(SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction, reduction_prev, fast))
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)

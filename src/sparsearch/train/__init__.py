@@ -5,10 +5,11 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, Reporter
 from .rundir import claim_run_dir, exclusive, prepare_run_dir
 from .schedule import build_optimizer, lr_at, set_lr
-from .trainer import Callback, Trainer, evaluate, resolve_device, save_final, split_logits
+from .steps import autocast, evaluate, resolve_device, save_final, split_logits
+from .trainer import Callback, Trainer
 
 __all__ = [
-    "Callback", "CheckpointError", "DropPathSchedule", "MetricsLog", "Reporter", "SparsityCallback", "Trainer",
+    "Callback", "CheckpointError", "autocast", "DropPathSchedule", "MetricsLog", "Reporter", "SparsityCallback", "Trainer",
     "build_optimizer", "claim_run_dir", "evaluate", "exclusive", "load_checkpoint", "lr_at",
     "prepare_run_dir", "resolve_device", "save_checkpoint", "save_final", "set_lr", "split_logits",
 ]

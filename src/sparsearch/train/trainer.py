@@ -3,7 +3,6 @@ callbacks; everything stateful is checkpointed, so a run killed at any step resu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -12,8 +11,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from .. import distributed
 from .. import sparsity as sp
@@ -24,6 +21,7 @@ from ..files import write_json
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog, Reporter
 from .schedule import build_optimizer, lr_at, set_lr
+from .steps import autocast, evaluate, resolve_device, save_final, split_logits
 
 
 class Callback:
@@ -48,51 +46,6 @@ class Callback:
         return {}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def split_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Models may return logits or (logits, auxiliary logits)."""
-    if isinstance(output, (tuple, list)):
-        return output[0], (output[1] if len(output) > 1 else None)
-    return output, None
-
-
-def save_final(model: nn.Module, out_dir: Path) -> None:
-    """final.safetensors: vanilla weights (masked entries as exact zeros) that an unmodified model loads; and
-    masks.safetensors when the model has masks."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in sp.squash(model).items()}, str(out_dir / "final.safetensors"))
-    if masks := sp.current_masks(model):
-        save_file({k: v.cpu().to(torch.uint8).contiguous() for k, v in masks.items()}, str(out_dir / "masks.safetensors"))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader, amp: bool = False) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    device_type = loader.device.type
-    for xb, yb in loader.batches():  # under torchrun: this rank's share of each batch
-        with _autocast(device_type, amp):
-            logits, _ = split_logits(model(xb))
-        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-        seen += len(yb)
-    model.train(was_training)
-    loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], loader.device)
-    return {"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)}
-
-
-def _autocast(device_type: str, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-
-
 class Trainer:
     """Trains `model` on `train_loader` for `cfg.epochs`, evaluating on `eval_loader` after each epoch.
 
@@ -107,6 +60,14 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        if cfg.amp and cfg.amp_dtype == "float16" and self.device.type != "cuda":
+            raise SparsearchError("train.amp_dtype float16 needs CUDA; use bfloat16 on the CPU")
+        # float16 gradients underflow without scaling; bfloat16 has float32's range and needs none
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp and cfg.amp_dtype == "float16" else None
         self.train_loader, self.eval_loader = train_loader, eval_loader
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks)
@@ -146,6 +107,7 @@ class Trainer:
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "rng": rng_state(),
             "metrics_offset": self.metrics.offset(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -165,6 +127,8 @@ class Trainer:
             raise RuntimeError("checkpoint was written with a different set of callbacks")
         for cb, cb_state in zip(self.callbacks, state["callbacks"]):
             cb.load_state_dict(cb_state)
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.metrics.truncate(state["metrics_offset"])  # drop lines logged after this checkpoint
 
@@ -206,15 +170,19 @@ class Trainer:
         started = time.perf_counter()
         for xb, yb in self.train_loader.batches(self.batch):
             set_lr(self.optimizer, lr_at(self.step, self.total_steps, self.steps_per_epoch, cfg))
+            if cfg.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             self.current_batch = (xb, yb)
             self._call("on_batch_start")
-            with _autocast(self.device.type, cfg.amp):
+            with autocast(self.device.type, cfg.amp, cfg.amp_dtype):
                 logits, aux = split_logits(self.step_model(xb))
                 loss = self.criterion(logits.float(), yb)
                 if aux is not None:
                     loss = loss + cfg.aux_weight * self.criterion(aux.float(), yb)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)  # callbacks and clipping see the true gradients
             self.loss = loss
             loss_value = loss.item()
             if not math.isfinite(loss_value):  # nothing after this step could be trusted: keep the last good checkpoint
@@ -224,7 +192,11 @@ class Trainer:
             self._call("on_before_optimizer_step")
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            if self.scaler:
+                self.scaler.step(self.optimizer)  # skipped where the scaled gradients overflowed
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             self.step += 1
             self.batch += 1
             self._acc["loss_sum"] += loss_value * len(yb)
@@ -261,7 +233,7 @@ class Trainer:
         }
         last = self.epoch + 1 == self.cfg.epochs
         if self.eval_loader is not None and (last or (self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0)):
-            self.last_eval = evaluate(self.model, self.eval_loader, self.cfg.amp)
+            self.last_eval = evaluate(self.model, self.eval_loader, self.cfg.amp, self.cfg.amp_dtype)
             self.best_acc = max(self.best_acc, self.last_eval["acc"])
             record.update(test_loss=self.last_eval["loss"], test_acc=self.last_eval["acc"])
         self._call("on_evaluate", record)

@@ -1,0 +1,62 @@
+"""What a training step and an evaluation need besides the loop: the device, mixed precision, logits from a
+model's output, and the final weights."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from .. import distributed
+from .. import sparsity as sp
+from ..data import TensorLoader
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Models may return logits or (logits, auxiliary logits)."""
+    if isinstance(output, (tuple, list)):
+        return output[0], (output[1] if len(output) > 1 else None)
+    return output, None
+
+
+def save_final(model: nn.Module, out_dir: Path) -> None:
+    """final.safetensors: vanilla weights (masked entries as exact zeros) that an unmodified model loads; and
+    masks.safetensors when the model has masks."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in sp.squash(model).items()}, str(out_dir / "final.safetensors"))
+    if masks := sp.current_masks(model):
+        save_file({k: v.cpu().to(torch.uint8).contiguous() for k, v in masks.items()}, str(out_dir / "masks.safetensors"))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TensorLoader, amp: bool = False, dtype: str = "bfloat16") -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    device_type = loader.device.type
+    for xb, yb in loader.batches():  # under torchrun: this rank's share of each batch
+        with autocast(device_type, amp, dtype):
+            logits, _ = split_logits(model(xb))
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(yb)
+    model.train(was_training)
+    loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], loader.device)
+    return {"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)}
+
+
+def autocast(device_type: str, enabled: bool, dtype: str = "bfloat16"):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
