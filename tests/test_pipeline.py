@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from sparsearch import sparsity as sp
-from sparsearch.config import from_dict
+from sparsearch.config import ConfigError, from_dict
 from sparsearch.errors import SparsearchError
 from sparsearch.models.flops import count_flops
 from sparsearch.models.operations import PRIMITIVES
@@ -127,19 +127,46 @@ def test_run_end_to_end(tmp_path, cache_dir):
         assert 0 <= r["test_acc"] <= 1
     by = {(r["method"], r["sparsity"]): r for r in results["rows"]}
     assert by["dass", 0.9]["params_nonzero"] < by["dass", 0.5]["params_nonzero"]
-    assert len((run_dir / "search" / "random" / "trials.jsonl").read_text().splitlines()) == 2
-    for name in ("index.html", "report.md", "accuracy_vs_sparsity.png", "alphas_dass.png", "alphas_darts.png",
-                 "cell_dass_normal.png", "cell_random_reduce.png"):
+    # a DASS and a random search per target sparsity, each cell trained at its own; DARTS (dense) searched once
+    assert [r["search"] for r in results["rows"]] == ["dass/sparsity-0.5", "dass/sparsity-0.9", "darts", "darts",
+                                                     "random/sparsity-0.5", "random/sparsity-0.9"]
+    dass = results["searches"]["dass/sparsity-0.9"]
+    assert dass["target"] == 0.9 and results["searches"]["darts"]["target"] is None
+    prune = json.loads((run_dir / "search" / "dass" / "sparsity-0.9" / "prune" / "sparsity.json").read_text())
+    assert next(r for r in prune if r["name"] == "(masked layers)")["density"] == pytest.approx(0.1, abs=0.01)
+    assert len((run_dir / "search" / "random" / "sparsity-0.5" / "trials.jsonl").read_text().splitlines()) == 2
+    for name in ("index.html", "report.md", "accuracy_vs_sparsity.png", "alphas_dass_sparsity-0.9.png", "alphas_darts.png",
+                 "cell_dass_sparsity-0.5_normal.png", "cell_random_sparsity-0.9_reduce.png"):
         assert (report / name).stat().st_size > 0
     text = (report / "report.md").read_text()
-    assert "| dass | 90%" in text
+    assert "| dass | dass/sparsity-0.9 | 90%" in text
     # searches this short do not move alpha: the report says so first, and names both differentiable searches
-    assert results["searches"]["dass"]["verdict"]["moved"] is False and results["searches"]["random"]["verdict"] is None
+    assert dass["verdict"]["moved"] is False and results["searches"]["random/sparsity-0.5"]["verdict"] is None
     assert text.count("did not move away from uniform") >= 3 and "do not rank the methods" in text.splitlines()[2]
     # a second run skips everything that is finished and reports the same numbers
     before = (run_dir / "results.json").read_text()
     run_all(cfg, show_progress=False)
     assert (run_dir / "results.json").read_text() == before
+
+
+def test_search_seeds_give_mean_and_spread_and_a_shared_search_stays_an_option(tmp_path, cache_dir):
+    from sparsearch.pipeline.run import run_all
+
+    cfg = _run_cfg(tmp_path, run={"methods": ["dass"], "sparsities": [0.5, 0.9], "search_seeds": [0, 1],
+                                  "search_per_sparsity": False})
+    report = run_all(cfg, show_progress=False)
+    results = json.loads((tmp_path / "q" / "results.json").read_text())
+    assert list(results["searches"]) == ["dass/seed-0", "dass/seed-1"]
+    assert [results["searches"][k]["target"] for k in results["searches"]] == [None, None]  # search.sparsity, shared
+    groups = {(g["method"], g["sparsity"]): g for g in results["by_seed"]}
+    g = groups["dass", 0.9]
+    accs = [r["test_acc"] for r in results["rows"] if r["sparsity"] == 0.9]
+    assert g["n"] == 2 and g["seeds"] == [0, 1] and g["acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert g["acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    text = (report / "report.md").read_text()
+    assert "Over search seeds [0, 1]" in text and "| dass | 90% |" in text
+    with pytest.raises(ConfigError, match="search_seeds"):
+        run_all(_run_cfg(tmp_path / "x", run={"search_seeds": [1, 1]}), show_progress=False)
 
 
 def test_run_cli_errors_are_one_line(tmp_path, capsys):

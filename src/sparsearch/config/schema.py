@@ -210,6 +210,10 @@ class RunConfig:
 
     methods: list[Literal["dass", "darts", "random"]] = field(default_factory=lambda: ["dass", "darts", "random"])
     sparsities: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # the paper's DASS_90/95/99 cells are separate searches: DASS and random search at each of `sparsities`, each
+    # cell trained at its own sparsity (DARTS is dense: one search); false: one search at search.sparsity for all
+    search_per_sparsity: bool = True
+    search_seeds: list[int] = field(default_factory=list)  # a search (and its cells) per seed; empty: [seed]
     # how independent trials (comparison runs, random-search samples, soup ingredients) run: one after another here,
     # in `workers` processes on this machine, or as Ray tasks (a local instance, or the cluster at `ray_address`)
     executor: Literal["local", "process", "ray"] = "local"

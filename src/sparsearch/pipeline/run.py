@@ -1,10 +1,14 @@
 """`sparsearch run`: search with every method, derive, train each cell with HYDRA at every target
 sparsity, evaluate, report.
 
-    runs/<name>/search/<method>/      dass: pretrain/ prune/ finetune/; darts: search/; random: trial-NNN/
-                                      each with genotype.json (+ alphas.jsonl, trials.jsonl)
-    runs/<name>/train/<method>/       pretrain/ (dense, shared) and sparsity-<s>/{prune,finetune}/
-    runs/<name>/results.json          one row per (method, sparsity)
+    runs/<name>/search/<key>/         dass: pretrain/ prune/ finetune/; darts: search/; random: trial-NNN/
+                                      each with genotype.json (+ alphas.jsonl, trials.jsonl, verdict.json)
+    runs/<name>/train/<key>/          pretrain/ (dense, shared) and sparsity-<s>/{prune,finetune}/
+    runs/<name>/results.json          one row per (search, sparsity), and mean +- std over search seeds
+
+A search's key is its method, then `sparsity-<s>` where it searched at one target (DASS and random search with
+`run.search_per_sparsity`, the default; DARTS is dense and searches once), then `seed-<k>` where
+`run.search_seeds` holds more than one seed.
     runs/<name>/report/               report.md, index.html, PNGs
 
 Every method's cell goes through the same final pipeline (network: `model.kwargs`, dense pretrain:
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 from pathlib import Path
 
 from ..config import Config, ConfigError
@@ -40,6 +45,8 @@ def _validate(cfg: Config) -> None:
     for s in cfg.run.sparsities:
         if not 0 < s < 1:
             raise ConfigError(f"run.sparsities must lie in (0, 1), got {s}")
+    if len(set(cfg.run.search_seeds)) != len(cfg.run.search_seeds) or any(k < 0 for k in cfg.run.search_seeds):
+        raise ConfigError(f"run.search_seeds must be distinct non-negative integers, got {cfg.run.search_seeds}")
     if cfg.sparsity.allocation == "global":
         raise ConfigError("sparsity.allocation global is not defined for HYDRA; use uniform, er or erk")
 
@@ -48,17 +55,58 @@ def _search_seconds(search_dir: Path) -> float:
     return sum(json.loads(p.read_text())["train_seconds"] for p in search_dir.glob("*/summary.json"))
 
 
-def search_all(cfg: Config, show_progress: bool = True) -> dict[str, Genotype]:
-    executor = make_executor(cfg.run)
-    genotypes = {}
+@dataclasses.dataclass
+class Search:
+    method: str
+    target: float | None  # the sparsity it searched at; None: search.sparsity (shared) or dense (DARTS)
+    seed: int
+    key: str  # its folder under search/ and train/
+    sparsities: list[float]  # where its cell is trained
+
+    def config(self, cfg: Config) -> Config:
+        search = dataclasses.replace(cfg.search, mode=self.method, sparsity=self.target or cfg.search.sparsity)
+        return dataclasses.replace(cfg, seed=self.seed, search=search)
+
+
+def plan_searches(cfg: Config) -> list[Search]:
+    seeds = cfg.run.search_seeds or [cfg.seed]
+    searches = []
     for method in cfg.run.methods:
-        search_dir = cfg.run_dir / "search" / method
-        if method == "random":
-            genotypes[method] = random_search(cfg, search_dir, executor, show_progress)
+        per_sparsity = cfg.run.search_per_sparsity and method != "darts"
+        targets = [(s, [s]) for s in cfg.run.sparsities] if per_sparsity else [(None, list(cfg.run.sparsities))]
+        for target, trained in targets:
+            for seed in seeds:
+                parts = [method] + ([f"sparsity-{target:g}"] if target is not None else []) + (
+                    [f"seed-{seed}"] if len(seeds) > 1 else [])
+                searches.append(Search(method, target, seed, "/".join(parts), trained))
+    return searches
+
+
+def search_all(cfg: Config, show_progress: bool = True) -> list[tuple[Search, Genotype]]:
+    executor = make_executor(cfg.run)
+    done = []
+    for search in plan_searches(cfg):
+        search_dir, search_cfg = cfg.run_dir / "search" / search.key, search.config(cfg)
+        if search.method == "random":
+            done.append((search, random_search(search_cfg, search_dir, executor, show_progress)))
         else:
-            mode_cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, mode=method))
-            genotypes[method] = differentiable_search(mode_cfg, search_dir, show_progress)
-    return genotypes
+            done.append((search, differentiable_search(search_cfg, search_dir, show_progress)))
+    return done
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """Mean, standard deviation and range of the test accuracy per (method, sparsity) over search seeds."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["sparsity"]), []).append(r)
+    out = []
+    for (method, sparsity), mine in groups.items():
+        acc = [r["test_acc"] for r in mine]
+        out.append({"method": method, "sparsity": sparsity, "n": len(acc), "acc_mean": statistics.fmean(acc),
+                    "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "acc_min": min(acc), "acc_max": max(acc),
+                    "dense_acc_mean": statistics.fmean(r["dense_test_acc"] for r in mine),
+                    "seeds": [r["search_seed"] for r in mine]})
+    return out
 
 
 def run_all(cfg: Config, show_progress: bool = True) -> Path:
@@ -72,34 +120,37 @@ def run_all(cfg: Config, show_progress: bool = True) -> Path:
 
 
 def _search_and_train(cfg: Config, run_dir: Path, ds, train_loader, test_loader, show_progress: bool) -> Path:
-    genotypes = search_all(cfg, show_progress)
     rows, searches = [], {}
-    for method, genotype in genotypes.items():
-        search_dir = run_dir / "search" / method
+    for search, genotype in search_all(cfg, show_progress):
+        search_dir = run_dir / "search" / search.key
         verdict = search_dir / "verdict.json"  # differentiable searches: did alpha move? (random search: none)
-        searches[method] = {"seconds": _search_seconds(search_dir), "genotype": genotype.to_dict(),
-                            "param_free_normal": genotype.parameter_free_count("normal"),
-                            "verdict": json.loads(verdict.read_text()) if verdict.exists() else None}
+        searches[search.key] = {"method": search.method, "target": search.target, "seed": search.seed,
+                                "seconds": _search_seconds(search_dir), "genotype": genotype.to_dict(),
+                                "param_free_normal": genotype.parameter_free_count("normal"),
+                                "verdict": json.loads(verdict.read_text()) if verdict.exists() else None}
         build = model_builder(cfg, ds, genotype=genotype.to_dict())
         model = build()
         layers = find_layers(model, cfg.sparsity.include, cfg.sparsity.exclude, cfg.sparsity.dense_first_last)
-        densities = {s: density_map(layers, s, cfg.sparsity.allocation) for s in cfg.run.sparsities}
-        hydra = run_hydra(build, densities, cfg.hydra, cfg.train, train_loader, test_loader, run_dir / "train" / method,
+        densities = {s: density_map(layers, s, cfg.sparsity.allocation) for s in search.sparsities}
+        hydra = run_hydra(build, densities, cfg.hydra, cfg.train, train_loader, test_loader, run_dir / "train" / search.key,
                           run_dir / "metrics.jsonl", run_dir, show_progress)
         dense = hydra.pretrain.summary
         for sparsity, final in hydra.finetune.items():
-            rows.append({"method": method, "sparsity": sparsity, "test_acc": final.summary["final_test_acc"],
+            rows.append({"method": search.method, "sparsity": sparsity, "search": search.key, "search_seed": search.seed,
+                         "test_acc": final.summary["final_test_acc"],
                          "dense_test_acc": dense["final_test_acc"], **count_flops(final.model, (ds.in_channels, *ds.image_size)),
-                         "search_seconds": searches[method]["seconds"],
+                         "search_seconds": searches[search.key]["seconds"],
                          "train_seconds": hydra.prune[sparsity].summary["train_seconds"] + final.summary["train_seconds"],
                          "pretrain_seconds": dense["train_seconds"]})
+    where = "at each target sparsity" if cfg.run.search_per_sparsity else f"at {100 * cfg.search.sparsity:g}% sparsity"
     summary = (f"Each cell was trained with the same HYDRA pipeline: dense pretrain {cfg.train.epochs} epochs, "
                f"score pruning {cfg.hydra.prune_epochs}, finetune {cfg.hydra.finetune_epochs} "
                f"({cfg.model.kwargs.get('channels', 36)} channels, {cfg.model.kwargs.get('layers', 20)} cells). "
                f"Searches: DASS/DARTS {cfg.search.pretrain_epochs}+{cfg.search.prune_epochs}+{cfg.search.finetune_epochs} "
-               f"supernet epochs (DASS at {100 * cfg.search.sparsity:g}% sparsity), random search "
+               f"supernet epochs (DASS {where}), random search "
                f"{cfg.search.random_samples} samples x {cfg.search.random_epochs} epochs. Test accuracy is on the held-out "
                f"test set, never seen during search or selection.")
-    results = {"name": cfg.name, "dataset": ds.name, "summary": summary, "rows": rows, "searches": searches}
+    results = {"name": cfg.name, "dataset": ds.name, "summary": summary, "rows": rows, "searches": searches,
+               "by_seed": seed_summary(rows), "search_seeds": cfg.run.search_seeds or [cfg.seed]}
     write_json(run_dir / "results.json", results)
     return write_report(run_dir)

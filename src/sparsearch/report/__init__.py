@@ -10,7 +10,7 @@ from pathlib import Path
 from ..models.genotypes import Genotype
 from .plots import accuracy_vs_sparsity, alpha_heatmap, cell_diagram
 
-COLUMNS = [("method", "cell from"), ("sparsity", "sparsity"), ("test_acc", "test acc"), ("dense_test_acc", "dense acc"),
+COLUMNS = [("method", "cell from"), ("search", "search"), ("sparsity", "sparsity"), ("test_acc", "test acc"), ("dense_test_acc", "dense acc"),
            ("params_nonzero", "params (nonzero)"), ("params", "params (dense)"), ("macs_effective", "MACs (effective)"),
            ("macs", "MACs (dense)"), ("search_seconds", "search s"), ("train_seconds", "prune+finetune s")]
 
@@ -38,17 +38,17 @@ def _plots(run_dir: Path, out: Path, results: dict) -> list[tuple[str, str]]:
     made = []
     accuracy_vs_sparsity(results["rows"], out / "accuracy_vs_sparsity.png", f"{results['dataset']}: accuracy after HYDRA")
     made.append(("accuracy_vs_sparsity.png", "Test accuracy of each searched cell after HYDRA pruning"))
-    for method in results["searches"]:
-        search_dir = run_dir / "search" / method
+    for key in results["searches"]:  # a search's key is its folder under search/
+        search_dir, tag = run_dir / "search" / key, key.replace("/", "_")
         alphas = (search_dir / "alphas.jsonl").read_text().splitlines() if (search_dir / "alphas.jsonl").exists() else []
         if alphas:
             last = json.loads(alphas[-1])
-            alpha_heatmap(last["normal"], last["reduce"], out / f"alphas_{method}.png", f"{method}: softmax(alpha), last epoch")
-            made.append((f"alphas_{method}.png", f"{method}: architecture weights at the end of the search"))
+            alpha_heatmap(last["normal"], last["reduce"], out / f"alphas_{tag}.png", f"{key}: softmax(alpha), last epoch")
+            made.append((f"alphas_{tag}.png", f"{key}: architecture weights at the end of the search"))
         genotype = Genotype.from_dict(json.loads((search_dir / "genotype.json").read_text()))
         for cell in ("normal", "reduce"):
-            cell_diagram(genotype, cell, out / f"cell_{method}_{cell}.png", f"{method}: {cell} cell")
-            made.append((f"cell_{method}_{cell}.png", f"{method}: {cell} cell"))
+            cell_diagram(genotype, cell, out / f"cell_{tag}_{cell}.png", f"{key}: {cell} cell")
+            made.append((f"cell_{tag}_{cell}.png", f"{key}: {cell} cell"))
     return made
 
 
@@ -65,6 +65,18 @@ def no_evidence(searches: dict) -> str | None:
     return (f"The {' and '.join(still)} search{'es' if len(still) > 1 else ''} did not move away from uniform "
             f"architecture weights: {'their cells are' if len(still) > 1 else 'its cell is'} noise, so the rows below "
             "do not rank the methods. Give the search a larger budget (see Searches) before reading them as a finding.")
+
+
+def seed_table(results: dict) -> list[str]:
+    """Markdown lines: mean +- std over search seeds per (method, sparsity); none with a single seed."""
+    groups = results.get("by_seed") or []
+    if not any(g["n"] > 1 for g in groups):
+        return []
+    lines = [f"Over search seeds {results.get('search_seeds')}:", "",
+             "| cell from | sparsity | test acc (mean ± std) | min-max | seeds |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {g['method']} | {100 * g['sparsity']:g}% | {100 * g['acc_mean']:.2f} ± {100 * g['acc_std']:.2f}% | "
+              f"{100 * g['acc_min']:.2f}-{100 * g['acc_max']:.2f}% | {g['n']} |" for g in groups]
+    return lines + [""]
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -84,7 +96,7 @@ def write_report(run_dir: str | Path) -> Path:
           *([f"**{warning}**", ""] if warning else []), results["summary"], "",
           "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "## Searches", "", *notes, "", "## Plots", ""]
+    md += ["", *seed_table(results), "## Searches", "", *notes, "", "## Plots", ""]
     md += [f"![{cap}]({name})" for name, cap in plots]
     (out / "report.md").write_text("\n".join(md) + "\n")
 

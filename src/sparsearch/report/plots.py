@@ -27,13 +27,22 @@ def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: d
 
 
 def accuracy_vs_sparsity(rows: list[dict], path: Path, title: str = "") -> None:
-    """Test accuracy per method over sparsity; the dense (pretrained) accuracy of each cell as a dotted line."""
+    """Test accuracy per method over sparsity (mean over search seeds, error bars one standard deviation where
+    there are several); the dense (pretrained) accuracy of each cell as a dotted line."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
+        by_sparsity: dict[float, list[dict]] = {}
+        for r in rows:
+            if r["method"] == method:
+                by_sparsity.setdefault(r["sparsity"], []).append(r)
+        xs = sorted(by_sparsity)
+        acc = [[100 * r["test_acc"] for r in by_sparsity[x]] for x in xs]
+        mean = [sum(a) / len(a) for a in acc]
+        std = [(sum((v - m) ** 2 for v in a) / (len(a) - 1)) ** 0.5 if len(a) > 1 else 0.0 for a, m in zip(acc, mean)]
         color = f"C{i}"
-        ax.plot([100 * r["sparsity"] for r in mine], [100 * r["test_acc"] for r in mine], "o-", color=color, label=method)
-        ax.axhline(100 * mine[0]["dense_test_acc"], color=color, linestyle=":", linewidth=1)
+        ax.errorbar([100 * x for x in xs], mean, yerr=std, marker="o", capsize=3, color=color, label=method)
+        dense = [r["dense_test_acc"] for x in xs for r in by_sparsity[x]]
+        ax.axhline(100 * sum(dense) / len(dense), color=color, linestyle=":", linewidth=1)
     _finish(fig, ax, path, "sparsity (%)", "test accuracy (%)", title or "accuracy after HYDRA pruning",
             legend={"title": "cell from (dotted: dense)"})
 
