@@ -189,3 +189,12 @@ def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path, name, kwargs):
         want = want[0] if isinstance(want, tuple) else want
     got = ort.InferenceSession(str(path)).run(["logits"], {"input": x.numpy()})[0]
     assert abs(got - want.numpy()).max() <= 1e-4
+
+
+def test_the_public_api_resolves():
+    import sparsearch
+
+    assert all(getattr(sparsearch, name) is not None for name in sparsearch.__all__)
+    assert sparsearch.compile is compile and sparsearch.load is load
+    with pytest.raises(AttributeError):
+        sparsearch.no_such_thing  # noqa: B018

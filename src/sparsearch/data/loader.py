@@ -48,7 +48,10 @@ def random_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> tor
 
 
 class TensorLoader:
-    """Batches of (normalised float images, int64 labels) from uint8 tensors held in memory."""
+    """Batches of (normalised float images, int64 labels) from uint8 tensors held in memory.
+
+    `mean` and `std` (one value per channel) are on the 0-1 scale of the images divided by 255, as usually
+    quoted (CIFAR-10: mean (0.491, 0.482, 0.447)): a batch is (x / 255 - mean) / std."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, mean, std,
                  shuffle: bool = False, augment: Augment | None = None, seed: int = 0,

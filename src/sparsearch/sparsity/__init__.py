@@ -2,8 +2,8 @@
 
     from sparsearch import sparsity as sp
     layers = sp.find_layers(model)                       # conv/linear by name globs; first conv + classifier dense
-    masks = sp.compute_masks(model, layers, sparsity=0.9, criterion="magnitude", allocation="erk")
-    sp.attach(model, masks)                              # parametrize: weight = original * mask
+    masks, densities = sp.compute_masks(model, layers, sparsity=0.9, criterion="magnitude", allocation="erk")
+    sp.attach(model, masks, densities=densities)         # parametrize: weight = original * mask
     sp.bind_optimizer(model, optimizer)                  # masked entries stay exactly zero every step
     assert not sp.check(model)                           # invariants: counts, zeros, N:M validity
     state = sp.squash(model)                             # vanilla state_dict for an unmodified model

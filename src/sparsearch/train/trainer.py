@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,8 @@ class Callback:
 
 class Trainer:
     """Trains `model` on `train_loader` for `cfg.epochs`, evaluating on `eval_loader` after each epoch.
+    `optimizer` and `loss(logits, targets)` replace the configured SGD/Adam and cross-entropy; the learning rate
+    still follows `cfg`'s schedule (set on every parameter group each step).
 
     Writes into `out_dir`: `checkpoints/last.ckpt` (resumable state), `final.safetensors` (weights) and
     `summary.json`; metric lines go to `metrics` (the run's shared `metrics.jsonl`).
@@ -56,6 +58,7 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader: TensorLoader, eval_loader: TensorLoader | None,
                  cfg: TrainConfig, out_dir: str | Path, *, callbacks: list[Callback] | tuple = (),
                  metrics: MetricsLog | None = None, param_groups: list[dict] | None = None,
+                 optimizer: torch.optim.Optimizer | None = None, loss: Callable | None = None,
                  show_progress: bool = True):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -72,8 +75,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks)
         self.metrics = metrics or MetricsLog(self.out_dir / "metrics.jsonl")
-        self.optimizer = build_optimizer(param_groups or [p for p in model.parameters() if p.requires_grad], cfg)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        # a user's optimizer and loss, or the configured ones; either way `cfg`'s schedule sets the learning rate
+        self.optimizer = optimizer or build_optimizer(param_groups or [p for p in model.parameters() if p.requires_grad], cfg)
+        self.criterion = loss or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
             raise SparsearchError(f"{self.out_dir}: {len(train_loader.x)} training examples make no batch of "
