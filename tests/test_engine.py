@@ -180,3 +180,13 @@ def test_without_a_compiler_the_library_is_none_after_one_line(monkeypatch, caps
             assert compiled.engine == "layers" and _close(compiled(x), model(x))
     finally:
         native.library.cache_clear()
+
+
+def test_outputs_are_the_callers_not_the_engines_buffers():
+    model = _masked("cnn", {}, 1, 0.9)
+    a, b = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8)
+    compiled = compile(model, a, repeats=1, engines=("engine",))
+    first = compiled(a)
+    kept = first.clone()
+    compiled(b)  # a (1, C) output's view of its buffer is contiguous: it must still be copied out
+    assert torch.equal(first, kept)

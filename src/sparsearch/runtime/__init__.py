@@ -32,22 +32,12 @@ from .engines import BUILDERS, DENSE, Unavailable
 from .export import export, to_onnx
 from .export import load as load_export
 from .kernels import CSRConv2d, CSRLinear, TapsConv2d, candidates
-from .layers import LayerChoice, LayerwiseModel, compile_layers, fold_batchnorm
+from .layers import LayerChoice, LayerwiseModel, compile_layers, fold_batchnorm, logits, reference_output, relative_error
 
 __all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "LayerwiseModel", "TapsConv2d", "candidates",
            "compile", "compile_layers", "export", "fold_batchnorm", "load", "to_onnx"]
 
 CLOSE = 1.15  # two engines whose medians are within 15% are timed again before one is chosen
-
-
-def _logits(output) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output  # genotype networks: (logits, aux)
-
-
-def _error(got: torch.Tensor, want: torch.Tensor) -> float:
-    # relative to the output's magnitude when that exceeds 1: summation order differs between engines, and an
-    # untrained deep network's logits can be in the thousands
-    return float((got.reshape(want.shape) - want).abs().max()) / max(1.0, float(want.abs().max()))
 
 
 class CompiledModel(nn.Module):
@@ -63,7 +53,7 @@ class CompiledModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return _logits(self.runner(x))
+            return logits(self.runner(x))
 
     def table(self) -> list[dict]:
         """Per operation (the sparse engine) or per layer (the per-layer runtime); empty for a dense engine."""
@@ -95,7 +85,7 @@ def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor
     for name in names:
         try:
             runner = BUILDERS[name](net, example, **(options or {}).get(name, {}))
-            error = _error(_logits(runner(example)), reference)
+            error = relative_error(logits(runner(example)), reference)
         except Unavailable as exc:
             skipped[name] = str(exc)
             continue
@@ -136,12 +126,7 @@ def compile(model: nn.Module, example_input: torch.Tensor, repeats: int = 9, tol
     `engines` restricts the candidates (e.g. ("engine",)); `kernels` forces the per-layer runtime's kernels."""
     if kernels is not None:
         return compile_layers(model, example_input, repeats, tolerance, kernels)
-    was_training = model.training
-    model.eval()
-    try:
-        reference = _logits(model(example_input))
-    finally:
-        model.train(was_training)
+    reference = reference_output(model, example_input)
     net = _prepare(model, example_input)
     runners, errors, skipped = _build([k for k in engines or BUILDERS if k in BUILDERS], net, example_input, reference, tolerance)
     if "engine" in skipped and (engines is None or "layers" in engines):
@@ -176,7 +161,7 @@ def load(out_dir: str | Path) -> nn.Module:
         raise SparsearchError(f"{out}/plan.json is not a sparsearch plan ({type(exc).__name__}: {exc})") from None
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        reference = _logits(model(example))
+        reference = reference_output(model, example)
     net = _prepare(model, example)
     reason = ""
     for name in [engine] + [k for k in BUILDERS if k != engine]:

@@ -12,9 +12,7 @@ A builder raises `Unavailable` (with the reason) where its engine cannot run her
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .graph import Unsupported, lower
+from .layers import median_seconds
 from .native import library
 from .plan import Plan
 
@@ -46,15 +45,9 @@ class Native:
         if chunk is None and batch > 1:
             self.chunk = min([batch] + [c for c in (16, 8, 4, 2, 1) if c < batch], key=lambda c: self._seconds(example, c))
 
-    def _seconds(self, x: torch.Tensor, chunk: int, calls: int = 3) -> float:
+    def _seconds(self, x: torch.Tensor, chunk: int) -> float:
         self.chunk = chunk
-        self(x)
-        samples = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            self(x)
-            samples.append(time.perf_counter() - t0)
-        return statistics.median(samples)
+        return median_seconds(self, x, repeats=3)
 
     def plan(self, shape: tuple[int, ...]) -> Plan:
         """The plan for one input shape, made on first use (shapes are fixed per plan: buffers are preallocated)."""
@@ -134,10 +127,9 @@ class Eager:
     def __init__(self, net: nn.Module, example: torch.Tensor):
         self.net = net
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor):
         with torch.inference_mode():
-            out = self.net(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+            return self.net(x)  # CompiledModel takes the logits from (logits, aux)
 
 
 BUILDERS = {"engine": Native, "onnxruntime": OnnxRuntime, "openvino": OpenVino, "eager": Eager}

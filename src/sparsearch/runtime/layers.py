@@ -42,8 +42,24 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[str]:
     return list(pairs)
 
 
-def _logits(output) -> torch.Tensor:
+def logits(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output  # genotype networks: (logits, aux)
+
+
+def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits on x in eval mode (its mode is restored): what a compiled model must equal."""
+    was_training = model.training
+    model.eval()
+    try:
+        return logits(model(x))
+    finally:
+        model.train(was_training)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    # relative to the output's magnitude when that exceeds 1: summation order differs between kernels, and an
+    # untrained deep network's logits can be in the thousands
+    return float((got.reshape(want.shape) - want).abs().max()) / max(1.0, float(want.abs().max()))
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -51,7 +67,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
+def median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
     fn(x)  # warm-up (allocations, MKL handles)
     samples = []
     for _ in range(repeats):
@@ -80,7 +96,7 @@ class LayerwiseModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return _logits(self.net(x))
+            return logits(self.net(x))
 
     def table(self) -> list[dict]:
         return [asdict(c) for c in self.layers]
@@ -103,12 +119,7 @@ def compile_layers(model: nn.Module, example_input: torch.Tensor, repeats: int =
                    kernels: tuple[str, ...] | None = None) -> LayerwiseModel:
     """`model` (masked or not) as a `LayerwiseModel` tuned for `example_input`'s shape and the current thread
     count. `kernels` restricts the choice (e.g. ("csr",) forces sparse wherever it applies)."""
-    was_training = model.training
-    model.eval()
-    try:
-        reference = _logits(model(example_input))
-    finally:
-        model.train(was_training)
+    reference = reference_output(model, example_input)
     net = copy.deepcopy(model).eval()
     sp.remove(net)
     fold_batchnorm(net, example_input)
@@ -117,7 +128,7 @@ def compile_layers(model: nn.Module, example_input: torch.Tensor, repeats: int =
     for name, x in inputs.items():
         layer = net.get_submodule(name)
         options = {k: v for k, v in candidates(layer).items() if k == "dense" or kernels is None or k in kernels}
-        times = {k: _median_seconds(m, x, repeats) for k, m in options.items()}
+        times = {k: median_seconds(m, x, repeats) for k, m in options.items()}
         forced = [k for k in options if k != "dense"] if kernels else []
         best = forced[0] if forced else min(times, key=times.get)
         if best != "dense":
@@ -125,9 +136,7 @@ def compile_layers(model: nn.Module, example_input: torch.Tensor, repeats: int =
         density = float((layer.weight != 0).float().mean())
         layers.append(LayerChoice(name, list(layer.weight.shape), round(density, 4), best,
                                   round(1e3 * times["dense"], 4), round(1e3 * times[best], 4)))
-    # relative to the output's magnitude when that exceeds 1: summation order differs between kernels, and an
-    # untrained deep network's logits can be in the thousands
-    error = float((_logits(net(example_input)) - reference).abs().max()) / max(1.0, float(reference.abs().max()))
+    error = relative_error(logits(net(example_input)), reference)
     if error > tolerance:
         raise SparsearchError(f"compiled model differs from the original by {error:.2e} (> {tolerance:g}), "
                               "relative to the largest output")

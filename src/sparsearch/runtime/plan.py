@@ -46,9 +46,7 @@ class Buffer:
     @property
     def strides(self) -> tuple[int, int, int]:  # channel, image, row (in floats)
         hp, wp = self.H + 2 * self.pad, self.W + 2 * self.pad
-        lines = -(-self.N * hp * wp // 16)  # 64-byte lines per channel, made odd: with a power-of-two channel stride
-        lines += 1 - lines % 2              # every channel's tile falls in one L1 set, and a convolution thrashes it
-        return 16 * lines, hp * wp, wp
+        return self.N * hp * wp, hp * wp, wp
 
     @property
     def size(self) -> int:
@@ -90,7 +88,11 @@ class Plan:
         self.input_record = 0  # lowering makes the first operation the copy of the input
         out = graph.output
         self.out_shape = (out.N, out.C) if out.rank2 else (out.N, out.C, out.H, out.W)
-        self.out_value = out
+        buf, c, y, x = self.buffer(out)
+        ch, img, row = buf.strides
+        self.out_view = np.lib.stride_tricks.as_strided(  # (N, C, H, W) view of the output's buffer, copied per call
+            buf.array[(buf.address(c, 0, y, x) - buf.array.ctypes.data) // 4:], (out.N, out.C, out.H, out.W),
+            (4 * img, 4 * ch, 4 * row, 4))
 
     def buffer(self, v: Value) -> tuple[Buffer, int, int, int]:
         root, c, y, x = _locate(v)
@@ -235,13 +237,9 @@ class Plan:
         self.records[self.input_record, 1] = x.data_ptr()
         lib.sparsearch_run(self.records.ctypes.data, len(self.records), threads,
                            None if seconds is None else seconds.ctypes.data)
-        buf, c, y, xo = self.buffer(self.out_value)
-        v = self.out_value
-        ch, img, row = buf.strides
-        view = np.lib.stride_tricks.as_strided(  # (N, C, H, W) view of the output's buffer, copied out
-            np.frombuffer(buf.array, np.float32)[(buf.address(c, 0, y, xo) - buf.array.ctypes.data) // 4:],
-            (v.N, v.C, v.H, v.W), (4 * img, 4 * ch, 4 * row, 4))
-        return torch.from_numpy(np.ascontiguousarray(view)).reshape(self.out_shape)
+        # always a copy: where the view happens to be contiguous, ascontiguousarray would hand out the engine's own
+        # buffer, which the next call (the next chunk of a batch) overwrites
+        return torch.from_numpy(self.out_view.copy()).reshape(self.out_shape)
 
     def table(self, seconds: np.ndarray) -> list[dict]:
         rows = []
