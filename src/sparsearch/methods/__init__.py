@@ -1,15 +1,18 @@
-"""Pruning and sparse-training recipes on the one training loop. A method is a function of a `MethodContext`
-that trains (one or more resumable stages) and returns the final stage; `METHODS` maps `sparsity.method` to it."""
+"""Pruning and sparse-training methods. Each per-step method is one object (`SparseMethod`) that a user's loop
+or the Trainer drives; a recipe is a function of a `MethodContext` that trains (one or more resumable stages)
+with those objects and returns the final stage; `METHODS` maps `sparsity.method` to its recipe."""
 
 from typing import Callable
 
+from .base import MethodCallback, SparseMethod
 from .checks import check_config, preflight
-from .dst import DynamicSparsity, granet, rigl, set_
+from .dst import SET, GraNet, RigL, granet, rigl, set_
 from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
 from .imp import imp, level_densities
 from .maskspar import maskspar
-from .nm import MaskDecay, SparseRefined, flow_factor, nm
-from .pruning import GradualMagnitudePruning, cubic_sparsity, dense, gmp, oneshot, static
+from .nm import SRSTE, MaskDecay, NMMethod, nm
+from .pruning import GMP, OneShot, Static, dense, gmp, oneshot, static
+from .schedules import Constant, CosineDecay, Cubic, FlowDecay, Periodic
 from .soup import phase_densities, soup
 from .stage import MethodContext, StageResult, fit
 
@@ -21,7 +24,8 @@ METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
 STARTS_FROM_DENSE = {"oneshot", "hydra", "maskspar"}
 
 __all__ = [
-    "METHODS", "STAGES", "STARTS_FROM_DENSE", "DynamicSparsity", "GradualMagnitudePruning", "HydraResult", "MaskDecay", "MethodContext",
-    "SparseRefined", "StageResult", "check_config", "cubic_sparsity", "density_map", "fit", "flow_factor",
-    "level_densities", "phase_densities", "preflight", "run_hydra", "stage_model", "stage_parameters", "train_stage",
+    "GMP", "METHODS", "SET", "SRSTE", "STAGES", "STARTS_FROM_DENSE", "Constant", "CosineDecay", "Cubic", "FlowDecay",
+    "GraNet", "HydraResult", "MaskDecay", "MethodCallback", "MethodContext", "NMMethod", "OneShot", "Periodic", "RigL",
+    "SparseMethod", "StageResult", "Static", "check_config", "density_map", "fit", "level_densities",
+    "phase_densities", "preflight", "run_hydra", "stage_model", "stage_parameters", "train_stage",
 ]

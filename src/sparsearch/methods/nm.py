@@ -1,70 +1,84 @@
 """N:M fine-grained structured sparsity trained from scratch with SR-STE (Zhou et al., ICLR 2021).
 
 The weights stay dense; every forward pass keeps the N largest |w| of each group of M (along the input
-dimension) and the gradient flows straight through to all weights. The sparse-refined term
+dimension) and the gradient flows straight through to all weights. SR-STE's sparse-refined term
 lambda_w * (1 - mask) * W is added to the gradient of the pruned weights, pulling them towards zero so the
-mask settles. With `nm.decay` set, progressive gradient flow's mask decay (Bambhaniya et al. 2024) replaces the
-sparse-refined term: the pruned weights take part in the forward pass scaled by a factor decaying to 0. The
-exported weights (`final.safetensors`, the squashed state) are valid N:M.
+mask settles. `MaskDecay` (progressive gradient flow, Bambhaniya et al. 2024) replaces that term: in training
+the pruned weights take part in the forward pass scaled by a factor decaying to 0; evaluation and export use
+the hard mask. The exported weights (`squash()`, `final.safetensors`) are valid N:M.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn as nn
 
 from .. import sparsity as sp
-from ..config import NMConfig
-from ..train import Callback
+from ..config import Config
+from ..errors import SparsearchError
+from .base import SparseMethod
+from .schedules import FlowDecay
 from .stage import MethodContext, StageResult
 
 
-class SparseRefined(Callback):
-    """SR-STE's decay on the weights the current mask prunes."""
+class NMMethod(SparseMethod):
+    """`nm` ("2:4", or nm:2:4) masks, recomputed from the weights in every forward pass, on the selected layers."""
 
-    def __init__(self, lambda_w: float):
+    def __init__(self, nm: str = "2:4", **common):
+        self.kind = sp.parse_kind(nm if nm.startswith("nm:") else f"nm:{nm}")
+        if not isinstance(self.kind, sp.NM):
+            raise SparsearchError(f"{type(self).__name__} needs an N:M pattern such as 2:4, got '{nm}'")
+        super().__init__(1 - self.kind.density, **common)
+
+    def attach(self, model: nn.Module) -> None:
+        super().attach(model)
+        sp.attach_nm(model, self.layers, self.kind)
+
+
+class SRSTE(NMMethod):
+    """SR-STE: straight-through N:M training with the sparse-refined decay `lambda_w` on the pruned weights."""
+
+    def __init__(self, nm: str = "2:4", *, lambda_w: float = 2e-4, **common):
+        super().__init__(nm, **common)
         self.lambda_w = lambda_w
 
-    def on_before_optimizer_step(self, trainer) -> None:
-        with torch.no_grad():
-            for module in sp.masked_layers(trainer.model).values():
-                weight = sp.weight_param(module)
-                mask = module.parametrizations.weight[0].nm_mask
-                if weight.grad is not None:
-                    weight.grad.add_(self.lambda_w * (1 - mask) * weight)
+    @classmethod
+    def from_config(cls, cfg: Config) -> SRSTE:
+        return cls(cfg.sparsity.kind, lambda_w=cfg.nm.lambda_w, **cls.common(cfg))
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        for module in sp.masked_layers(self.model).values():
+            weight = sp.weight_param(module)
+            mask = module.parametrizations.weight[0].nm_mask
+            if weight.grad is not None:
+                weight.grad.add_(self.lambda_w * (1 - mask) * weight)
 
 
-def flow_factor(step: int, total_steps: int, c: NMConfig) -> float:
-    """beta_t of the mask decay: how much of the pruned weights the forward pass lets through at `step`."""
-    if c.decay == "none" or step >= (1 - c.decay_hard_fraction) * total_steps:
-        return 0.0
-    return max(0.0, 1 - c.decay_rate * step) if c.decay == "linear" else math.exp(-c.decay_rate * step)
+class MaskDecay(NMMethod):
+    """Progressive gradient flow: in training, pruned weights pass at the `decay` factor of the step."""
 
+    def __init__(self, nm: str = "2:4", *, decay: FlowDecay = FlowDecay(), **common):
+        super().__init__(nm, **common)
+        self.decay = decay
 
-class MaskDecay(Callback):
-    """Sets the soft-mask factor of every N:M layer each step; evaluation and the final weights use the hard mask."""
+    @classmethod
+    def from_config(cls, cfg: Config) -> MaskDecay:
+        c = cfg.nm
+        return cls(cfg.sparsity.kind, decay=FlowDecay(c.decay, c.decay_rate, c.decay_hard_fraction), **cls.common(cfg))
 
-    def __init__(self, c: NMConfig):
-        self.c = c
-
-    def _set(self, trainer, flow: float) -> None:
-        for *_, p in sp.masked_tensors(trainer.model):
+    def set_flow(self, flow: float) -> None:
+        for *_, p in sp.masked_tensors(self.model):
             if isinstance(p, sp.DynamicNM):
                 p.flow = flow
 
-    def on_batch_start(self, trainer) -> None:
-        self._set(trainer, flow_factor(trainer.step, trainer.total_steps, self.c))
+    def on_step_start(self) -> None:
+        self.set_flow(self.decay.at(self.step_count, self.steps))
 
-    def on_epoch_end(self, trainer) -> None:
-        self._set(trainer, 0.0)
-
-    on_train_end = on_epoch_end
+    def finish(self) -> None:
+        self.set_flow(0.0)
 
 
 def nm(ctx: MethodContext) -> StageResult:
-    s, c = ctx.cfg.sparsity, ctx.cfg.nm
-    model = ctx.build()
-    sp.attach_nm(model, sp.find_layers(model, s.include, s.exclude, s.dense_first_last), sp.parse_kind(s.kind))
-    gradient_flow = SparseRefined(c.lambda_w) if c.decay == "none" else MaskDecay(c)
-    return ctx.fit(model, ctx.out_dir, ctx.cfg.train, callbacks=[gradient_flow])
+    method = SRSTE if ctx.cfg.nm.decay == "none" else MaskDecay
+    return ctx.train(method.from_config(ctx.cfg), ctx.build())

@@ -18,6 +18,7 @@ from .. import sparsity as sp
 from ..config import Config, TrainConfig
 from ..data import TensorLoader
 from ..train import Callback, DropPathSchedule, MetricsLog, SparsityCallback, Trainer, load_checkpoint
+from .base import MethodCallback, SparseMethod
 from .checks import check_config
 
 
@@ -76,6 +77,13 @@ class MethodContext:
     @property
     def metrics_path(self) -> Path:
         return self.metrics_file or self.run_dir / "metrics.jsonl"
+
+    def train(self, method: SparseMethod, model: nn.Module, out_dir: Path | None = None,
+              cfg: TrainConfig | None = None) -> StageResult:
+        """One stage of `model` trained with `method`, which attaches its masks first (the Trainer resumes
+        into them)."""
+        method.attach(model)
+        return self.fit(model, out_dir or self.out_dir, cfg or self.cfg.train, callbacks=[MethodCallback(method)])
 
     def pretrain(self) -> StageResult:
         """The dense training (`train.*`). Methods that share `pretrain_dir` share one run of it."""

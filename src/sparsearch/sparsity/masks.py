@@ -112,8 +112,8 @@ class DynamicNM(nn.Module):
     """N:M sparsity trained with SR-STE (Zhou et al. 2021): the mask is recomputed from |W| in every forward pass,
     the stored weight stays dense, and the gradient passes straight through to every weight. `mask` holds the
     mask of the latest forward pass (the one the SR-STE decay term uses). `flow` > 0 lets the pruned weights
-    through scaled by it (progressive gradient flow's soft mask E + (1 - E) * flow); it is set per step by a
-    schedule and is 0, the hard N:M mask, otherwise."""
+    through scaled by it in training mode (progressive gradient flow's soft mask E + (1 - E) * flow); it is
+    set per step by a schedule, and evaluation always sees the hard N:M mask."""
 
     def __init__(self, weight: torch.Tensor, kind: NM):
         super().__init__()
@@ -125,7 +125,7 @@ class DynamicNM(nn.Module):
         with torch.no_grad():
             self.nm_mask.copy_(self.kind.select(weight.detach().abs()))
         mask = self.nm_mask.to(weight.dtype)
-        if self.flow:
+        if self.flow and self.training:
             mask = mask + (1 - mask) * self.flow
         return _MaskedStraightThrough.apply(weight, mask)
 

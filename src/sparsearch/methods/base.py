@@ -1,0 +1,156 @@
+"""A pruning or sparse-training method as one object that any training loop drives.
+
+    method = sparsearch.RigL(0.9, total_steps=epochs * len(loader))
+    method.prepare(model, optimizer)          # layers selected, masks attached, the optimizer bound to them
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        method.step()                         # in place of optimizer.step()
+    state = method.squash()                   # a plain state_dict, masked entries exact zeros
+
+A step has two points where methods act: before the forward pass (`on_step_start`: GMP prunes, RigL starts
+collecting dense gradients, N:M mask decay sets its factor) and between backward and the optimizer step
+(`before_optimizer_step`: topology updates, SR-STE's gradient term). A user's loop gets the first from a
+forward pre-hook (training mode only) and the second from `step()`; the Trainer calls both through
+`MethodCallback`, so `sparsearch train` and a user's loop run the same code in the same order.
+`state_dict()` holds the step count and the method's own records; the masks live in the model's state_dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .. import distributed
+from .. import sparsity as sp
+from ..config import Config
+from ..errors import SparsearchError
+from ..files import write_json
+from ..train import Callback
+
+
+class SparseMethod:
+    """The shared part: which layers (`include` / `exclude` name globs; the first conv and the classifier stay
+    dense unless `dense_first_last` is False), the step count, the optimizer binding, squash and state."""
+
+    def __init__(self, sparsity: float, *, total_steps: int | None = None, include: Iterable[str] = ("*",),
+                 exclude: Iterable[str] = (), dense_first_last: bool = True, seed: int = 0):
+        if not 0 <= sparsity < 1:
+            raise SparsearchError(f"{type(self).__name__}: sparsity is the fraction of weights pruned, in [0, 1); "
+                                  f"got {sparsity}")
+        self.sparsity, self.total_steps, self.seed = sparsity, total_steps, seed
+        self.include, self.exclude, self.dense_first_last = tuple(include), tuple(exclude), dense_first_last
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.layers: dict[str, nn.Module] = {}
+        self.step_count = 0
+        self._started: int | None = None  # the step whose start hook has run
+        self.log: Callable[[dict], None] = lambda record: None  # the Trainer points this at metrics.jsonl
+
+    @staticmethod
+    def common(cfg: Config) -> dict[str, Any]:
+        """The constructor arguments every method takes, from a run's config."""
+        s = cfg.sparsity
+        return {"include": s.include, "exclude": s.exclude, "dense_first_last": s.dense_first_last, "seed": cfg.seed}
+
+    # ------------------------------------------------------------------------------------ a user's loop
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+        """Attach the masks to `model` and bind `optimizer` (built before or after: the parameters are the same
+        objects) so masked entries stay exactly zero through its steps."""
+        self.attach(model)
+        if optimizer is not None:
+            self.optimizer = optimizer
+            sp.bind_optimizer(model, optimizer)
+        model.register_forward_pre_hook(self._before_forward)
+        return model
+
+    def _before_forward(self, module: nn.Module, args) -> None:
+        if module.training:
+            self.start_step()
+
+    def step(self) -> None:
+        """After `loss.backward()`, in place of `optimizer.step()`."""
+        self.before_optimizer_step()
+        if self.optimizer is not None:
+            self.optimizer.step()
+        self.step_count += 1
+
+    def squash(self) -> dict[str, torch.Tensor]:
+        """The final weights as a state_dict an unmodified model loads."""
+        self.finish()
+        return sp.squash(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_count, **self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count, self._started = state["step"], None  # the start hook runs again at the next forward
+        self.load_extra_state(state)
+
+    # ------------------------------------------------------------------------ what the algorithms override
+    def attach(self, model: nn.Module) -> None:
+        """Select the layers; subclasses then attach their masks."""
+        self.model = model
+        self.layers = sp.find_layers(model, self.include, self.exclude, self.dense_first_last)
+
+    def start_step(self) -> None:
+        if self._started != self.step_count:
+            self._started = self.step_count
+            self.on_step_start()
+
+    def on_step_start(self) -> None: ...
+    def before_optimizer_step(self) -> None: ...
+    def finish(self) -> None: ...  # the end of training (evaluation and export see the final masks)
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+    def artifacts(self) -> dict[str, Any]:
+        """JSON files the Trainer writes into the run directory at the end (name -> content)."""
+        return {}
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def steps(self) -> int:
+        if self.total_steps is None:
+            raise SparsearchError(f"{type(self).__name__} follows a schedule over training: pass total_steps "
+                                  "(the number of optimizer steps the loop will take)")
+        return self.total_steps
+
+
+class MethodCallback(Callback):
+    """The Trainer's side of a method: the same hooks at the same points of the step. The optimizer is bound
+    to the masks by `SparsityCallback`, as every masked model's is."""
+
+    def __init__(self, method: SparseMethod):
+        self.method = method
+
+    def on_train_start(self, trainer) -> None:
+        m = self.method
+        m.optimizer, m.total_steps, m.log = trainer.optimizer, trainer.total_steps, trainer.metrics.log
+
+    def on_batch_start(self, trainer) -> None:
+        self.method.step_count = trainer.step
+        self.method.start_step()
+
+    def on_before_optimizer_step(self, trainer) -> None:
+        self.method.before_optimizer_step()
+
+    def on_train_end(self, trainer) -> None:
+        self.method.finish()
+        if distributed.is_main():
+            for name, content in self.method.artifacts().items():
+                write_json(trainer.out_dir / name, content)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state)
+
+    def summary(self) -> dict[str, Any]:
+        return self.method.summary()
