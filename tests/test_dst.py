@@ -2,7 +2,6 @@
 regrowth rules, exact resume, churn records."""
 
 import json
-import types
 
 import pytest
 import torch
@@ -11,9 +10,9 @@ import torch.nn.functional as F
 
 from sparsearch import sparsity as sp
 from sparsearch.cli import main
-from sparsearch.config import DSTConfig, from_dict
+from sparsearch.config import from_dict
 from sparsearch.data import build_loaders, dataset_from_config
-from sparsearch.methods import METHODS, DynamicSparsity, MethodContext
+from sparsearch.methods import METHODS, SET, CosineDecay, MethodContext, Periodic, RigL
 from sparsearch.pipeline import model_builder
 
 
@@ -46,24 +45,20 @@ def test_dense_gradient_is_the_gradient_of_the_masked_weight():
     assert set(sink) == {"0", "2"} and torch.allclose(sink["0"], dense[0].weight.grad, atol=1e-6)  # not tracking now
 
 
-def _fake_trainer(model, step, total=100):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+@pytest.mark.parametrize("cls", [RigL, SET])
+def test_one_update_drops_smallest_and_regrows_exactly(cls):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    method = cls(0.75, allocation="uniform", dense_first_last=False, updates=Periodic(10, 0.75), drop=CosineDecay(0.5),
+                 total_steps=100)
+    method.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
     logged = []
-    return types.SimpleNamespace(model=model, step=step, total_steps=total, optimizer=opt,
-                                 metrics=types.SimpleNamespace(log=logged.append), logged=logged)
-
-
-@pytest.mark.parametrize("grow", ["gradient", "random"])
-def test_one_update_drops_smallest_and_regrows_exactly(grow):
-    model = _masked_mlp()
+    method.log, method.step_count = logged.append, 10
     before = {k: v.clone() for k, v in sp.current_masks(model).items()}
     weights = {n: sp.weight_param(model.get_submodule(n)).detach().clone() for n in before}
-    cb = DynamicSparsity(grow, "cosine", DSTConfig(update_every=10, drop_fraction=0.5, end=0.75))
-    trainer = _fake_trainer(model, step=10)
-    cb.on_batch_start(trainer)
-    F.cross_entropy(model(torch.randn(6, 8)), torch.randint(0, 4, (6,))).backward()
-    grads = dict(cb._grads)
-    cb.on_before_optimizer_step(trainer)
+    F.cross_entropy(model(torch.randn(6, 8)), torch.randint(0, 4, (6,))).backward()  # the forward starts step 10
+    grads = dict(method._grads)
+    method.before_optimizer_step()
     fraction = 0.25 * (1 + torch.cos(torch.tensor(torch.pi * 10 / 75))).item()  # alpha / 2 (1 + cos(pi t / T_end))
     after = sp.current_masks(model)
     for name, old in before.items():
@@ -75,12 +70,12 @@ def test_one_update_drops_smallest_and_regrows_exactly(grow):
         assert torch.all(new[keep]) and int((new & ~keep).sum()) == k
         assert weights[name].abs()[old & ~keep].max() <= weights[name].abs()[keep].min()
         regrown = new & ~keep  # may include just-dropped positions, which are eligible again
-        if grow == "gradient":  # the largest dense gradients among the positions not kept
+        if cls is RigL:  # the largest dense gradients among the positions not kept
             assert grads[name].abs()[regrown].min() >= grads[name].abs()[~new].max()
         assert torch.all(sp.weight_param(model.get_submodule(name))[new & ~old] == 0)  # new connections start at zero
     assert not sp.check(model)
-    assert cb.churn[0]["step"] == 10 and trainer.logged[0]["kind"] == "dst"
-    assert cb.drop_fraction(75, 100) == 0 and cb.drop_fraction(0, 100) == 0.5
+    assert method.churn[0]["step"] == 10 and logged[0]["kind"] == "dst"
+    assert method.drop.at(75, 75) == 0 and method.drop.at(0, 75) == 0.5
 
 
 def _ctx(tmp_path, method, **over):
@@ -106,19 +101,19 @@ def test_dst_methods_keep_exact_sparsity_and_resume_exactly(tmp_path, cache_dir,
     (tmp_path / "b").mkdir()
     ref = METHODS[method](_ctx(tmp_path / "a", method))
     checks = []
-    original = DynamicSparsity.on_before_optimizer_step
+    original = SET.before_optimizer_step  # RigL and GraNet call it too
 
-    def checked(self, trainer):
-        original(self, trainer)
-        if self.is_update(trainer):
-            checks.append(sp.check(trainer.model))  # invariants right after every topology update
-        if trainer.step == 14:  # mid-epoch 3 (6 steps per epoch), two steps after the epoch-2 checkpoint
+    def checked(self):
+        original(self)
+        if self.is_update():
+            checks.append(sp.check(self.model))  # invariants right after every topology update
+        if self.step_count == 14:  # mid-epoch 3 (6 steps per epoch), two steps after the epoch-2 checkpoint
             raise _Crash
 
-    monkeypatch.setattr(DynamicSparsity, "on_before_optimizer_step", checked)
+    monkeypatch.setattr(SET, "before_optimizer_step", checked)
     with pytest.raises(_Crash):
         METHODS[method](_ctx(tmp_path / "b", method))
-    monkeypatch.setattr(DynamicSparsity, "on_before_optimizer_step", original)
+    monkeypatch.setattr(SET, "before_optimizer_step", original)
     got = METHODS[method](_ctx(tmp_path / "b", method))
     assert checks and not any(checks)
     for name, value in ref.model.state_dict().items():  # tensors, and each mask's kind and density

@@ -8,8 +8,7 @@ import torch.nn as nn
 
 from sparsearch import sparsity as sp
 from sparsearch.cli import main
-from sparsearch.config import GMPConfig
-from sparsearch.methods import GradualMagnitudePruning, cubic_sparsity
+from sparsearch.methods import Cubic
 from sparsearch.models import build_model, count_parameters
 from sparsearch.models.flops import count_flops
 from sparsearch.models.tracing import conv_bn_pairs
@@ -26,13 +25,13 @@ def test_reference_model_parameter_counts(name, published):
 
 
 def test_cubic_schedule_matches_zhu_gupta():
-    g = GMPConfig(initial_sparsity=0.0, start=0.0, end=1.0, frequency=1)
+    g = Cubic(initial=0.0, start=0.0, end=1.0, every=1)
     # s_i = 0, s_f = 0.9, n = 10 (shared/reference/algorithms.md section 9.2)
     expected = [0, .2439, .4392, .5913, .7056, .7875, .8424, .8757, .8928, .8991, .9]
-    assert [round(cubic_sparsity(k, 10, 0.9, g), 4) for k in range(11)] == expected
-    late = GMPConfig(initial_sparsity=0.2, start=0.5, end=0.8, frequency=7)
-    assert cubic_sparsity(10, 100, 0.9, late) == 0.2 and cubic_sparsity(90, 100, 0.9, late) == 0.9
-    steps = GradualMagnitudePruning([], None, late).update_steps(100)
+    assert [round(g.at(k, 10, 0.9), 4) for k in range(11)] == expected
+    late = Cubic(initial=0.2, start=0.5, end=0.8, every=7)
+    assert late.at(10, 100, 0.9) == 0.2 and late.at(90, 100, 0.9) == 0.9
+    steps = late.update_steps(100)
     assert steps[0] == 50 and steps[-1] == 80 and len(steps) == 5  # (80 - 50) / 7 -> 4 intervals
 
 

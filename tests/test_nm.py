@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 
 from sparsearch import sparsity as sp
 from sparsearch.cli import main
-from sparsearch.config import NMConfig
-from sparsearch.methods import MaskDecay, SparseRefined, flow_factor
+from sparsearch.methods import SRSTE, FlowDecay, MaskDecay
 
 
 def _nm_model():
@@ -43,8 +42,9 @@ def test_sparse_refined_term_decays_only_the_pruned_weights():
     x, y = torch.randn(5, 8), torch.randint(0, 4, (5,))
     F.cross_entropy(model(x), y).backward()
     plain = {n: sp.weight_param(model.get_submodule(n)).grad.clone() for n in ("0", "2")}
-    trainer = type("T", (), {"model": model})()
-    SparseRefined(0.5).on_before_optimizer_step(trainer)
+    method = SRSTE("2:4", lambda_w=0.5)
+    method.model = model
+    method.before_optimizer_step()
     for name, before in plain.items():
         w = sp.weight_param(model.get_submodule(name))
         mask = sp.current_masks(model)[name].float()
@@ -52,20 +52,24 @@ def test_sparse_refined_term_decays_only_the_pruned_weights():
 
 
 def test_mask_decay_schedules_and_soft_mask():
-    lin = NMConfig(decay="linear", decay_rate=0.01, decay_hard_fraction=0.1)
-    assert [flow_factor(t, 200, lin) for t in (0, 50, 100, 179, 180)] == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.0])
-    exp = NMConfig(decay="exp", decay_rate=0.01, decay_hard_fraction=0.1)
-    assert flow_factor(50, 200, exp) == pytest.approx(torch.exp(torch.tensor(-0.5)).item())
-    assert flow_factor(180, 200, exp) == 0.0 and flow_factor(10, 200, NMConfig()) == 0.0  # hard end; SR-STE: off
-    model = _nm_model()
-    trainer = type("T", (), {"model": model, "step": 50, "total_steps": 200})()
-    decay = MaskDecay(lin)
-    decay.on_batch_start(trainer)  # beta = 0.5: pruned weights pass at half strength
+    lin = FlowDecay("linear", rate=0.01, hard_fraction=0.1)
+    assert [lin.at(t, 200) for t in (0, 50, 100, 179, 180)] == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.0])
+    exp = FlowDecay("exp", rate=0.01, hard_fraction=0.1)
+    assert exp.at(50, 200) == pytest.approx(torch.exp(torch.tensor(-0.5)).item()) and exp.at(180, 200) == 0.0
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    decay = MaskDecay("2:4", decay=lin, dense_first_last=False, total_steps=200)
+    decay.prepare(model)
+    decay.step_count = 50
+    decay.start_step()  # beta = 0.5: in training, pruned weights pass at half strength
     stored = sp.weight_param(model[0])
     mask = sp.NM(2, 4).select(stored.detach().abs()).float()
     assert torch.allclose(model[0].weight, stored * (mask + 0.5 * (1 - mask)))
-    decay.on_epoch_end(trainer)  # evaluation sees the hard N:M weights
+    model.eval()  # evaluation sees the hard N:M weights
     assert torch.equal(model[0].weight, stored * mask) and not sp.check(model)
+    model.train()
+    decay.squash()  # so does the export
+    assert torch.equal(model[0].weight, stored * mask)
 
 
 def _train_nm(tmp_path, *extra):

@@ -3,6 +3,9 @@
 The main objects, for use on your own model and in your own loop (imported on first use, so `import sparsearch`
 stays cheap):
 
+    sparsearch.Static, OneShot, GMP, SET, RigL, GraNet, SRSTE, MaskDecay      methods: prepare(model, optimizer),
+                                                                               step(), state_dict(), squash()
+    sparsearch.Cubic, Periodic, Constant, CosineDecay, FlowDecay              their schedules
     sparsearch.find_layers, compute_masks, attach, sparsify, squash, remove   the mask layer (sparsearch.sparsity)
     sparsearch.Trainer                                                         the training loop (sparsearch.train)
     sparsearch.compile, export, load                                           inference (sparsearch.runtime)
@@ -15,7 +18,10 @@ from .errors import SparsearchError
 
 __version__ = "0.1.0"
 
+_METHODS = ("Static", "OneShot", "GMP", "SET", "RigL", "GraNet", "SRSTE", "MaskDecay", "SparseMethod",
+            "Cubic", "Periodic", "Constant", "CosineDecay", "FlowDecay")
 _EXPORTS = {
+    **{name: "sparsearch.methods" for name in _METHODS},
     **{name: "sparsearch.sparsity" for name in ("find_layers", "compute_masks", "attach", "sparsify", "squash", "remove")},
     "Trainer": "sparsearch.train",
     **{name: "sparsearch.runtime" for name in ("compile", "export", "load")},
@@ -27,4 +33,6 @@ __all__ = ["SparsearchError", "__version__", *_EXPORTS]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
+    if name in ("sparsity", "methods", "runtime", "train", "models", "data"):
+        return import_module(f"sparsearch.{name}")
     raise AttributeError(f"module 'sparsearch' has no attribute {name!r}")
