@@ -55,14 +55,14 @@ def test_imp_levels_rewind_and_branches(tmp_path, cache_dir):
 def test_imp_rewinds_to_the_chosen_step(tmp_path, cache_dir, monkeypatch):
     imp_module = importlib.import_module("sparsearch.methods.imp")  # the module (the package exports the function)
     starts = []
-    original = imp_module._rewound
+    original = imp_module.rewound
 
-    def spy(ctx, rewind_path, masks, densities, seed=None):
-        model = original(ctx, rewind_path, masks, densities, seed)
+    def spy(model, state, masks, densities=None):
+        model = original(model, state, masks, densities)
         starts.append(({k: v.clone() for k, v in sp.squash(model).items()}, masks))
         return model
 
-    monkeypatch.setattr(imp_module, "_rewound", spy)
+    monkeypatch.setattr(imp_module, "rewound", spy)
     assert _imp(tmp_path, "--sparsity", "0.2") == 0
     rewind = load_checkpoint(tmp_path / "run" / "train" / "imp-0.2" / "level-0" / "rewind.ckpt")["model"]
     (start, masks), = starts

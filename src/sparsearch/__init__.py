@@ -3,8 +3,10 @@
 The main objects, for use on your own model and in your own loop (imported on first use, so `import sparsearch`
 stays cheap):
 
-    sparsearch.Static, OneShot, GMP, SET, RigL, GraNet, SRSTE, MaskDecay      methods: prepare(model, optimizer),
-                                                                               step(), state_dict(), squash()
+    sparsearch.Static, OneShot, GMP, SET, RigL, GraNet, SRSTE, MaskDecay,     methods: prepare(model, optimizer),
+               Hydra, MaskSparsity                                             step(), state_dict(), squash()
+    sparsearch.IMP, SparseSoup                                                lottery tickets, sparse model soups
+                                                                               around your own train(model)
     sparsearch.Cubic, Periodic, Constant, CosineDecay, FlowDecay              their schedules
     sparsearch.find_layers, compute_masks, attach, sparsify, squash, remove   the mask layer (sparsearch.sparsity)
     sparsearch.Trainer                                                         the training loop (sparsearch.train)
@@ -18,7 +20,8 @@ from .errors import SparsearchError
 
 __version__ = "0.1.0"
 
-_METHODS = ("Static", "OneShot", "GMP", "SET", "RigL", "GraNet", "SRSTE", "MaskDecay", "SparseMethod",
+_METHODS = ("Static", "OneShot", "GMP", "SET", "RigL", "GraNet", "SRSTE", "MaskDecay", "Hydra", "MaskSparsity",
+            "IMP", "SparseSoup", "SparseMethod",
             "Cubic", "Periodic", "Constant", "CosineDecay", "FlowDecay")
 _EXPORTS = {
     **{name: "sparsearch.methods" for name in _METHODS},

@@ -7,13 +7,14 @@ from typing import Callable
 from .base import MethodCallback, SparseMethod
 from .checks import check_config, preflight
 from .dst import SET, GraNet, RigL, granet, rigl, set_
-from .hydra import STAGES, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
-from .imp import imp, level_densities
-from .maskspar import maskspar
+from .hydra import STAGES, Hydra, HydraResult, density_map, hydra, run_hydra, stage_model, stage_parameters, train_stage
+from .imp import IMP, imp, level_densities
+from .maskspar import MaskSparsity, maskspar
 from .nm import SRSTE, MaskDecay, NMMethod, nm
 from .pruning import GMP, OneShot, Static, dense, gmp, oneshot, static
 from .schedules import Constant, CosineDecay, Cubic, FlowDecay, Periodic
-from .soup import phase_densities, soup
+from .soup import soup
+from .souping import SparseSoup, average, greedy_soup, phase_densities, prune_globally, recalibrate_batchnorm
 from .stage import MethodContext, StageResult, fit
 
 METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
@@ -24,8 +25,9 @@ METHODS: dict[str, Callable[[MethodContext], StageResult]] = {
 STARTS_FROM_DENSE = {"oneshot", "hydra", "maskspar"}
 
 __all__ = [
-    "GMP", "METHODS", "SET", "SRSTE", "STAGES", "STARTS_FROM_DENSE", "Constant", "CosineDecay", "Cubic", "FlowDecay",
-    "GraNet", "HydraResult", "MaskDecay", "MethodCallback", "MethodContext", "NMMethod", "OneShot", "Periodic", "RigL",
-    "SparseMethod", "StageResult", "Static", "check_config", "density_map", "fit", "level_densities",
-    "phase_densities", "preflight", "run_hydra", "stage_model", "stage_parameters", "train_stage",
+    "Constant", "CosineDecay", "Cubic", "FlowDecay", "GMP", "GraNet", "Hydra", "HydraResult", "IMP", "METHODS",
+    "MaskDecay", "MaskSparsity", "MethodCallback", "MethodContext", "NMMethod", "OneShot", "Periodic", "RigL",
+    "SET", "SRSTE", "STAGES", "STARTS_FROM_DENSE", "SparseMethod", "SparseSoup", "StageResult", "Static", "average",
+    "check_config", "density_map", "fit", "greedy_soup", "level_densities", "phase_densities", "preflight",
+    "prune_globally", "recalibrate_batchnorm", "run_hydra", "stage_model", "stage_parameters", "train_stage",
 ]

@@ -21,6 +21,7 @@ from .. import sparsity as sp
 from ..config import HydraConfig, TrainConfig
 from ..data import TensorLoader
 from ..train import Callback, MetricsLog, load_checkpoint
+from .base import SparseMethod
 from .stage import MethodContext, StageResult, fit
 
 StageKind = Literal["pretrain", "prune", "finetune"]
@@ -56,6 +57,33 @@ def stage_parameters(model: nn.Module, kind: StageKind, params: list[nn.Paramete
     for p in params:
         p.requires_grad_(id(p) not in masked)
     return [p for p in params if p.requires_grad]
+
+
+class Hydra(SparseMethod):
+    """HYDRA on a (pretrained) model in two phases. `prepare(model)` attaches importance scores at the per-layer
+    densities of `allocation` (initialised from the scaled weights) and freezes the masked weights, so an
+    optimizer over `trainable()` trains the scores (and BatchNorm, biases); `finetune(optimizer)` fixes each
+    mask at its scores' top-k, lets the surviving weights train again and binds `optimizer` to the masks."""
+
+    def __init__(self, sparsity: float, *, allocation: str = "erk", **common):
+        super().__init__(sparsity, **common)
+        self.allocation = allocation
+
+    def attach(self, model: nn.Module) -> None:
+        super().attach(model)
+        sp.attach_learned(model, density_map(self.layers, self.sparsity, self.allocation))
+        self.params = stage_parameters(model, "prune", list(model.parameters()))
+
+    def trainable(self) -> list[nn.Parameter]:
+        return self.params
+
+    def finetune(self, optimizer=None) -> None:
+        sp.freeze(self.model)
+        for module in sp.masked_layers(self.model).values():
+            sp.weight_param(module).requires_grad_(True)
+        if optimizer is not None:
+            self.optimizer = optimizer
+            sp.bind_optimizer(self.model, optimizer)
 
 
 @dataclasses.dataclass
@@ -117,4 +145,4 @@ def hydra(ctx: MethodContext) -> StageResult:
     return result.finetune[s.sparsity]
 
 
-__all__ = ["STAGES", "HydraResult", "density_map", "hydra", "run_hydra", "stage_model", "stage_parameters", "train_stage"]
+__all__ = ["STAGES", "Hydra", "HydraResult", "density_map", "hydra", "run_hydra", "stage_model", "stage_parameters", "train_stage"]

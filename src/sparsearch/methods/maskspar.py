@@ -12,7 +12,6 @@ by BatchNorm scales where the L1 penalty falls only on the channels chosen for p
 from __future__ import annotations
 
 import fnmatch
-import json
 
 import torch
 import torch.nn as nn
@@ -20,8 +19,9 @@ import torch.nn as nn
 from .. import distributed
 from .. import sparsity as sp
 from ..errors import SparsearchError
+from ..files import write_json
 from ..models.tracing import conv_bn_pairs
-from ..train import Callback
+from .base import SparseMethod
 from .stage import MethodContext, StageResult
 
 
@@ -36,43 +36,60 @@ def select_channels(model: nn.Module, bns: list[str], sparsity: float, allocatio
     raise SparsearchError(f"maskspar selects channels per layer (uniform) or globally, not by '{allocation}'")
 
 
-class MaskedL1(Callback):
-    """Adds the L1 subgradient reg * sign(gamma) to the scales of the channels selected for pruning only."""
+class MaskSparsity(SparseMethod):
+    """On a trained model: `prepare` selects the `sparsity` fraction of channels with the smallest |gamma| among
+    the BatchNorms fed directly by a convolution (traced on `example`, an input batch; `include` / `exclude`
+    are BatchNorm name globs), per layer (`uniform`) or over all of them (`global`); `step()` adds
+    reg * sign(gamma) to the gradient of the selected scales only; `prune()` then removes the selected
+    channels (filter, scale and shift masked) for finetuning."""
 
-    def __init__(self, bns: dict[str, nn.Module], prune: dict[str, torch.Tensor], reg: float):
-        self.targets = [(bns[name].weight, prune[name].to(bns[name].weight.dtype)) for name in prune]
-        self.reg = reg
+    def __init__(self, sparsity: float, example: torch.Tensor, *, allocation: str = "uniform", reg: float = 5e-4,
+                 include=("*",), exclude=(), seed: int = 0):
+        super().__init__(sparsity, include=include, exclude=exclude, seed=seed)
+        self.example, self.allocation, self.reg = example, allocation, reg
 
-    def on_before_optimizer_step(self, trainer) -> None:
-        with torch.no_grad():
-            for gamma, selected in self.targets:
-                if gamma.grad is not None:
-                    gamma.grad.add_(self.reg * torch.sign(gamma) * selected)
+    @classmethod
+    def from_config(cls, cfg, example: torch.Tensor) -> MaskSparsity:
+        m = cfg.maskspar
+        return cls(cfg.sparsity.sparsity, example, allocation=cfg.sparsity.allocation, reg=m.reg, include=m.include,
+                   exclude=m.exclude, seed=cfg.seed)
+
+    def attach(self, model: nn.Module) -> None:
+        self.model = model
+        self.pairs = conv_bn_pairs(model, self.example)
+        bns = [n for n in self.pairs if any(fnmatch.fnmatchcase(n, g) for g in self.include)
+               and not any(fnmatch.fnmatchcase(n, g) for g in self.exclude)]
+        if not bns:
+            raise SparsearchError(f"maskspar: no BatchNorm fed directly by a convolution matches include="
+                                  f"{list(self.include)} exclude={list(self.exclude)}")
+        self.keep = select_channels(model, bns, self.sparsity, self.allocation)
+        modules = dict(model.named_modules())
+        self.targets = [(modules[n].weight, (~k).to(modules[n].weight.dtype)) for n, k in self.keep.items()]
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        for gamma, selected in self.targets:
+            if gamma.grad is not None:
+                gamma.grad.add_(self.reg * torch.sign(gamma) * selected)
+
+    def prune(self, model: nn.Module | None = None) -> nn.Module:
+        """Mask the selected channels of `model` (default: the prepared one, holding the regularised weights)."""
+        model = model if model is not None else self.model
+        sp.attach_channels(model, {**{self.pairs[bn]: k for bn, k in self.keep.items()}, **self.keep})
+        return model
+
+    def channels(self) -> dict:
+        return {bn: {"conv": self.pairs[bn], "kept": int(k.sum()), "channels": k.numel(),
+                     "pruned": (~k).nonzero().flatten().tolist()} for bn, k in self.keep.items()}
 
 
 def maskspar(ctx: MethodContext) -> StageResult:
     cfg, m = ctx.cfg, ctx.cfg.maskspar
-    s = cfg.sparsity.sparsity
     model = ctx.from_pretrained()
-    example = next(iter(ctx.train_loader.batches()))[0][:2]
-    pairs = conv_bn_pairs(model, example)
-    bns = [n for n in pairs if any(fnmatch.fnmatchcase(n, g) for g in m.include)
-           and not any(fnmatch.fnmatchcase(n, g) for g in m.exclude)]
-    if not bns:
-        raise SparsearchError(f"maskspar: no BatchNorm fed directly by a convolution matches include={m.include} "
-                              f"exclude={m.exclude}")
-    keep = select_channels(model, bns, s, cfg.sparsity.allocation)
+    method = MaskSparsity.from_config(cfg, example=next(iter(ctx.train_loader.batches()))[0][:2])
+    reg = ctx.train(method, model, ctx.out_dir / "sparse-reg", ctx.stage_cfg(m.reg_epochs, cfg.train.lr))
     if distributed.is_main():
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        (ctx.out_dir / "channels.json").write_text(json.dumps(
-            {bn: {"conv": pairs[bn], "kept": int(k.sum()), "channels": k.numel(), "pruned": (~k).nonzero().flatten().tolist()}
-             for bn, k in keep.items()}, indent=1))
-
-    modules = dict(model.named_modules())
-    regularise = MaskedL1({n: modules[n] for n in bns}, {n: ~k for n, k in keep.items()}, m.reg)
-    reg = ctx.fit(model, ctx.out_dir / "sparse-reg", ctx.stage_cfg(m.reg_epochs, cfg.train.lr), callbacks=[regularise])
-
+        write_json(ctx.out_dir / "channels.json", method.channels())
     pruned = ctx.build()
     pruned.load_state_dict(reg.model.state_dict())
-    sp.attach_channels(pruned, {**{pairs[bn]: k for bn, k in keep.items()}, **keep})
-    return ctx.fit(pruned, ctx.out_dir / "finetune", ctx.stage_cfg(m.finetune_epochs, m.finetune_lr))
+    return ctx.fit(method.prune(pruned), ctx.out_dir / "finetune", ctx.stage_cfg(m.finetune_epochs, m.finetune_lr))

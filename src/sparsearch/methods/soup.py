@@ -29,12 +29,8 @@ from ..errors import SparsearchError
 from ..executors import make_executor, raise_failures
 from ..models import model_builder
 from ..train import MetricsLog, evaluate, load_checkpoint, resolve_device, save_checkpoint, save_final
+from .souping import average, greedy_soup, phase_densities, prune_globally, recalibrate_batchnorm
 from .stage import MethodContext, StageResult, fit
-
-
-def phase_densities(target_sparsity: float, phases: int) -> list[float]:
-    """Each phase removes the same fraction q = 1 - (1 - s)^(1/P) of the remaining weights."""
-    return [(1 - target_sparsity) ** (p / phases) for p in range(1, phases + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,43 +77,6 @@ def train_ingredient(trial: Ingredient) -> dict:
             "checkpoint": str(result.checkpoint)}
 
 
-def average(states: list[dict]) -> dict:
-    """The uniform average of floating-point entries; masks (and integer buffers) must agree and are kept."""
-    out = {}
-    for key, first in states[0].items():
-        if key.endswith(".mask"):
-            if any(not torch.equal(s[key], first) for s in states[1:]):
-                raise sp.SparsityError(f"ingredients disagree on the mask '{key}': they cannot form one sparse soup")
-            out[key] = first
-        elif torch.is_tensor(first) and first.is_floating_point():
-            out[key] = torch.stack([s[key] for s in states]).mean(0)
-        else:
-            out[key] = first
-    return out
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader: TensorLoader, batches: int) -> None:
-    """Re-estimate BatchNorm running statistics (a cumulative average over `batches` training batches): averaged
-    weights do not match averaged statistics."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    for i, (x, _) in enumerate(loader.batches()):
-        if i == batches:
-            break
-        model(x)
-    model.train(was_training)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-
-
 class Souper:
     """Builds soups from ingredient checkpoints and measures them (after BatchNorm recalibration)."""
 
@@ -137,14 +96,9 @@ class Souper:
     def greedy(self, states: list[dict], ingredients: list[dict]) -> tuple[nn.Module, float, float, list[int]]:
         """Wortsman et al.'s greedy soup: by validation accuracy, best first; an ingredient stays if the soup's
         validation accuracy does not drop."""
-        order = sorted(range(len(states)), key=lambda i: -ingredients[i]["val_acc"])
-        members = [order[0]]
-        best = self.measure([states[order[0]]])
-        for i in order[1:]:
-            trial = self.measure([states[j] for j in members + [i]])
-            if trial[1] >= best[1]:
-                members, best = members + [i], trial
-        return (*best, sorted(members))
+        members, best = greedy_soup([r["val_acc"] for r in ingredients],
+                                    lambda chosen: self.measure([states[i] for i in chosen]), score=lambda m: m[1])
+        return (*best, members)
 
 
 def _pruned(ctx: MethodContext, state: dict, density: float) -> nn.Module:
@@ -153,11 +107,7 @@ def _pruned(ctx: MethodContext, state: dict, density: float) -> nn.Module:
     s = ctx.cfg.sparsity
     model = ctx.build()
     sp.load_masked_state_dict(model, state)
-    sp.remove(model)
-    masks, _ = sp.compute_masks(model, sp.find_layers(model, s.include, s.exclude, s.dense_first_last), 1 - density,
-                                "magnitude", "global")
-    sp.attach(model, masks)
-    return model
+    return prune_globally(model, density, s.include, s.exclude, s.dense_first_last)
 
 
 def _masks(state: dict) -> dict:
