@@ -3,9 +3,14 @@ valid config. Value ranges are checked in `checks.py`; reading and overrides liv
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+
+def opt(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
+    """A field with its help text, which `sparsearch train --method M --help` shows beside the default."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
 
 
 @dataclass
@@ -61,20 +66,17 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
-    # how the sparse network is obtained (docs/methods.md): dense | static (masks at init) | oneshot (train, prune,
-    # finetune) | gmp (gradual magnitude pruning) | hydra (train, learn scores, finetune) | maskspar (channels)
-    # | set, rigl (dynamic sparse training) | granet (gmp with rigl regrowth) | nm (N:M from scratch with SR-STE)
-    # | imp (iterative magnitude pruning with rewinding) | soup (sparse model soups)
-    method: Literal["dense", "static", "oneshot", "gmp", "hydra", "maskspar", "set", "rigl", "granet", "nm", "imp",
-                    "soup"] = "static"
-    sparsity: float = 0.0  # fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)
-    kind: str = "unstructured"  # unstructured | nm:N:M | block:BH:BW | channel
-    criterion: Literal["magnitude", "random", "lamp", "snip"] = "magnitude"  # static, oneshot and gmp
-    allocation: Literal["uniform", "er", "erk", "global"] = "erk"
-    snip_batches: int = 1  # training batches the snip criterion sums its sensitivities over
-    include: list[str] = field(default_factory=lambda: ["*"])  # fully-qualified-name globs
-    exclude: list[str] = field(default_factory=list)
-    dense_first_last: bool = True  # keep the first conv and the final classifier dense
+    # checked against the method registry (sparsearch.methods.registry), where each method says what it reads
+    method: str = opt("static", "how the sparse network is obtained (`sparsearch methods` lists them)")
+    sparsity: float = opt(0.0, 'fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)')
+    kind: str = opt("unstructured", 'unstructured | nm:N:M | block:BH:BW | channel')
+    criterion: Literal["magnitude", "random", "lamp", "snip"] = opt("magnitude", 'scores the masks keep the largest of')
+    allocation: Literal["uniform", "er", "erk", "global"] = opt(
+        "erk", "how the overall sparsity splits over layers: uniform | er | erk | global (one threshold)")
+    snip_batches: int = opt(1, 'training batches the snip criterion sums its sensitivities over')
+    include: list[str] = opt(factory=lambda: ["*"], help='name globs of the conv / linear layers to mask')
+    exclude: list[str] = opt(factory=list, help='name globs of layers to keep dense')
+    dense_first_last: bool = opt(True, 'keep the first conv and the final classifier dense')
 
 
 @dataclass
@@ -82,28 +84,28 @@ class HydraConfig:
     """HYDRA stages (`sparsity.method: hydra`, and the final training of `sparsearch run`). The dense pretrain
     runs `train.epochs` at `train.lr`; these set the other two stages."""
 
-    prune_epochs: int = 20  # scores trained, weights frozen (HYDRA's released schedule uses 20)
-    finetune_epochs: int = 20  # mask fixed, surviving weights trained
-    score_lr: float = 0.1
-    finetune_lr: float = 0.01
+    prune_epochs: int = opt(20, "scores trained, weights frozen (HYDRA's released schedule uses 20)")
+    finetune_epochs: int = opt(20, 'mask fixed, surviving weights trained')
+    score_lr: float = opt(0.1, 'learning rate of the scores (prune stage)')
+    finetune_lr: float = opt(0.01, 'learning rate of the finetuning')
 
 
 @dataclass
 class OneShotConfig:
     """`oneshot`: dense training (`train.*`), one magnitude (or LAMP) prune to the target, then finetuning."""
 
-    finetune_epochs: int = 20
-    finetune_lr: float = 0.01
+    finetune_epochs: int = opt(20, 'epochs of finetuning after the prune')
+    finetune_lr: float = opt(0.01, 'learning rate of the finetuning')
 
 
 @dataclass
 class GMPConfig:
     """`gmp`: Zhu & Gupta (2017) cubic schedule s_t = s_f + (s_i - s_f)(1 - (t - t0) / (n dt))^3 over training."""
 
-    initial_sparsity: float = 0.0  # s_i
-    start: float = 0.0  # t0, as a fraction of all training steps
-    end: float = 0.75  # t0 + n dt: the target is reached here and held to the end
-    frequency: int = 100  # dt, steps between mask updates (rounded so the last update lands on `end`)
+    initial_sparsity: float = opt(0.0, 's_i')
+    start: float = opt(0.0, 't0, as a fraction of all training steps')
+    end: float = opt(0.75, 't0 + n dt: the target is reached here and held to the end')
+    frequency: int = opt(100, 'dt, steps between mask updates (rounded so the last update lands on `end`)')
 
 
 @dataclass
@@ -112,9 +114,9 @@ class DSTConfig:
     weights and regrows as many (SET: at random; RigL, GraNet: largest dense gradient), starting at zero. The
     fraction is `drop_fraction`, constant for SET, decaying with a cosine to 0 at `end` for RigL and GraNet."""
 
-    update_every: int = 100  # dT
-    drop_fraction: float = 0.3  # zeta (SET), alpha (RigL), the regeneration rate (GraNet)
-    end: float = 0.75  # T_end, as a fraction of all training steps; the topology is fixed afterwards
+    update_every: int = opt(100, 'dT')
+    drop_fraction: float = opt(0.3, 'zeta (SET), alpha (RigL), the regeneration rate (GraNet)')
+    end: float = opt(0.75, 'T_end, as a fraction of all training steps; the topology is fixed afterwards')
 
 
 @dataclass
@@ -123,9 +125,9 @@ class IMPConfig:
     survivors to their values at step `rewind_step` (0: the initialisation, a lottery ticket), retrain; the last
     level lands exactly on `sparsity.sparsity`. Each level trains `train.epochs` with the full schedule."""
 
-    prune_fraction: float = 0.2
-    rewind_step: int = 0
-    branches: list[Literal["reinit", "random_mask"]] = field(default_factory=list)  # controls at the last level
+    prune_fraction: float = opt(0.2, 'fraction of the remaining weights each level prunes')
+    rewind_step: int = opt(0, 'step of the dense training the survivors rewind to (0: the initialisation, a lottery ticket)')
+    branches: list[Literal["reinit", "random_mask"]] = opt(factory=list, help='controls at the last level')
 
 
 @dataclass
@@ -137,28 +139,29 @@ class SoupConfig:
     soup to the next phase. `kind` picks the soup that goes on: uniform (all averaged) or greedy (ingredients added in
     order of validation accuracy while it does not drop). Ingredients are trials: `run.executor` runs them."""
 
-    phases: int = 3
-    ingredients: int = 3
-    vary: Literal["seed", "weight_decay"] = "seed"  # seed: data order and augmentation
-    weight_decays: list[float] = field(default_factory=list)  # one per ingredient when vary is weight_decay
-    retrain_epochs: int = 10  # per ingredient and phase, `train.schedule` restarted at `retrain_lr`
-    retrain_lr: float | None = None  # null: train.lr (the peak of the original training, as SMS retrains)
-    kind: Literal["uniform", "greedy"] = "uniform"
-    val_fraction: float = 0.1  # of the training set, held out from all training to choose greedy soups on
-    bn_batches: int = 50  # training batches that re-estimate BatchNorm statistics after averaging
+    phases: int = opt(3, 'prune-retrain cycles')
+    ingredients: int = opt(3, 'retrained copies averaged per phase')
+    vary: Literal["seed", "weight_decay"] = opt("seed", 'seed: data order and augmentation')
+    weight_decays: list[float] = opt(factory=list, help='one per ingredient when vary is weight_decay')
+    retrain_epochs: int = opt(10, 'per ingredient and phase, `train.schedule` restarted at `retrain_lr`')
+    retrain_lr: float | None = opt(None, 'null: train.lr (the peak of the original training, as SMS retrains)')
+    kind: Literal["uniform", "greedy"] = opt("uniform", "the soup that goes on: uniform (all averaged) or greedy "
+                                             "(added while validation accuracy does not drop)")
+    val_fraction: float = opt(0.1, 'of the training set, held out from all training to choose greedy soups on')
+    bn_batches: int = opt(50, 'training batches that re-estimate BatchNorm statistics after averaging')
 
 
 @dataclass
 class NMConfig:
     """`nm`: N:M sparsity (`sparsity.kind: nm:N:M`) trained from scratch with SR-STE (Zhou et al. 2021)."""
 
-    lambda_w: float = 2e-4  # sparse-refined term: grad += lambda_w * (1 - mask) * W on the pruned weights
+    lambda_w: float = opt(2e-4, 'sparse-refined term: grad += lambda_w * (1 - mask) * W on the pruned weights')
     # instead of SR-STE, progressive gradient flow's mask decay (Bambhaniya et al. 2024): the forward pass uses
     # W * (E + (1 - E) * beta_t), beta_t = max(0, 1 - rate * t) (linear) or exp(-rate * t) (exp), t the step; the
     # mask is hard (beta = 0) for the last `decay_hard_fraction` of training and at every evaluation
-    decay: Literal["none", "linear", "exp"] = "none"
-    decay_rate: float = 2e-4
-    decay_hard_fraction: float = 0.1
+    decay: Literal["none", "linear", "exp"] = opt("none", "none (SR-STE) | linear | exp: mask decay instead of SR-STE")
+    decay_rate: float = opt(2e-4, 'rate of the mask decay per step')
+    decay_hard_fraction: float = opt(0.1, 'the last fraction of training, where the mask is hard')
 
 
 @dataclass
@@ -167,12 +170,12 @@ class MaskSparConfig:
     scale (`sparsity.sparsity` of them, per layer or globally), push only their scales to zero with L1, then remove
     them and finetune."""
 
-    include: list[str] = field(default_factory=lambda: ["*"])  # BatchNorm layers (name globs) whose channels may go
-    exclude: list[str] = field(default_factory=list)
-    reg: float = 5e-4  # L1 strength on the selected scales (the reference's SPARSE.SPARSITY)
-    reg_epochs: int = 20  # sparse-regularisation training, from the dense weights at `train.lr`
-    finetune_epochs: int = 20
-    finetune_lr: float = 0.01
+    include: list[str] = opt(factory=lambda: ["*"], help='BatchNorm layers (name globs) whose channels may go')
+    exclude: list[str] = opt(factory=list, help='name globs of layers to keep dense')
+    reg: float = opt(5e-4, "L1 strength on the selected scales (the reference's SPARSE.SPARSITY)")
+    reg_epochs: int = opt(20, 'sparse-regularisation training, from the dense weights at `train.lr`')
+    finetune_epochs: int = opt(20, 'epochs of finetuning after the prune')
+    finetune_lr: float = opt(0.01, 'learning rate of the finetuning')
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """What each method needs from the config, checked before anything is written (`MethodContext` checks on
-creation; `preflight` is what `sparsearch train` and `compare` check before they claim the run directory)."""
+creation; `preflight` is what `sparsearch train` and `compare` check before they claim the run directory).
+The checks a method needs are named in its `MethodSpec`; the shared ones live here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from ..config import Config
 from ..data import Dataset, check_batches, dataset_from_config
 from ..errors import SparsearchError
 from ..models import model_builder
+from .registry import REGISTRY
 
 
 def preflight(cfg: Config, ds: Dataset | None = None) -> Dataset:
@@ -27,40 +29,37 @@ def preflight(cfg: Config, ds: Dataset | None = None) -> Dataset:
 
 
 def check_config(cfg: Config) -> None:
+    s = cfg.sparsity
+    if s.method not in REGISTRY:
+        raise SparsearchError(f"unknown sparsity.method '{s.method}' (use {', '.join(REGISTRY)}; `sparsearch methods` "
+                              "says what each does)")
+    spec = REGISTRY[s.method]
+    if spec.needs_target and not 0 < s.sparsity < 1:
+        raise SparsearchError(f"sparsity.method {s.method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
+    for check in spec.checks:
+        check(cfg)
+
+
+def unstructured(cfg: Config) -> None:
+    if not isinstance(sp.parse_kind(cfg.sparsity.kind), sp.Unstructured):
+        raise SparsearchError(f"sparsity.method {cfg.sparsity.method} supports sparsity.kind unstructured only, "
+                              f"got '{cfg.sparsity.kind}'")
+
+
+def gmp_schedule(cfg: Config) -> None:
     s, g = cfg.sparsity, cfg.gmp
-    method, kind = s.method, sp.parse_kind(s.kind)
-    if method in ("dense", "static"):
-        return
-    if not 0 < s.sparsity < 1:
-        raise SparsearchError(f"sparsity.method {method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
-    if method == "nm":
-        if not isinstance(kind, sp.NM):
-            raise SparsearchError(f"sparsity.method nm needs sparsity.kind nm:N:M (e.g. nm:2:4), got '{s.kind}'")
-        if abs(s.sparsity - (1 - kind.density)) > 1e-9:
-            raise SparsearchError(f"{kind} fixes sparsity at {1 - kind.density:g}; got sparsity.sparsity {s.sparsity:g}")
-        if cfg.nm.decay_rate <= 0 or not 0 <= cfg.nm.decay_hard_fraction < 1:
-            raise SparsearchError("nm needs nm.decay_rate > 0 and 0 <= nm.decay_hard_fraction < 1")
-    elif method in ("hydra", "gmp", "set", "rigl", "granet", "imp", "soup") and not isinstance(kind, sp.Unstructured):
-        raise SparsearchError(f"sparsity.method {method} supports sparsity.kind unstructured only, got '{s.kind}'")
-    if method in ("gmp", "granet"):
-        if s.criterion not in ("magnitude", "lamp"):
-            raise SparsearchError(f"{method} prunes by magnitude or lamp scores, not '{s.criterion}'")
-        if not 0 <= g.initial_sparsity <= s.sparsity or not 0 <= g.start <= g.end <= 1 or g.frequency < 1:
-            raise SparsearchError(f"{method} needs 0 <= gmp.initial_sparsity <= sparsity.sparsity, "
-                                  "0 <= gmp.start <= gmp.end <= 1 and gmp.frequency >= 1")
-    if method == "imp" and (not 0 < cfg.imp.prune_fraction < 1 or cfg.imp.rewind_step < 0):
-        raise SparsearchError("imp needs 0 < imp.prune_fraction < 1 and imp.rewind_step >= 0")
-    if method == "hydra" and s.allocation == "global":
-        raise SparsearchError("HYDRA needs a per-layer allocation (uniform, er or erk), not global")
-    if method == "maskspar" and s.allocation not in ("uniform", "global"):
-        raise SparsearchError(f"maskspar selects channels per layer (uniform) or globally, not by '{s.allocation}'")
-    if method in ("set", "rigl", "granet") and (cfg.dst.update_every < 1 or not 0 <= cfg.dst.drop_fraction <= 1):
+    if s.criterion not in ("magnitude", "lamp"):
+        raise SparsearchError(f"{s.method} prunes by magnitude or lamp scores, not '{s.criterion}'")
+    if not 0 <= g.initial_sparsity <= s.sparsity or not 0 <= g.start <= g.end <= 1 or g.frequency < 1:
+        raise SparsearchError(f"{s.method} needs 0 <= gmp.initial_sparsity <= sparsity.sparsity, "
+                              "0 <= gmp.start <= gmp.end <= 1 and gmp.frequency >= 1")
+
+
+def dst_schedule(cfg: Config) -> None:
+    if cfg.dst.update_every < 1 or not 0 <= cfg.dst.drop_fraction <= 1:
         raise SparsearchError("dynamic sparse training needs dst.update_every >= 1 and 0 <= dst.drop_fraction <= 1")
-    if method == "soup":
-        u = cfg.soup
-        if u.phases < 1 or u.ingredients < 1 or u.retrain_epochs < 1 or u.bn_batches < 1 or not 0 < u.val_fraction < 1:
-            raise SparsearchError("soup needs phases, ingredients, retrain_epochs and bn_batches >= 1 and "
-                                  "0 < val_fraction < 1")
-        if u.vary == "weight_decay" and len(u.weight_decays) != u.ingredients:
-            raise SparsearchError(f"soup.vary weight_decay needs one soup.weight_decays entry per ingredient "
-                                  f"({u.ingredients}), got {len(u.weight_decays)}")
+
+
+def per_layer_allocation(cfg: Config) -> None:
+    if cfg.sparsity.allocation == "global":
+        raise SparsearchError(f"{cfg.sparsity.method} needs a per-layer allocation (uniform, er or erk), not global")

@@ -19,7 +19,9 @@ from .. import distributed
 from .. import sparsity as sp
 from ..config import Config
 from .base import SparseMethod
+from .checks import dst_schedule, gmp_schedule, unstructured
 from .pruning import prune_to
+from .registry import MethodSpec, register
 from .schedules import Constant, CosineDecay, Cubic, Periodic
 from .stage import MethodContext, StageResult
 
@@ -153,3 +155,10 @@ def _train(cls):
 
 
 set_, rigl, granet = _train(SET), _train(RigL), _train(GraNet)
+
+register(MethodSpec("set", set_, "SET: random sparse start, magnitude drop, random regrowth", sections=("dst",),
+                    checks=(unstructured, dst_schedule)))
+register(MethodSpec("rigl", rigl, "RigL: random sparse start, magnitude drop, regrowth by dense gradient, cosine decay",
+                    sections=("dst",), checks=(unstructured, dst_schedule)))
+register(MethodSpec("granet", granet, "GraNet: gradual magnitude pruning from a denser start with RigL regrowth",
+                    sections=("dst", "gmp"), checks=(unstructured, gmp_schedule, dst_schedule)))

@@ -22,6 +22,8 @@ from ..config import HydraConfig, TrainConfig
 from ..data import TensorLoader
 from ..train import Callback, MetricsLog, load_checkpoint
 from .base import SparseMethod
+from .checks import per_layer_allocation, unstructured
+from .registry import MethodSpec, register
 from .stage import MethodContext, StageResult, fit
 
 StageKind = Literal["pretrain", "prune", "finetune"]
@@ -146,3 +148,7 @@ def hydra(ctx: MethodContext) -> StageResult:
 
 
 __all__ = ["STAGES", "Hydra", "HydraResult", "density_map", "hydra", "run_hydra", "stage_model", "stage_parameters", "train_stage"]
+
+
+register(MethodSpec("hydra", hydra, "HYDRA: train dense, learn importance scores with the weights frozen, finetune",
+                    sections=("hydra",), checks=(unstructured, per_layer_allocation), starts_from_dense=True))

@@ -22,6 +22,8 @@ import torch.nn as nn
 from .. import distributed
 from .. import sparsity as sp
 from ..train import Callback, load_checkpoint, save_checkpoint
+from .checks import unstructured
+from .registry import MethodSpec, register
 from .stage import MethodContext, StageResult
 
 
@@ -120,3 +122,12 @@ def imp(ctx: MethodContext) -> StageResult:
     if distributed.is_main():
         (ctx.out_dir / "levels.json").write_text(json.dumps(history, indent=2))
     return current
+
+
+def _check(cfg) -> None:
+    if not 0 < cfg.imp.prune_fraction < 1 or cfg.imp.rewind_step < 0:
+        raise sp.SparsityError("imp needs 0 < imp.prune_fraction < 1 and imp.rewind_step >= 0")
+
+
+register(MethodSpec("imp", imp, "iterative magnitude pruning with rewinding (lottery tickets), optional control branches",
+                    sections=("imp",), checks=(unstructured, _check)))

@@ -22,6 +22,7 @@ from ..errors import SparsearchError
 from ..files import write_json
 from ..models.tracing import conv_bn_pairs
 from .base import SparseMethod
+from .registry import MethodSpec, register
 from .stage import MethodContext, StageResult
 
 
@@ -93,3 +94,13 @@ def maskspar(ctx: MethodContext) -> StageResult:
     pruned = ctx.build()
     pruned.load_state_dict(reg.model.state_dict())
     return ctx.fit(method.prune(pruned), ctx.out_dir / "finetune", ctx.stage_cfg(m.finetune_epochs, m.finetune_lr))
+
+
+def _check(cfg) -> None:
+    if cfg.sparsity.allocation not in ("uniform", "global"):
+        raise SparsearchError(f"maskspar selects channels per layer (uniform) or globally, not by '{cfg.sparsity.allocation}'")
+
+
+register(MethodSpec("maskspar", maskspar, "MaskSparsity: channel pruning by BatchNorm scales with a masked L1 penalty "
+                    "(sparsity.sparsity: fraction of channels)", sections=("maskspar",), checks=(_check,),
+                    starts_from_dense=True))

@@ -29,6 +29,8 @@ from ..errors import SparsearchError
 from ..executors import make_executor, raise_failures
 from ..models import model_builder
 from ..train import MetricsLog, evaluate, load_checkpoint, resolve_device, save_checkpoint, save_final
+from .checks import unstructured
+from .registry import MethodSpec, register
 from .souping import average, greedy_soup, phase_densities, prune_globally, recalibrate_batchnorm
 from .stage import MethodContext, StageResult, fit
 
@@ -190,3 +192,16 @@ def soup(ctx: MethodContext) -> StageResult:
                "weight_density": sp.report(model)[-1]["density"], "soup_kind": s.kind,
                "best_ingredient_test_acc": max(i["test_acc"] for i in history[-1]["ingredients"])}
     return StageResult(model, summary, final_dir)
+
+
+def _check(cfg: Config) -> None:
+    u = cfg.soup
+    if u.phases < 1 or u.ingredients < 1 or u.retrain_epochs < 1 or u.bn_batches < 1 or not 0 < u.val_fraction < 1:
+        raise SparsearchError("soup needs phases, ingredients, retrain_epochs and bn_batches >= 1 and 0 < val_fraction < 1")
+    if u.vary == "weight_decay" and len(u.weight_decays) != u.ingredients:
+        raise SparsearchError(f"soup.vary weight_decay needs one soup.weight_decays entry per ingredient "
+                              f"({u.ingredients}), got {len(u.weight_decays)}")
+
+
+register(MethodSpec("soup", soup, "sparse model soups: IMP whose every retraining is several averaged (run.executor "
+                    "trains the ingredients)", sections=("soup", "run"), checks=(unstructured, _check)))
