@@ -25,8 +25,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="dense, static, oneshot, gmp, hydra, maskspar, set, rigl, granet, nm, imp or soup "
-                   "(shorthand for --set sparsity.method=...)")
+    p.add_argument("--method", help="a method of `sparsearch methods` (shorthand for --set sparsity.method=...); with "
+                   "--help, its settings")
     p.add_argument("--sparsity", type=float, help="target sparsity (shorthand for --set sparsity.sparsity=...)")
     p.add_argument("--model", help="model name (shorthand for --set model.name=...)")
 
@@ -44,9 +44,30 @@ def _load(args):
 def cmd_train(args) -> int:
     from .pipeline import run_train
 
+    if args.help:
+        from .methods.registry import REGISTRY, describe
+
+        if args.method is not None and args.method not in REGISTRY:
+            raise SparsearchError(f"unknown method '{args.method}' (use {', '.join(REGISTRY)})")
+        print(args.parser.format_help(), end="")
+        if args.method is not None:
+            print("\n" + describe(args.method))
+        return 0
+
     summary = run_train(_load(args))
     print(json.dumps(summary, indent=2))
     print(f"results in {summary['out_dir']}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods.registry import REGISTRY
+
+    width = max(map(len, REGISTRY))
+    for name, spec in REGISTRY.items():
+        print(f"{name:<{width}}  {spec.summary}")
+    print("\n`sparsearch train --method NAME --help` lists a method's settings; docs/api.md shows each as an object "
+          "for your own training loop")
     return 0
 
 
@@ -159,10 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsearch", description="Find, train and run sparse neural networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model with a pruning / sparse-training method (sparsity.* settings)")
+    p = sub.add_parser("train", help="train a model with a pruning / sparse-training method (sparsity.* settings)",
+                       add_help=False)
+    p.add_argument("-h", "--help", action="store_true", help="show this help (with --method M: that method's settings)")
     _config_args(p)
     _method_args(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p)
+
+    p = sub.add_parser("methods", help="list the pruning and sparse-training methods")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("search", help="DASS (or DARTS) architecture search; writes search/genotype.json")
     _config_args(p)

@@ -8,6 +8,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -162,9 +163,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(data, overrides, cls)
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any, sections: Iterable[str] | None = None) -> dict:
+    """Plain data; with `sections`, only those sections (and the top-level settings that are not sections)."""
+    data = dataclasses.asdict(cfg)
+    if sections is None:
+        return data
+    keep = set(sections)
+    return {k: v for k, v in data.items() if k in keep or not isinstance(v, dict)}
 
 
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+def dump_yaml(cfg: Any, sections: Iterable[str] | None = None) -> str:
+    return yaml.safe_dump(to_dict(cfg, sections), sort_keys=False)

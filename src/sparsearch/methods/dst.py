@@ -21,7 +21,7 @@ from ..config import Config
 from .base import SparseMethod
 from .checks import dst_schedule, gmp_schedule, unstructured
 from .pruning import prune_to
-from .registry import MethodSpec, register
+from .registry import LAYERS, MethodSpec, register
 from .schedules import Constant, CosineDecay, Cubic, Periodic
 from .stage import MethodContext, StageResult
 
@@ -161,4 +161,5 @@ register(MethodSpec("set", set_, "SET: random sparse start, magnitude drop, rand
 register(MethodSpec("rigl", rigl, "RigL: random sparse start, magnitude drop, regrowth by dense gradient, cosine decay",
                     sections=("dst",), checks=(unstructured, dst_schedule)))
 register(MethodSpec("granet", granet, "GraNet: gradual magnitude pruning from a denser start with RigL regrowth",
-                    sections=("dst", "gmp"), checks=(unstructured, gmp_schedule, dst_schedule)))
+                    sections=("dst", "gmp"), checks=(unstructured, gmp_schedule, dst_schedule),
+                    reads=LAYERS + ("allocation", "criterion")))

@@ -23,7 +23,7 @@ from .. import distributed
 from .. import sparsity as sp
 from ..train import Callback, load_checkpoint, save_checkpoint
 from .checks import unstructured
-from .registry import MethodSpec, register
+from .registry import LAYERS, MethodSpec, register
 from .stage import MethodContext, StageResult
 
 
@@ -130,4 +130,4 @@ def _check(cfg) -> None:
 
 
 register(MethodSpec("imp", imp, "iterative magnitude pruning with rewinding (lottery tickets), optional control branches",
-                    sections=("imp",), checks=(unstructured, _check)))
+                    sections=("imp",), checks=(unstructured, _check), reads=LAYERS))

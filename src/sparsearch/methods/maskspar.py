@@ -103,4 +103,4 @@ def _check(cfg) -> None:
 
 register(MethodSpec("maskspar", maskspar, "MaskSparsity: channel pruning by BatchNorm scales with a masked L1 penalty "
                     "(sparsity.sparsity: fraction of channels)", sections=("maskspar",), checks=(_check,),
-                    starts_from_dense=True))
+                    starts_from_dense=True, reads=("sparsity", "allocation")))

@@ -17,7 +17,7 @@ from .. import sparsity as sp
 from ..config import Config
 from ..errors import SparsearchError
 from .base import SparseMethod
-from .registry import MethodSpec, register
+from .registry import LAYERS, MethodSpec, register
 from .schedules import FlowDecay
 from .stage import MethodContext, StageResult
 
@@ -96,4 +96,4 @@ def _check(cfg: Config) -> None:
 
 
 register(MethodSpec("nm", nm, "N:M from scratch (sparsity.kind nm:N:M): SR-STE, or progressive mask decay (nm.decay)",
-                    sections=("nm",), checks=(_check,)))
+                    sections=("nm",), checks=(_check,), reads=LAYERS + ("kind",)))

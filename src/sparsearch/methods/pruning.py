@@ -11,7 +11,7 @@ from .. import sparsity as sp
 from ..config import Config
 from .base import SparseMethod
 from .checks import gmp_schedule, unstructured
-from .registry import MethodSpec, register
+from .registry import LAYERS, MethodSpec, register
 from .schedules import Cubic
 from .stage import MethodContext, StageResult
 
@@ -108,10 +108,11 @@ def gmp(ctx: MethodContext) -> StageResult:
     return ctx.train(GMP.from_config(ctx.cfg), ctx.build())
 
 
-register(MethodSpec("dense", dense, "the dense baseline (train.*)", needs_target=False))
+register(MethodSpec("dense", dense, "the dense baseline (train.*)", needs_target=False, reads=()))
 register(MethodSpec("static", static, "sparse from initialisation with fixed masks: random (uniform / ER / ERK) or SNIP "
-                    "scores (sparsity.criterion, sparsity.allocation)", needs_target=False))
+                    "scores (sparsity.criterion, sparsity.allocation)", needs_target=False,
+                    reads=LAYERS + ("allocation", "criterion", "kind", "snip_batches")))
 register(MethodSpec("oneshot", oneshot, "train dense, prune once by magnitude or LAMP (layer-wise or global), finetune",
-                    sections=("oneshot",), starts_from_dense=True))
+                    sections=("oneshot",), starts_from_dense=True, reads=LAYERS + ("allocation", "criterion", "kind")))
 register(MethodSpec("gmp", gmp, "gradual magnitude pruning along Zhu & Gupta's cubic schedule, dense start",
-                    sections=("gmp",), checks=(unstructured, gmp_schedule)))
+                    sections=("gmp",), checks=(unstructured, gmp_schedule), reads=LAYERS + ("allocation", "criterion")))

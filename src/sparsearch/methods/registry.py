@@ -6,6 +6,7 @@ Adding a method is one module that calls `register`."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from .stage import MethodContext, StageResult
 
 BASE_SECTIONS = ("data", "model", "train", "sparsity")
+LAYERS = ("sparsity", "include", "exclude", "dense_first_last")  # the target and the layers it applies to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,11 +26,55 @@ class MethodSpec:
     checks: tuple[Callable[[Config], None], ...] = ()  # each raises SparsearchError with a one-line reason
     starts_from_dense: bool = False  # starts from the dense training (shared between such methods in a compare)
     needs_target: bool = True  # sparsity.sparsity must lie in (0, 1)
+    reads: tuple[str, ...] = LAYERS + ("allocation",)  # the sparsity.* settings it reads
+
+
 
 
 REGISTRY: dict[str, MethodSpec] = {}
 
 
+class _Recipes(Mapping):
+    """`METHODS[name]`: the recipe of the registered method `name`, methods registered later included."""
+
+    def __getitem__(self, name: str) -> Callable[[MethodContext], StageResult]:
+        return REGISTRY[name].recipe
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+METHODS = _Recipes()
+
+
 def register(spec: MethodSpec) -> MethodSpec:
     REGISTRY[spec.name] = spec
     return spec
+
+
+def sections_used(methods: list[str], *extra: str) -> tuple[str, ...]:
+    """The config sections a run of `methods` reads (what its config.yaml holds)."""
+    used = [*BASE_SECTIONS, *extra]
+    for name in methods:
+        used += [s for s in REGISTRY[name].sections if s not in used] if name in REGISTRY else []
+    return tuple(dict.fromkeys(used))
+
+
+def describe(name: str) -> str:
+    """`sparsearch train --method NAME --help`: the summary, then every option the method reads, with its
+    default and help."""
+    from ..config import Config
+
+    spec, cfg = REGISTRY[name], Config()
+    rows = []
+    for section in ("sparsity", *spec.sections):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            if section != "sparsity" or f.name in spec.reads:
+                rows.append((f"{section}.{f.name}={getattr(getattr(cfg, section), f.name)!r}", f.metadata.get("help", "")))
+    width = max((len(key) for key, _ in rows), default=0)
+    return "\n".join([f"{name}: {spec.summary}", "", "its settings (--set KEY=VALUE; defaults shown):",
+                      *(f"  {key:<{width}}  {text}".rstrip() for key, text in rows),
+                      "  train.*, data.*, model.*: as for every method (`sparsearch config` prints them all)"])

@@ -30,7 +30,7 @@ from ..executors import make_executor, raise_failures
 from ..models import model_builder
 from ..train import MetricsLog, evaluate, load_checkpoint, resolve_device, save_checkpoint, save_final
 from .checks import unstructured
-from .registry import MethodSpec, register
+from .registry import LAYERS, MethodSpec, register
 from .souping import average, greedy_soup, phase_densities, prune_globally, recalibrate_batchnorm
 from .stage import MethodContext, StageResult, fit
 
@@ -204,4 +204,5 @@ def _check(cfg: Config) -> None:
 
 
 register(MethodSpec("soup", soup, "sparse model soups: IMP whose every retraining is several averaged (run.executor "
-                    "trains the ingredients)", sections=("soup", "run"), checks=(unstructured, _check)))
+                    "trains the ingredients)", sections=("soup", "run"), checks=(unstructured, _check),
+                    reads=LAYERS))

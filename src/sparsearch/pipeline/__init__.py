@@ -11,6 +11,7 @@ from ..config import Config, SparsityConfig
 from ..data import Dataset, build_loaders, dataset_from_config
 from ..files import write_json
 from ..methods import METHODS, MethodContext, StageResult, preflight
+from ..methods.registry import sections_used
 from ..models import model_builder
 from ..models.flops import count_flops
 from ..report.plots import churn_plot, soup_plot
@@ -34,8 +35,8 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     """`sparsearch train`: the configured method (`sparsity.method`; dense when `sparsity.sparsity` is 0)."""
     ds = preflight(cfg)  # before anything is written
     train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
-    with claim_run_dir(cfg) as run_dir:
-        variant = variant_name(cfg.sparsity)
+    variant = variant_name(cfg.sparsity)
+    with claim_run_dir(cfg, sections=sections_used(["dense" if variant == "dense" else cfg.sparsity.method])) as run_dir:
         out_dir = run_dir / "train" / variant
         ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, out_dir, run_dir,
                             pretrain_dir=out_dir if variant == "dense" else None, show_progress=show_progress)

@@ -27,7 +27,8 @@ from ..config import Config, ConfigError
 from ..data import build_loaders, dataset_from_config
 from ..executors import Failed, make_executor, raise_failures
 from ..files import write_json
-from ..methods import METHODS, STARTS_FROM_DENSE, MethodContext, preflight
+from ..methods import METHODS, REGISTRY, MethodContext, preflight
+from ..methods.registry import sections_used
 from ..report.plots import comparison_plot
 from ..train import claim_run_dir, resolve_device
 from . import model_builder, write_summary
@@ -138,14 +139,15 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     c = cfg.compare
     _validate(c)
     variants = list(c.variants)
-    if "dense" not in variants and any(variant_config(cfg, v, 0.5, cfg.seed).sparsity.method in STARTS_FROM_DENSE
+    if "dense" not in variants and any(REGISTRY[variant_config(cfg, v, 0.5, cfg.seed).sparsity.method].starts_from_dense
                                        for v in variants):
         variants.insert(0, "dense")  # trained once per seed and shared: a trial of its own, reported too
     jobs = [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
     ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
     for v, s in dict.fromkeys((v, s) for _, v, s in jobs):  # unknown names and bad settings fail before any training
         preflight(variant_config(cfg, v, s, cfg.seed), ds)
-    with claim_run_dir(cfg, extendable=("compare",)) as run_dir:
+    methods = list(dict.fromkeys(variant_config(cfg, v, 0.5, cfg.seed).sparsity.method for v in variants))
+    with claim_run_dir(cfg, extendable=("compare",), sections=sections_used(methods, "compare", "run")) as run_dir:
         out = run_dir / "compare"
         out.mkdir(exist_ok=True)
         executor = make_executor(cfg.run)

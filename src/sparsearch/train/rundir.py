@@ -112,29 +112,33 @@ def exclusive(directory: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def claim_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Iterator[Path]:
+def claim_run_dir(cfg: Config, extendable: tuple[str, ...] = (), sections: tuple[str, ...] | None = None
+                  ) -> Iterator[Path]:
     """What every command that writes a run does once its checks have passed: hold the directory, then write
     (or compare) its config. `prepare_run_dir` alone writes without holding."""
     with exclusive(cfg.run_dir):
-        yield prepare_run_dir(cfg, extendable)
+        yield prepare_run_dir(cfg, extendable, sections)
 
 
-def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = ()) -> Path:
+def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = (), sections: tuple[str, ...] | None = None) -> Path:
     """Write the resolved config into the (claimed) run directory; refuse to mix two different configs.
     Sections named in `extendable` only list work to do (e.g. `compare`: more variants or seeds), so they may
-    change between invocations; what was finished stays valid and is skipped."""
+    change between invocations; what was finished stays valid and is skipped. With `sections`, config.yaml
+    holds only those (the ones the run reads) and only they are compared."""
     run_dir = cfg.run_dir
     if not distributed.is_main():  # under torchrun: rank 0 checks and writes, the others wait for it
         distributed.barrier()
         return run_dir
     written = run_dir / "config.yaml"
-    text = dump_yaml(cfg)
+    text = dump_yaml(cfg, sections)
     if written.exists() and written.read_text() != text:
         try:  # re-resolved, so settings added to sparsearch since then read as their defaults, not as changes
-            before = yaml.safe_load(dump_yaml(load_config(written)))
+            before = yaml.safe_load(dump_yaml(load_config(written), sections))
         except ConfigError as exc:
             raise SparsearchError(f"{run_dir} holds a run whose config this version cannot read ({exc})") from None
         now = yaml.safe_load(text)
+        shared = set(yaml.safe_load(written.read_text()) or {}) & set(now)  # a section new to this run is no conflict
+        before, now = {k: v for k, v in before.items() if k in shared}, {k: v for k, v in now.items() if k in shared}
         for section in extendable:
             before.pop(section, None)
             now.pop(section, None)
