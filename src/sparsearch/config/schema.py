@@ -3,6 +3,7 @@ valid config. Value ranges are checked in `checks.py`; reading and overrides liv
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +63,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)
     check_sparsity: bool = True  # run the sparsity invariant check after each epoch
     resume: bool = True  # continue from the run directory's last checkpoint when there is one
+
+    def stage(self, epochs: int, lr: float | None = None, **changes: Any) -> TrainConfig:
+        """This training with another budget: `epochs` at peak `lr` (default: this lr), other fields as `changes`."""
+        return dataclasses.replace(self, epochs=epochs, lr=self.lr if lr is None else lr, **changes)
 
 
 @dataclass

@@ -22,7 +22,7 @@ def preflight(cfg: Config, ds: Dataset | None = None) -> Dataset:
     s = cfg.sparsity
     if s.method != "dense" and s.sparsity > 0 and s.method != "maskspar":
         kind = sp.parse_kind(s.kind)
-        for layer in sp.find_layers(model, s.include, s.exclude, s.dense_first_last).values():
+        for layer in sp.configured_layers(model, s).values():
             if isinstance(kind, sp.NM):
                 kind.groups(layer.weight.detach())  # raises where the input dimension does not split into groups
     return ds

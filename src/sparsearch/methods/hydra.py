@@ -125,7 +125,7 @@ def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, f
 
     def stage(kind: StageKind, d: dict[str, float], source: Path | None, where: Path, epochs: int, lr: float):
         metrics = MetricsLog(metrics_path, stage=where.relative_to(run_dir).as_posix())
-        return train_stage(build, kind, d, source, where, dataclasses.replace(cfg, epochs=epochs, lr=lr),
+        return train_stage(build, kind, d, source, where, cfg.stage(epochs, lr),
                            train_loader, eval_loader, metrics, show_progress=show_progress)
 
     result = HydraResult(stage("pretrain", {}, None, pretrain_dir or out_dir / "pretrain", cfg.epochs, cfg.lr), {}, {})
@@ -141,7 +141,7 @@ def run_hydra(build: Callable[[], nn.Module], densities: dict[float, dict[str, f
 def hydra(ctx: MethodContext) -> StageResult:
     """`sparsity.method: hydra` on any model: the configured allocation at `sparsity.sparsity`."""
     s = ctx.cfg.sparsity
-    densities = density_map(sp.find_layers(ctx.build(), s.include, s.exclude, s.dense_first_last), s.sparsity, s.allocation)
+    densities = density_map(sp.configured_layers(ctx.build(), s), s.sparsity, s.allocation)
     result = run_hydra(ctx.build, {s.sparsity: densities}, ctx.cfg.hydra, ctx.cfg.train, ctx.train_loader, ctx.eval_loader,
                        ctx.out_dir, ctx.metrics_path, ctx.run_dir, ctx.show_progress, ctx.pretrain_dir)
     return result.finetune[s.sparsity]

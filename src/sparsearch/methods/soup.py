@@ -143,7 +143,7 @@ def _soup_phase(souper: Souper, where: Path, ingredients: list[dict], kind: str)
 
 def _ingredient_cfgs(cfg: Config) -> list[Config]:
     s = cfg.soup
-    train = dataclasses.replace(cfg.train, epochs=s.retrain_epochs, lr=s.retrain_lr or cfg.train.lr)
+    train = cfg.train.stage(s.retrain_epochs, s.retrain_lr)
     if s.vary == "seed":
         return [dataclasses.replace(cfg, seed=cfg.seed + i, train=train) for i in range(s.ingredients)]
     return [dataclasses.replace(cfg, train=dataclasses.replace(train, weight_decay=wd)) for wd in s.weight_decays]

@@ -96,4 +96,4 @@ class MethodContext:
         return model
 
     def stage_cfg(self, epochs: int, lr: float) -> TrainConfig:
-        return dataclasses.replace(self.cfg.train, epochs=epochs, lr=lr)
+        return self.cfg.train.stage(epochs, lr)

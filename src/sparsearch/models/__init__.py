@@ -58,10 +58,17 @@ def model_builder(cfg: Config, ds: Dataset, **overrides: Any) -> Callable[[], nn
     return build
 
 
+def split_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Models may return logits or (logits, auxiliary logits) (genotype networks with an auxiliary head)."""
+    if isinstance(output, (tuple, list)):
+        return output[0], (output[1] if len(output) > 1 else None)
+    return output, None
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 from . import darts, mobilenet, resnet, small, vgg, wideresnet  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["MODELS", "build_model", "count_parameters", "model_builder", "register_model", "seed_everything"]
+__all__ = ["MODELS", "build_model", "count_parameters", "model_builder", "register_model", "seed_everything", "split_logits"]

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from .. import distributed
-from ..config import Config, SparsityConfig
-from ..data import Dataset, build_loaders, dataset_from_config
+from ..config import Config
+from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config
 from ..files import write_json
 from ..methods import METHODS, MethodContext, StageResult, preflight
 from ..methods.registry import sections_used
@@ -18,24 +18,27 @@ from ..report.plots import churn_plot, soup_plot
 from ..train import claim_run_dir, resolve_device
 
 
+def loaders_for(cfg: Config, ds: Dataset) -> tuple[TensorLoader, TensorLoader]:
+    """The training and test loaders of `ds` as `cfg` describes them: batches, augmentation, seed, device."""
+    return build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
+
+
 def build_for(cfg: Config):
     """Dataset, model and loaders as the config describes them (no side effects on disk)."""
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
-    model = model_builder(cfg, ds)()
-    train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
-    return ds, model, train_loader, test_loader
+    return (ds, model_builder(cfg, ds)(), *loaders_for(cfg, ds))
 
 
-def variant_name(s: SparsityConfig) -> str:
-    """The training's directory name under `train/`: `dense`, or `<method>-<sparsity>`."""
-    return "dense" if s.method == "dense" or s.sparsity == 0 else f"{s.method}-{s.sparsity:g}"
+def variant_name(variant: str, sparsity: float) -> str:
+    """A training's directory name (under `train/`, or a compare seed's): `dense`, or `<variant>-<sparsity>`."""
+    return "dense" if variant == "dense" or sparsity == 0 else f"{variant}-{sparsity:g}"
 
 
 def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     """`sparsearch train`: the configured method (`sparsity.method`; dense when `sparsity.sparsity` is 0)."""
     ds = preflight(cfg)  # before anything is written
-    train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
-    variant = variant_name(cfg.sparsity)
+    train_loader, test_loader = loaders_for(cfg, ds)
+    variant = variant_name(cfg.sparsity.method, cfg.sparsity.sparsity)
     with claim_run_dir(cfg, sections=sections_used(["dense" if variant == "dense" else cfg.sparsity.method])) as run_dir:
         out_dir = run_dir / "train" / variant
         ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, out_dir, run_dir,

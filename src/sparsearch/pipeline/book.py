@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..bench.common import machine
@@ -21,6 +19,16 @@ from ..config import Config, load_config
 from ..executors import stop_ray
 from ..files import write_atomic
 from ..train import exclusive
+from .chapters import (
+    Chapter,
+    dass_vs_darts,
+    erk_vs_uniform,
+    imp_vs_oneshot,
+    random_search_vs_random_configuration,
+    rigl_set_static,
+    soup_vs_best_ingredient,
+    speedup,
+)
 
 # the searched cell (claims 1, 2): configs/cifar10-dass-cpu.yaml cut to a 4,000-image subset and 1 epoch per phase
 SEARCH_SIZE = ["data.train_subset=4000", "train.epochs=3", "search.pretrain_epochs=1", "search.finetune_epochs=1",
@@ -41,203 +49,6 @@ RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
 RUNTIME_ARGS = ["--threads", "1", "2", "--trials", "5", "--repeats", "3"]
 
 
-@dataclass
-class Chapter:
-    title: str
-    source: str  # the paper
-    claim: str
-    body: str  # our numbers, markdown
-    verdict: str  # reproduced / not reproduced / mixed, with a reason
-    budget: str
-    plot: str | None = None  # file name under docs/results/
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} CPU-hours" if seconds >= 1800 else f"{seconds / 60:.0f} CPU-minutes"
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _verdict(all_hold: bool, none_hold: bool, yes: str, no: str) -> str:
-    return f"**reproduced**: {yes}" if all_hold else f"**not reproduced**: {no}" if none_hold else f"**mixed**: {yes}; {no}"
-
-
-# ------------------------------------------------------------------------------------------------ the claims
-def _search_rows(results: dict) -> dict[tuple[str, float], dict]:
-    return {(r["method"], r["sparsity"]): r for r in results["rows"]}
-
-
-def dass_vs_darts(search: dict) -> Chapter:
-    rows = _search_rows(search)
-    sparsities = sorted({s for m, s in rows if m == "dass"})
-    wins = [rows["dass", s]["test_acc"] > rows["darts", s]["test_acc"] for s in sparsities]
-    table = _table(["sparsity", "DASS cell %", "DARTS cell %", "difference (points)"],
-                   [[f"{100 * s:g}%", _pct(rows["dass", s]["test_acc"]), _pct(rows["darts", s]["test_acc"]),
-                     f"{100 * (rows['dass', s]['test_acc'] - rows['darts', s]['test_acc']):+.2f}"] for s in sparsities])
-    methods = ("dass", "darts")  # each: one search and one dense pretraining, then pruning per sparsity
-    cost = sum(rows[m, sparsities[0]]["search_seconds"] + rows[m, sparsities[0]]["pretrain_seconds"] for m in methods)
-    cost += sum(rows[m, s]["train_seconds"] for m in methods for s in sparsities)
-    return Chapter(
-        "DASS cell vs DARTS cell at equal sparsity", "Mousavi et al., DASS (ACM TECS 2023)",
-        "A cell searched with sparse operations (DASS) is more accurate after pruning than the DARTS cell pruned the "
-        "same way (HYDRA) at the same sparsity.",
-        table + f"\n{search['summary']} One search seed.\n",
-        _verdict(all(wins), not any(wins), "DASS ahead at " + ", ".join(f"{100 * s:g}%" for s, w in zip(sparsities, wins) if w),
-                 "DARTS ahead at " + ", ".join(f"{100 * s:g}%" for s, w in zip(sparsities, wins) if not w))
-        + " (one seed: differences of about a point are within the seed spread seen in the comparisons below)",
-        f"{_hours(cost)} (both searches and their HYDRA training)", "search-accuracy.png")
-
-
-def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter:
-    best, one = _search_rows(search), _search_rows(single)
-    sparsities = sorted({s for m, s in one if m == "random"})
-    samples = search.get("random_samples", "several")
-    diffs = [best["random", s]["test_acc"] - one["random", s]["test_acc"] for s in sparsities]
-    table = _table(["sparsity", f"random search (best of {samples}) %", "one random configuration %",
-                    "difference (points)"],
-                   [[f"{100 * s:g}%", _pct(best["random", s]["test_acc"]), _pct(one["random", s]["test_acc"]),
-                     f"{100 * d:+.2f}"] for s, d in zip(sparsities, diffs)])
-    no_better = [d <= 0.01 for d in diffs]
-    cost = sum(r["train_seconds"] for r in [*best.values(), *one.values()] if r["method"] == "random")
-    cost += best["random", sparsities[0]]["search_seconds"] + one["random", sparsities[0]]["search_seconds"]
-    return Chapter(
-        "Random search vs random sparse configurations", "Farahani, Random Search as a Baseline for Sparse NAS (2024)",
-        "Sparse networks found by random search perform no better than random sparse configurations at the same sparsity.",
-        table + "\nBoth cells are trained by the same HYDRA pipeline; the random configuration is the first sample of "
-        "the same search space. \"No better\" is read as: at most 1 point ahead (one seed).\n",
-        _verdict(all(no_better), not any(no_better), "the searched cell is no better than a random one",
-                 "the searched cell is more than a point better"),
-        _hours(cost), None)
-
-
-def _compare(results: dict) -> dict[tuple[str, float], dict]:
-    return {(t["variant"], t["sparsity"]): t for t in results["table"]}
-
-
-def _acc(t: dict) -> str:
-    return f"{_pct(t['acc_mean'])} ± {_pct(t['acc_std'])} ({t['seeds']})"
-
-
-def _cost(results: dict, variants: set[str]) -> float:
-    return sum(r["train_seconds"] for r in results["rows"] if r["variant"] in variants)
-
-
-def erk_vs_uniform(pruning: dict) -> Chapter:
-    t = _compare(pruning)
-    sparsities = sorted({s for v, s in t if v == "static-erk"})
-    rows, ahead, disjoint = [], [], []
-    for s in sparsities:
-        erk, uni = t["static-erk", s], t["static-uniform", s]
-        ahead.append(erk["acc_mean"] > uni["acc_mean"])
-        disjoint.append(erk["acc_min"] > uni["acc_max"])
-        rows.append([f"{100 * s:g}%", _acc(erk), _acc(uni), f"{100 * (erk['acc_mean'] - uni['acc_mean']):+.2f}",
-                     "yes" if disjoint[-1] else "no"])
-    high = sparsities[-1]
-    return Chapter(
-        "ERK vs uniform random pruning at high sparsity", "Liu et al., The Unreasonable Effectiveness of Random Pruning (ICLR 2022)",
-        "Random pruning with ERK layer-wise ratios trains to higher accuracy than uniform ratios, the more so the higher the sparsity.",
-        _table(["sparsity", "ERK % (seeds)", "uniform % (seeds)", "difference", "seed ranges disjoint"], rows)
-        + f"\n{pruning['model']} at half width on a CIFAR-10 subset, trained from scratch with the random mask "
-        "(`configs/compare-cifar10.yaml`). Accuracy: mean ± sample std over seeds.\n",
-        _verdict(ahead[-1] and disjoint[-1], not ahead[-1],
-                 f"ERK ahead at {100 * high:g}% with disjoint seed ranges",
-                 f"ERK not ahead at {100 * high:g}%") + ("" if ahead[0] and disjoint[0] else
-                                                          f"; at {100 * sparsities[0]:g}% the two are within noise"),
-        _hours(_cost(pruning, {"static-erk", "static-uniform"})), "pruning-accuracy.png")
-
-
-def _ranked(t: dict, names: list[str], s: float) -> bool:
-    means = [t[n, s]["acc_mean"] for n in names]
-    return all(a > b for a, b in zip(means, means[1:]))
-
-
-def rigl_set_static(st: dict) -> Chapter:
-    t = _compare(st)
-    order = ["rigl", "set", "static-erk"]
-    sparsities = sorted({s for v, s in t if v == "rigl"})
-    rows = [[f"{100 * s:g}%", *(_acc(t[n, s]) for n in order)] for s in sparsities]
-    holds = [_ranked(t, order, s) for s in sparsities]
-    return Chapter(
-        "RigL vs SET vs static sparse training", "Evci et al., Rigging the Lottery (ICML 2020)",
-        "At the same sparsity and training budget, RigL (gradient regrowth) beats SET (random regrowth), which beats a "
-        "static random (ERK) mask.",
-        _table(["sparsity", "RigL % (seeds)", "SET % (seeds)", "static ERK % (seeds)"], rows)
-        + "\nSame budget for all three (`configs/sparse-training-cifar10.yaml`).\n",
-        _verdict(all(holds), not any(holds), "RigL > SET > static at every sparsity",
-                 "the order RigL > SET > static does not hold at "
-                 + ", ".join(f"{100 * s:g}%" for s, h in zip(sparsities, holds) if not h)),
-        _hours(_cost(st, set(order))), "sparse-training-accuracy.png")
-
-
-def imp_vs_oneshot(st: dict, run_dir: Path) -> Chapter:
-    t = _compare(st)
-    # an IMP run's summary times its last level only: add up every level's training
-    imp_seconds = sum(json.loads(p.read_text())["train_seconds"] for p in run_dir.glob("compare/seed-*/imp-*/level-*/summary.json"))
-    sparsities = sorted({s for v, s in t if v == "imp"})
-    rows = [[f"{100 * s:g}%", _acc(t["imp", s]), _acc(t["oneshot", s]),
-             f"{100 * (t['imp', s]['acc_mean'] - t['oneshot', s]['acc_mean']):+.2f}"] for s in sparsities]
-    holds = [t["imp", s]["acc_mean"] > t["oneshot", s]["acc_mean"] for s in sparsities]
-    return Chapter(
-        "Iterative magnitude pruning with rewinding vs one-shot pruning", "Frankle et al., Linear Mode Connectivity and the LTH (ICML 2020)",
-        "Pruning iteratively with weight rewinding reaches higher accuracy than pruning once to the same sparsity.",
-        _table(["sparsity", "IMP (rewinding) % (seeds)", "one-shot magnitude % (seeds)", "difference"], rows)
-        + "\nIMP spends several times the training budget of one-shot (one retraining per level).\n",
-        _verdict(all(holds), not any(holds), "IMP ahead at every sparsity", "one-shot ahead"),
-        _hours(_cost(st, {"oneshot"}) + imp_seconds), None)
-
-
-def soup_vs_best_ingredient(st: dict, run_dir: Path) -> Chapter:
-    rows, wins, total = [], 0, 0
-    for summary in sorted(run_dir.glob("compare/seed-*/soup-*/soup.json")):
-        seed, variant = summary.parent.parent.name, summary.parent.name
-        for phase in json.loads(summary.read_text()):
-            best = max(i["test_acc"] for i in phase["ingredients"])
-            mean = statistics.fmean(i["test_acc"] for i in phase["ingredients"])
-            soup = phase["uniform"]["test_acc"]
-            wins += soup > best
-            total += 1
-            rows.append([f"{seed}, {variant}", phase["phase"], f"{phase['density']:.3f}", _pct(mean), _pct(best), _pct(soup),
-                         _pct(phase["greedy"]["test_acc"])])
-    table = _table(["run", "phase", "density", "ingredients mean %", "best ingredient %", "uniform soup %",
-                    "greedy soup %"], rows)
-    return Chapter(
-        "Sparse model soup vs its best ingredient", "Zimmer et al., Sparse Model Soups (ICLR 2024)",
-        "Averaging ingredients retrained from the same pruned model (same mask) gives a model better than each ingredient.",
-        table, _verdict(wins == total, wins == 0, f"the uniform soup beats its best ingredient in {wins} of {total} phases",
-                        f"it does not in {total - wins} of {total}"),
-        _hours(_cost(st, {"soup"})), None)
-
-
-def speedup(bench: dict) -> Chapter:
-    rows = []
-    keys = sorted({(r["model"], r["batch"], r["threads"]) for r in bench["results"]})
-    sparsities = sorted({r["sparsity"] for r in bench["results"]})
-    by = {(r["model"], r["batch"], r["threads"], r["sparsity"]): r for r in bench["results"]}
-    for k in keys:
-        rows.append([k[0], k[1], k[2], *(f"{by[(*k, s)]['speedup']:.2f}x" if (*k, s) in by else "" for s in sparsities)])
-    best95 = max((r for r in bench["results"] if r["sparsity"] == 0.95), key=lambda r: r["speedup"], default=None)
-    info = bench["machine"]
-    text = "{model}, batch {batch}, {threads} threads: {speedup:.2f}x".format(**best95) if best95 else "no 95% row"
-    return Chapter(
-        "Measured speedup vs sparsity against the FLOP ideal", "Mousavi et al., DASS (ACM TECS 2023)",
-        "Unstructured sparsity turns into real inference speed: the DASS paper reports 3.87x for its sparse network on "
-        "its hardware; FLOP counting promises 1/(1-s).",
-        _table(["network", "batch", "threads", *(f"{100 * s:g}% (ideal {1 / (1 - s):.0f}x)" for s in sparsities)], rows)
-        + f"\nCompiled sparse (`sparsearch.runtime.compile`) over dense eager PyTorch of the same network, medians of "
-        f"{bench['args']['trials']} side-by-side trials. {info['cpu']}, torch {info['torch']}.\n",
-        f"**not reproduced**: best at 95% is {text}, short of 3.87x and far below the 20x FLOP ideal",
-        "about half an hour of wall time on 2 cores (both thread counts, both networks)", "runtime-speedup.png")
-
-
-# ------------------------------------------------------------------------------------------------ running and writing
 def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None) -> list[Config]:
     _, config, invocations = RUNS[name]
     extra = [f"out_dir={out_dir}", *executor] + ([f"data.path={data_path}"] if data_path else [])

@@ -24,14 +24,14 @@ import statistics
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..data import build_loaders, dataset_from_config
+from ..data import dataset_from_config
 from ..executors import Failed, make_executor, raise_failures
 from ..files import write_json
 from ..methods import METHODS, REGISTRY, MethodContext, preflight
 from ..methods.registry import sections_used
 from ..report.plots import comparison_plot
-from ..train import claim_run_dir, resolve_device
-from . import model_builder, write_summary
+from ..train import claim_run_dir
+from . import loaders_for, model_builder, variant_name, write_summary
 
 # named recipes: method plus the sparsity settings that define them
 VARIANTS: dict[str, dict] = {
@@ -114,14 +114,14 @@ class CompareJob:
 
     @property
     def name(self) -> str:
-        return "dense" if self.cfg.sparsity.sparsity == 0 else f"{self.variant}-{self.cfg.sparsity.sparsity:g}"
+        return variant_name(self.variant, self.cfg.sparsity.sparsity)
 
 
 def run_job(job: CompareJob) -> dict:
     """Train one variant at one sparsity and seed (resumable); its row of the results."""
     cfg, run_dir = job.cfg, Path(job.run_dir)
     ds = dataset_from_config(cfg.data, seed=job.data_seed)
-    train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
+    train_loader, test_loader = loaders_for(cfg, ds)
     seed_dir = run_dir / "compare" / f"seed-{cfg.seed}"
     ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, seed_dir / job.name, run_dir,
                         pretrain_dir=seed_dir / "dense", show_progress=job.show_progress, data_seed=job.data_seed,

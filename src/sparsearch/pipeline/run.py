@@ -24,7 +24,6 @@ import statistics
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..data import build_loaders
 from ..executors import make_executor
 from ..files import write_json
 from ..methods import density_map, run_hydra
@@ -32,9 +31,9 @@ from ..models.flops import count_flops
 from ..models.genotypes import GENOTYPES, Genotype
 from ..report import write_report
 from ..search import check_search, differentiable_search, random_search
-from ..sparsity import find_layers
-from ..train import claim_run_dir, resolve_device
-from . import model_builder
+from ..sparsity import configured_layers
+from ..train import claim_run_dir
+from . import loaders_for, model_builder
 
 
 def _validate(cfg: Config) -> None:
@@ -113,7 +112,7 @@ def run_all(cfg: Config, show_progress: bool = True) -> Path:
     """Returns the report directory."""
     _validate(cfg)
     ds = check_search(cfg)  # everything checked before anything is written: search, data, the final network
-    train_loader, test_loader = build_loaders(ds, cfg.data, cfg.seed, device=resolve_device(cfg.train.device))
+    train_loader, test_loader = loaders_for(cfg, ds)
     model_builder(cfg, ds, genotype=GENOTYPES["DASS_95"].to_dict())()
     with claim_run_dir(cfg) as run_dir:
         return _search_and_train(cfg, run_dir, ds, train_loader, test_loader, show_progress)
@@ -130,7 +129,7 @@ def _search_and_train(cfg: Config, run_dir: Path, ds, train_loader, test_loader,
                                 "verdict": json.loads(verdict.read_text()) if verdict.exists() else None}
         build = model_builder(cfg, ds, genotype=genotype.to_dict())
         model = build()
-        layers = find_layers(model, cfg.sparsity.include, cfg.sparsity.exclude, cfg.sparsity.dense_first_last)
+        layers = configured_layers(model, cfg.sparsity)
         densities = {s: density_map(layers, s, cfg.sparsity.allocation) for s in search.sparsities}
         hydra = run_hydra(build, densities, cfg.hydra, cfg.train, train_loader, test_loader, run_dir / "train" / search.key,
                           run_dir / "metrics.jsonl", run_dir, show_progress)

@@ -1,4 +1,5 @@
-"""Report plots (matplotlib, Agg). The search diagnostics (alpha heatmap, cell diagram) live in `search.plots`."""
+"""Every picture sparsearch draws (matplotlib, Agg); the search diagnostics (alpha heatmap, cell diagram) are in
+`search_plots.py`. Stages that draw (a search, a DST or soup training, a comparison) call these."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..search.plots import alpha_heatmap, cell_diagram  # noqa: E402
+from .search_plots import alpha_heatmap, cell_diagram  # noqa: E402
 
 __all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot", "soup_plot"]
 

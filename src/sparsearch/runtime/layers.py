@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .. import sparsity as sp
 from ..errors import SparsearchError
+from ..models import split_logits
 from ..models.tracing import conv_bn_pairs
 from .kernels import candidates
 
@@ -43,7 +44,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 
 def logits(output) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output  # genotype networks: (logits, aux)
+    return split_logits(output)[0]
 
 
 def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

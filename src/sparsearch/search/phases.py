@@ -80,9 +80,8 @@ class ArchitectCallback(Callback):
 
 def _phase_train_cfg(cfg: Config, epochs: int, lr: float):
     s = cfg.search
-    return dataclasses.replace(cfg.train, epochs=epochs, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                               schedule="cosine", min_lr=s.min_lr, warmup_epochs=0.0, grad_clip=s.grad_clip,
-                               optimizer="sgd", drop_path=0.0)
+    return cfg.train.stage(epochs, lr, momentum=s.momentum, weight_decay=s.weight_decay, schedule="cosine",
+                           min_lr=s.min_lr, warmup_epochs=0.0, grad_clip=s.grad_clip, optimizer="sgd", drop_path=0.0)
 
 
 def phases(s: SearchConfig) -> list[tuple[str, StageKind]]:
@@ -182,7 +181,7 @@ def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype, arch_ste
     lines = [json.dumps(e) for e in epochs]
     (search_dir / "alphas.jsonl").write_text("\n".join(lines) + "\n")
     write_json(search_dir / "verdict.json", search_verdict(epochs, arch_steps))
-    from .plots import alpha_heatmap, cell_diagram  # matplotlib loads only when a search finishes
+    from ..report.search_plots import alpha_heatmap, cell_diagram  # matplotlib loads only when a search finishes
 
     last = json.loads(lines[-1])
     alpha_heatmap(last["normal"], last["reduce"], search_dir / "alphas.png", f"softmax(alpha) after {last['stage']}")

@@ -57,7 +57,7 @@ def evaluate_candidate(trial: Trial) -> dict:
     layers = sp.find_layers(net, dense_first_last=False)
     masks, densities = sp.compute_masks(net, layers, s.sparsity, "random", "uniform", seed=cfg.seed)
     sp.attach(net, masks, densities=densities)
-    train_cfg = dataclasses.replace(cfg.train, epochs=s.random_epochs, drop_path=0.0)
+    train_cfg = cfg.train.stage(s.random_epochs, drop_path=0.0)
     summary = fit(net, out, train_cfg, train_loader, eval_loader, MetricsLog(out / "metrics.jsonl", stage=out.name),
                   show_progress=trial.show_progress).summary
     return {"trial": out.name, "val_acc": summary["final_test_acc"], "train_seconds": summary["train_seconds"],

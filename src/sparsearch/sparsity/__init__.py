@@ -61,7 +61,8 @@ from .select import (
 
 __all__ = [
     "NM", "Block", "Channel", "DynamicNM", "LearnedMask", "Mask", "SparsityError", "Unstructured",
-    "allocate", "attach", "attach_channels", "attach_learned", "attach_nm", "bind_optimizer", "check", "compute_masks", "current_masks",
+    "allocate", "attach", "attach_channels", "attach_learned", "attach_nm", "bind_optimizer", "check", "compute_masks",
+    "configured_layers", "current_masks",
     "find_layers", "freeze", "global_select", "keep_count", "lamp_scores", "load_masked_state_dict",
     "masked_layers", "masked_tensors", "parse_kind", "print_report", "remove", "report", "select", "sparsify", "squash",
     "topk_mask", "track_dense_grads", "update", "weight_param",
@@ -85,9 +86,14 @@ def compute_masks(model: nn.Module, layers: dict[str, nn.Module], sparsity: floa
     return {n: select(scores[n], densities[n], mask_kind) for n in layers}, densities
 
 
+def configured_layers(model: nn.Module, cfg: SparsityConfig) -> dict[str, nn.Module]:
+    """The layers `cfg` (include / exclude globs, dense_first_last) selects in `model`."""
+    return find_layers(model, cfg.include, cfg.exclude, cfg.dense_first_last)
+
+
 def sparsify(model: nn.Module, cfg: SparsityConfig, seed: int = 0, batches=None) -> dict[str, torch.Tensor]:
     """Select layers, compute masks as `cfg` says, and attach them. Returns the masks."""
-    layers = find_layers(model, cfg.include, cfg.exclude, cfg.dense_first_last)
+    layers = configured_layers(model, cfg)
     masks, densities = compute_masks(model, layers, cfg.sparsity, cfg.criterion, cfg.allocation, cfg.kind,
                                      seed=seed, batches=batches)
     attach(model, masks, parse_kind(cfg.kind), densities)

@@ -1,20 +1,20 @@
-"""Masks on weights, as `torch.nn.utils.parametrize` parametrizations. The only place a mask is stored.
+"""Masks on weights, as `torch.nn.utils.parametrize` parametrizations (`parametrizations.py`): selecting the
+layers, attaching, updating, removing, squashing and checking them. The only place a mask is stored.
 
-Two parametrizations:
+Three parametrizations:
 - `Mask`: a fixed binary mask (buffer). The stored weight is kept exactly zero where the mask is zero, and
   `bind_optimizer` keeps it so through every optimiser step (gradients and optimiser state are masked too).
 - `LearnedMask`: HYDRA / edge-popup scores. The forward pass keeps the top-k |scores| (straight-through
   gradient to the scores); the stored weight stays dense, because the chosen entries change while scores train.
 - `DynamicNM`: SR-STE N:M masks, recomputed from |W| in every forward pass; the stored weight stays dense.
 
-Both record their kind and density in the module's extra state, so masks save and load with the model's
+Each records its kind and density in the module's extra state, so masks save and load with the model's
 state_dict and `check` can verify the exact counts.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections.abc import Iterable
 
@@ -22,118 +22,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from ..errors import SparsearchError
-from .select import NM, Channel, MaskKind, Unstructured, expected_kept, parse_kind, select
+from .parametrizations import DynamicNM, LearnedMask, Mask, SparsityError, unit_density
+from .select import NM, Channel, MaskKind, Unstructured, expected_kept, parse_kind
 
 MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
-
-
-class SparsityError(SparsearchError):
-    pass
-
-
-def unit_density(mask: torch.Tensor, kind: MaskKind) -> float:
-    """Fraction of units (weights, blocks, channels) a mask keeps: the density it was selected at."""
-    if isinstance(kind, NM):
-        return kind.density
-    return float((kind.units(mask.float()) > 0).float().mean())
-
-
-class Mask(nn.Module):
-    def __init__(self, mask: torch.Tensor, kind: MaskKind = Unstructured(), density: float | None = None):
-        super().__init__()
-        self.register_buffer("mask", mask.detach().clone().float())
-        self.kind = kind
-        self.density = unit_density(mask, kind) if density is None else density
-        self.grad_sink: tuple[dict, str] | None = None  # see track_dense_grads
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        out = weight * self.mask.to(weight.dtype)
-        if self.grad_sink is not None and out.requires_grad:
-            sink, key = self.grad_sink
-            out.register_hook(lambda g: sink.__setitem__(key, sink[key] + g.detach() if key in sink else g.detach()))
-        return out
-
-    def current(self) -> torch.Tensor:
-        return self.mask.bool()
-
-    def get_extra_state(self):
-        return {"kind": str(self.kind), "density": self.density}
-
-    def set_extra_state(self, state):
-        self.kind, self.density = parse_kind(state["kind"]), float(state["density"])
-
-
-class _TopKStraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scores, density, kind):
-        return select(scores, density, kind).to(scores.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None
-
-
-class LearnedMask(nn.Module):
-    """Learned scores S with a top-k mask in the forward pass (HYDRA). Scaled init: S = sqrt(6/fan_in) W / max|W|."""
-
-    def __init__(self, weight: torch.Tensor, density: float, kind: MaskKind = Unstructured()):
-        super().__init__()
-        self.scores = nn.Parameter(torch.empty_like(weight))
-        self.kind, self.density = kind, density
-        self.scaled_init(weight)
-
-    @torch.no_grad()
-    def scaled_init(self, weight: torch.Tensor) -> None:
-        fan_in = math.prod(weight.shape[1:])
-        self.scores.copy_(math.sqrt(6.0 / fan_in) * weight / weight.abs().max().clamp_min(1e-12))
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * _TopKStraightThrough.apply(self.scores.abs(), self.density, self.kind).to(weight.dtype)
-
-    def current(self) -> torch.Tensor:
-        return select(self.scores.detach().abs(), self.density, self.kind)
-
-    get_extra_state = Mask.get_extra_state
-    set_extra_state = Mask.set_extra_state
-
-
-class _MaskedStraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight, mask):
-        return weight * mask
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None  # straight through: pruned weights get the dense gradient too
-
-
-class DynamicNM(nn.Module):
-    """N:M sparsity trained with SR-STE (Zhou et al. 2021): the mask is recomputed from |W| in every forward pass,
-    the stored weight stays dense, and the gradient passes straight through to every weight. `mask` holds the
-    mask of the latest forward pass (the one the SR-STE decay term uses). `flow` > 0 lets the pruned weights
-    through scaled by it in training mode (progressive gradient flow's soft mask E + (1 - E) * flow); it is
-    set per step by a schedule, and evaluation always sees the hard N:M mask."""
-
-    def __init__(self, weight: torch.Tensor, kind: NM):
-        super().__init__()
-        self.kind, self.density = kind, kind.density
-        self.flow = 0.0
-        self.register_buffer("nm_mask", kind.select(weight.detach().abs()).float())
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            self.nm_mask.copy_(self.kind.select(weight.detach().abs()))
-        mask = self.nm_mask.to(weight.dtype)
-        if self.flow and self.training:
-            mask = mask + (1 - mask) * self.flow
-        return _MaskedStraightThrough.apply(weight, mask)
-
-    def current(self) -> torch.Tensor:
-        return self.nm_mask.bool()
-
-    get_extra_state = Mask.get_extra_state
-    set_extra_state = Mask.set_extra_state
 
 
 # ------------------------------------------------------------------------------------------ selection

@@ -1,11 +1,12 @@
 """The training loop, its checkpoints, schedules and metric sinks, and the run directory."""
 
+from ..models import split_logits
 from .callbacks import DropPathSchedule, SparsityCallback
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, Reporter
 from .rundir import claim_run_dir, exclusive, prepare_run_dir
 from .schedule import build_optimizer, lr_at, set_lr
-from .steps import autocast, evaluate, resolve_device, save_final, split_logits
+from .steps import autocast, evaluate, resolve_device, save_final
 from .trainer import Callback, Trainer
 
 __all__ = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,19 +14,13 @@ from safetensors.torch import save_file
 from .. import distributed
 from .. import sparsity as sp
 from ..data import TensorLoader
+from ..models import split_logits
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def split_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Models may return logits or (logits, auxiliary logits)."""
-    if isinstance(output, (tuple, list)):
-        return output[0], (output[1] if len(output) > 1 else None)
-    return output, None
 
 
 def save_final(model: nn.Module, out_dir: Path) -> None:

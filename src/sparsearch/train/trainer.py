@@ -18,10 +18,11 @@ from ..config import TrainConfig
 from ..data import TensorLoader
 from ..errors import SparsearchError
 from ..files import write_json
+from ..models import split_logits
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog, Reporter
 from .schedule import build_optimizer, lr_at, set_lr
-from .steps import autocast, evaluate, resolve_device, save_final, split_logits
+from .steps import autocast, evaluate, resolve_device, save_final
 
 
 class Callback:
