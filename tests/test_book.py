@@ -70,3 +70,27 @@ def test_document_lists_every_claim_with_its_verdict_and_figure():
     assert "| 1 | DASS cell vs DARTS cell at equal sparsity | reproduced |" in text
     assert "| 2 | Measured speedup vs sparsity against the FLOP ideal | not reproduced |" in text
     assert "resnet56, batch 32, 2 threads: 1.75x" in text and "![" in text and "results/runtime-speedup.png" in text
+
+
+def _ift(wide_rigl: list[tuple[float, float, float]]) -> dict:
+    """Results of the Sparse-IFT comparison: dense at 40% (38-42), wide-rigl (mean, min, max) per sparsity."""
+    table = [{**_table("dense", 0.0, 0.40, 0.38, 0.42), "macs": 1e6, "params": 1e4}]
+    for s, (mean, lo, hi) in zip((0.5, 0.75), wide_rigl):
+        table += [{**_table("wide-rigl", s, mean, lo, hi), "macs": 1e6, "params": 1e4},
+                  {**_table("wide-static", s, 0.41, 0.40, 0.42), "macs": 1e6, "params": 1e4}]
+    return {"table": table, "rows": [{"variant": "dense", "train_seconds": 60.0}]}
+
+
+INFERENCE = {"dense": {"batch-1": {"engine": "onnxruntime", "ms": 1.0}},
+             "wide-rigl-0.5": {"batch-1": {"engine": "engine", "ms": 1.5}}}
+
+
+@pytest.mark.parametrize("wide, verdict", [
+    ([(0.45, 0.43, 0.47), (0.46, 0.44, 0.48)], "**reproduced**"),  # ahead, seed ranges disjoint, at both sparsities
+    ([(0.39, 0.37, 0.41), (0.40, 0.38, 0.42)], "**not reproduced**"),  # at or below dense's mean at both
+    ([(0.45, 0.43, 0.47), (0.41, 0.39, 0.43)], "**mixed**"),  # ahead at 50%; at 75% ahead but overlapping
+])
+def test_sparse_ift_verdict_follows_its_rule(wide, verdict):
+    chapter = book.sparse_ift(_ift(wide), INFERENCE)
+    assert chapter.verdict.startswith(verdict)
+    assert "| wide-rigl-0.5 | 1 | engine | 1.50 | 1.50x |" in chapter.body  # inference against the compiled dense

@@ -184,6 +184,17 @@ class MaskSparConfig:
 
 
 @dataclass
+class IFTConfig:
+    """Sparse-IFT (Thangarasa et al. 2023): a bigger network, sparse at the dense network's FLOPs. `sparsity.sparsity`
+    is the transformation's s; the method (`sparsity.method`) then trains the network at the mask sparsity solved so
+    that its effective MACs equal the dense network's (written back as `sparsity.sparsity`, s kept in `ift.sparsity`)."""
+
+    family: Literal["none", "wide", "parallel"] = opt("none", "wide: every width x sqrt(k); parallel: k parallel "
+                                                      "branches per layer; k = 1 / (1 - s)")
+    sparsity: float | None = opt(None, "s, which sets k (0.5: k = 2, 0.75: k = 4); null: sparsity.sparsity")
+
+
+@dataclass
 class SearchConfig:
     """DASS / DARTS search. Defaults are the paper's reference values (GPU scale); configs/ has CPU sizes."""
 
@@ -258,6 +269,7 @@ class Config:
     nm: NMConfig = field(default_factory=NMConfig)
     imp: IMPConfig = field(default_factory=IMPConfig)
     soup: SoupConfig = field(default_factory=SoupConfig)
+    ift: IFTConfig = field(default_factory=IFTConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
 

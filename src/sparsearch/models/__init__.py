@@ -16,14 +16,29 @@ if TYPE_CHECKING:
     from ..data import Dataset
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+# how a model's constructor arguments widen it by a factor (Sparse-IFT's Sparse Wide): kwargs, factor -> kwargs
+WIDEN: dict[str, Callable[[dict, float], dict]] = {}
 
 
-def register_model(name: str):
+def register_model(name: str, widen: Callable[[dict, float], dict] | None = None):
     def wrap(fn):
         MODELS[name] = fn
+        if widen is not None:
+            WIDEN[name] = widen
         return fn
 
     return wrap
+
+
+def scaled(key: str, default: int, multiple: int = 1) -> Callable[[dict, float], dict]:
+    """A widening rule for an integer channel argument: `key` (default `default`) times the factor, rounded to a
+    multiple of `multiple`."""
+    return lambda kw, f: {**kw, key: max(multiple, multiple * round(kw.get(key, default) * f / multiple))}
+
+
+def multiplied(key: str, default: float) -> Callable[[dict, float], dict]:
+    """A widening rule for a width-multiplier argument."""
+    return lambda kw, f: {**kw, key: kw.get(key, default) * f}
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
@@ -41,19 +56,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_builder(cfg: Config, ds: Dataset, **overrides: Any) -> Callable[[], nn.Module]:
-    """A function that builds the configured model (kwargs updated by `overrides`), seeded: the same init every call
-    (`build(seed=k)` draws another initialisation, e.g. for IMP's random re-initialisation branch)."""
+def model_kwargs(cfg: Config, ds: Dataset, **overrides: Any) -> dict[str, Any]:
+    """The configured model's constructor arguments (besides classes and channels), widened for Sparse Wide."""
     kwargs: dict[str, Any] = {**cfg.model.kwargs, **overrides}
     if taken := sorted({"num_classes", "in_channels"} & set(kwargs)):
         raise SparsearchError(f"model.kwargs sets {', '.join(taken)}, which the dataset decides ({ds.name}: "
-                          f"{ds.in_channels} channels, {ds.num_classes} classes)")
+                              f"{ds.in_channels} channels, {ds.num_classes} classes)")
     if cfg.model.name == "mlp":
         kwargs.setdefault("image_size", ds.image_size[0])
+    if cfg.ift.family == "wide":  # Sparse-IFT: the widened constructor arguments
+        from .ift import transform_sparsity, wide_factor
+
+        if cfg.model.name not in WIDEN:
+            raise SparsearchError(f"model '{cfg.model.name}' has no width rule (register_model(..., widen=...)), so "
+                                  "ift.family wide cannot widen it")
+        kwargs = WIDEN[cfg.model.name](kwargs, wide_factor(transform_sparsity(cfg)))
+    return kwargs
+
+
+def model_builder(cfg: Config, ds: Dataset, **overrides: Any) -> Callable[[], nn.Module]:
+    """A function that builds the configured model (kwargs updated by `overrides`), seeded: the same init every call
+    (`build(seed=k)` draws another initialisation, e.g. for IMP's random re-initialisation branch)."""
+    kwargs = model_kwargs(cfg, ds, **overrides)
+    ift = cfg.ift
 
     def build(seed: int | None = None) -> nn.Module:
         seed_everything(cfg.seed if seed is None else seed)
-        return build_model(cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **kwargs)
+        model = build_model(cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **kwargs)
+        if ift.family == "parallel":
+            from .ift import sparse_parallel, transform_sparsity
+
+            s = cfg.sparsity
+            example = torch.zeros(2, ds.in_channels, *ds.image_size)
+            sparse_parallel(model, transform_sparsity(cfg), example, s.include, s.exclude, s.dense_first_last)
+        return model
 
     return build
 
@@ -71,4 +107,7 @@ def count_parameters(model: nn.Module) -> int:
 
 from . import darts, mobilenet, resnet, small, vgg, wideresnet  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["MODELS", "build_model", "count_parameters", "model_builder", "register_model", "seed_everything", "split_logits"]
+__all__ = [
+    "MODELS", "WIDEN", "build_model", "count_parameters", "model_builder", "model_kwargs",
+    "register_model", "seed_everything", "split_logits",
+]

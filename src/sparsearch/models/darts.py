@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import register_model
+from . import register_model, scaled
 from .genotypes import Genotype, load_genotype
 from .operations import OPS, FactorizedReduce, ReLUConvBN, drop_path
 
@@ -91,7 +91,7 @@ class GenotypeNetwork(nn.Module):
         return (logits, aux) if aux is not None else logits
 
 
-@register_model("genotype")
+@register_model("genotype", widen=scaled("channels", 36, multiple=2))  # FactorizedReduce halves C
 def genotype_network(num_classes: int = 10, in_channels: int = 3, genotype: str | dict = "DARTS_V2",
                      channels: int = 36, layers: int = 20, auxiliary: bool = False, drop_path_prob: float = 0.0):
     """A network from a genotype (name, JSON path or dict). DASS sizes: Tiny 30/16, Small 36/20, Medium 86/12,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from . import register_model
+from . import multiplied, register_model
 
 # (expansion t, output channels c, blocks n, first stride s); stage two has s=1 instead of ImageNet's 2
 CIFAR_STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -48,6 +48,6 @@ class CifarMobileNetV2(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("mobilenetv2")
+@register_model("mobilenetv2", widen=multiplied("width", 1.0))
 def mobilenetv2(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     return CifarMobileNetV2(num_classes, in_channels, width)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import register_model, scaled
 
 
 class ShortcutA(nn.Module):
@@ -67,6 +67,6 @@ class CifarResNet(nn.Module):
 
 
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"resnet{_depth}")(
+    register_model(f"resnet{_depth}", widen=scaled("width", 16))(
         lambda depth=_depth, **kw: CifarResNet(depth=depth, **kw)
     )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from . import register_model
+from . import register_model, scaled
 
 
-@register_model("cnn")
+@register_model("cnn", widen=scaled("width", 32))
 def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Module:
     """A LeNet-style CNN: two conv-BN-ReLU blocks with pooling, then a linear classifier."""
     return nn.Sequential(
@@ -20,7 +20,7 @@ def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> n
     )
 
 
-@register_model("mlp")
+@register_model("mlp", widen=lambda kw, f: {**kw, "hidden": [max(1, round(h * f)) for h in kw.get("hidden") or [300, 100]]})
 def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 8, hidden: list[int] | None = None) -> nn.Module:
     """A fully connected network on flattened images (LeNet-300-100 shape by default)."""
     dims = [in_channels * image_size * image_size, *(hidden or [300, 100])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from . import register_model
+from . import multiplied, register_model
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -31,6 +31,7 @@ class CifarVGG(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("vgg16")
-def vgg16(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    return CifarVGG(VGG16, num_classes, in_channels)
+@register_model("vgg16", widen=multiplied("width", 1.0))
+def vgg16(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> nn.Module:
+    """`width` multiplies every layer's channels."""
+    return CifarVGG([c if c == "M" else max(1, round(c * width)) for c in VGG16], num_classes, in_channels)

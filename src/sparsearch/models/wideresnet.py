@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register_model
+from . import multiplied, register_model
 
 
 class PreActBlock(nn.Module):
@@ -29,14 +29,14 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth: int = 28, widen: int = 10, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0):
+    def __init__(self, depth: int = 28, widen: float = 10, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         blocks, ch = [], 16
-        for stage, width in enumerate((16 * widen, 32 * widen, 64 * widen)):
+        for stage, width in enumerate(round(c * widen) for c in (16, 32, 64)):
             for i in range(n):
                 blocks.append(PreActBlock(ch, width, 2 if stage > 0 and i == 0 else 1, dropout))
                 ch = width
@@ -52,6 +52,7 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-register_model("wideresnet")(WideResNet)
+register_model("wideresnet", widen=multiplied("widen", 10))(WideResNet)
 for _widen in (2, 4, 10):
-    register_model(f"wrn28-{_widen}")(lambda widen=_widen, **kw: WideResNet(depth=28, widen=widen, **kw))
+    register_model(f"wrn28-{_widen}", widen=multiplied("widen", _widen))(
+        lambda widen=_widen, **kw: WideResNet(depth=28, widen=widen, **kw))

@@ -14,6 +14,7 @@ from ..methods import METHODS, MethodContext, StageResult, preflight
 from ..methods.registry import sections_used
 from ..models import model_builder
 from ..models.flops import count_flops
+from ..models.ift import iso_config
 from ..report.plots import churn_plot, soup_plot
 from ..train import claim_run_dir, resolve_device
 
@@ -29,17 +30,26 @@ def build_for(cfg: Config):
     return (ds, model_builder(cfg, ds)(), *loaders_for(cfg, ds))
 
 
-def variant_name(variant: str, sparsity: float) -> str:
-    """A training's directory name (under `train/`, or a compare seed's): `dense`, or `<variant>-<sparsity>`."""
-    return "dense" if variant == "dense" or sparsity == 0 else f"{variant}-{sparsity:g}"
+def variant_name(variant: str, sparsity: float, ift: str = "none") -> str:
+    """A training's directory name (under `train/`, or a compare seed's): `dense`, or `<variant>-<sparsity>`, with
+    the Sparse-IFT family in front (`wide-rigl-0.5`)."""
+    if variant == "dense" or sparsity == 0:
+        return "dense"
+    return f"{variant}-{sparsity:g}" if ift == "none" or variant.startswith(ift) else f"{ift}-{variant}-{sparsity:g}"
+
+
+def ift_sections(cfg: Config) -> tuple[str, ...]:
+    return ("ift",) if cfg.ift.family != "none" else ()
 
 
 def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
     """`sparsearch train`: the configured method (`sparsity.method`; dense when `sparsity.sparsity` is 0)."""
     ds = preflight(cfg)  # before anything is written
     train_loader, test_loader = loaders_for(cfg, ds)
-    variant = variant_name(cfg.sparsity.method, cfg.sparsity.sparsity)
-    with claim_run_dir(cfg, sections=sections_used(["dense" if variant == "dense" else cfg.sparsity.method])) as run_dir:
+    variant = variant_name(cfg.sparsity.method, cfg.sparsity.sparsity, cfg.ift.family)
+    sections = sections_used(["dense" if variant == "dense" else cfg.sparsity.method], *ift_sections(cfg))
+    cfg = iso_config(cfg, ds)  # Sparse-IFT: the mask sparsity at the dense network's MACs
+    with claim_run_dir(cfg, sections=sections) as run_dir:
         out_dir = run_dir / "train" / variant
         ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, out_dir, run_dir,
                             pretrain_dir=out_dir if variant == "dense" else None, show_progress=show_progress)

@@ -27,6 +27,7 @@ from .chapters import (
     random_search_vs_random_configuration,
     rigl_set_static,
     soup_vs_best_ingredient,
+    sparse_ift,
     speedup,
 )
 
@@ -45,7 +46,10 @@ RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
     "sparse-training-cifar10": ("compare", "configs/sparse-training-cifar10.yaml",
                                 [["compare.seeds=[0]"],
                                  ["compare.seeds=[0, 1, 2]", "compare.variants=[dense, static-erk, set, rigl, granet]"]]),
+    # Sparse Wide at the dense network's MACs, 3 seeds (claim 8)
+    "sparse-ift-cifar10": ("compare", "configs/sparse-ift-cifar10.yaml", [[]]),
 }
+INFERENCE_BATCHES = (1, 32)
 RUNTIME_ARGS = ["--threads", "1", "2", "--trials", "5", "--repeats", "3"]
 
 
@@ -69,6 +73,28 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         stop_ray()  # a quiet machine for the timings
         print("book: bench runtime", flush=True)
         runtime_bench.main([*RUNTIME_ARGS, "--out", str(bench_json)])
+    ift_inference(out_dir / "sparse-ift-cifar10")
+
+
+def ift_inference(run_dir: Path) -> dict:
+    """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
+    network -> {"batch-<b>": {engine, ms}} in inference.json (kept: a second book reuses it)."""
+    from .compile import run_compile
+
+    out = run_dir / "inference.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    stop_ray()
+    result: dict = {}
+    for where in sorted((run_dir / "compare" / "seed-0").iterdir()):
+        if where.name == "dense" or where.name.startswith("wide-"):
+            for batch in INFERENCE_BATCHES:
+                print(f"book: compile {where.name} at batch {batch}", flush=True)
+                plan = run_compile(where, batch=batch, threads=2)
+                result.setdefault(where.name, {})[f"batch-{batch}"] = {
+                    "engine": plan["engine"], "ms": plan["times_ms"][plan["engine"]]["median"]}
+    write_atomic(out, json.dumps(result, indent=2))
+    return result
 
 
 def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md", executor: str = "local",
@@ -93,12 +119,15 @@ def _write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comm
     st = read(out_dir / "sparse-training-cifar10" / "compare" / "results.json")
     bench = read(bench_json)
     st_dir = out_dir / "sparse-training-cifar10"
+    ift = read(out_dir / "sparse-ift-cifar10" / "compare" / "results.json")
     chapters = [dass_vs_darts(search), random_search_vs_random_configuration(search, single), erk_vs_uniform(pruning),
-                rigl_set_static(st), imp_vs_oneshot(st, st_dir), soup_vs_best_ingredient(st, st_dir), speedup(bench)]
+                rigl_set_static(st), imp_vs_oneshot(st, st_dir), soup_vs_best_ingredient(st, st_dir), speedup(bench),
+                sparse_ift(ift, ift_inference(out_dir / "sparse-ift-cifar10"))]
     plots = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
              "pruning-accuracy.png": out_dir / "compare-cifar10" / "compare" / "accuracy.png",
              "sparse-training-accuracy.png": out_dir / "sparse-training-cifar10" / "compare" / "accuracy.png",
-             "runtime-speedup.png": bench_json.with_suffix(".png")}
+             "runtime-speedup.png": bench_json.with_suffix(".png"),
+             "sparse-ift-accuracy.png": out_dir / "sparse-ift-cifar10" / "compare" / "accuracy.png"}
     figures = output.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
     for name, source in plots.items():

@@ -29,6 +29,7 @@ from ..executors import Failed, make_executor, raise_failures
 from ..files import write_json
 from ..methods import METHODS, REGISTRY, MethodContext, preflight
 from ..methods.registry import sections_used
+from ..models.ift import iso_config
 from ..report.plots import comparison_plot
 from ..train import claim_run_dir
 from . import loaders_for, model_builder, variant_name, write_summary
@@ -40,6 +41,10 @@ VARIANTS: dict[str, dict] = {
     "snip": {"method": "static", "criterion": "snip", "allocation": "global"},
     "oneshot-lamp": {"method": "oneshot", "criterion": "lamp", "allocation": "global"},
     "maskspar": {"method": "maskspar", "allocation": "uniform"},  # the reference's shipped uniform channel ratio
+    # Sparse-IFT at the dense network's MACs (the compare sparsity is the transformation's s)
+    **{f"{family}-{name}": {**recipe, "ift": family} for family in ("wide", "parallel") for name, recipe in (
+        ("static", {"method": "static", "criterion": "random", "allocation": "erk"}),
+        ("rigl", {"method": "rigl", "allocation": "erk"}))},
 }
 
 
@@ -53,7 +58,10 @@ def variant_config(cfg: Config, variant: str, sparsity: float, seed: int) -> Con
                           f"or a recipe: {', '.join(VARIANTS)})")
     if settings["method"] == "dense":
         sparsity = 0.0
-    return dataclasses.replace(cfg, seed=seed, sparsity=dataclasses.replace(cfg.sparsity, sparsity=sparsity, **settings))
+    settings = dict(settings)
+    ift = dataclasses.replace(cfg.ift, family=settings.pop("ift", "none"), sparsity=None)
+    return dataclasses.replace(cfg, seed=seed, ift=ift,
+                               sparsity=dataclasses.replace(cfg.sparsity, sparsity=sparsity, **settings))
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -67,17 +75,19 @@ def aggregate(rows: list[dict]) -> list[dict]:
         table.append({"variant": variant, "sparsity": sparsity, "seeds": len(rs), "acc_mean": statistics.fmean(accs),
                       "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "acc_min": min(accs), "acc_max": max(accs),
                       "density": statistics.fmean(r["weight_density"] for r in rs),
+                      "macs": statistics.fmean(r["macs_effective"] for r in rs),
+                      "params": statistics.fmean(r["params_nonzero"] for r in rs),
                       "train_seconds": statistics.fmean(r["train_seconds"] for r in rs)})
     return table
 
 
 def markdown_table(table: list[dict], title: str) -> str:
-    lines = [f"# {title}", "", "| variant | sparsity | test acc % (mean ± std) | min–max | seeds | weight density | train s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"# {title}", "", "| variant | sparsity | test acc % (mean ± std) | min–max | seeds | weight density | "
+             "MMACs (non-zero) | params (non-zero) | train s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in sorted(table, key=lambda t: (t["sparsity"], -t["acc_mean"])):
         lines.append(f"| {t['variant']} | {100 * t['sparsity']:g}% | {100 * t['acc_mean']:.2f} ± {100 * t['acc_std']:.2f} | "
                      f"{100 * t['acc_min']:.2f}–{100 * t['acc_max']:.2f} | {t['seeds']} | {t['density']:.4f} | "
-                     f"{t['train_seconds']:.0f} |")
+                     f"{t.get('macs', 0) / 1e6:.2f} | {t.get('params', 0):,.0f} | {t['train_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -114,20 +124,22 @@ class CompareJob:
 
     @property
     def name(self) -> str:
-        return variant_name(self.variant, self.cfg.sparsity.sparsity)
+        return variant_name(self.variant, self.cfg.sparsity.sparsity, self.cfg.ift.family)
 
 
 def run_job(job: CompareJob) -> dict:
     """Train one variant at one sparsity and seed (resumable); its row of the results."""
-    cfg, run_dir = job.cfg, Path(job.run_dir)
-    ds = dataset_from_config(cfg.data, seed=job.data_seed)
+    run_dir = Path(job.run_dir)
+    ds = dataset_from_config(job.cfg.data, seed=job.data_seed)
+    cfg = iso_config(job.cfg, ds)  # Sparse-IFT variants: the mask sparsity at the dense network's MACs
     train_loader, test_loader = loaders_for(cfg, ds)
     seed_dir = run_dir / "compare" / f"seed-{cfg.seed}"
     ctx = MethodContext(cfg, model_builder(cfg, ds), train_loader, test_loader, seed_dir / job.name, run_dir,
                         pretrain_dir=seed_dir / "dense", show_progress=job.show_progress, data_seed=job.data_seed,
                         metrics_file=seed_dir / job.name / "metrics.jsonl")  # jobs may run in parallel
     summary = write_summary(ctx, METHODS[cfg.sparsity.method](ctx), ds, job.name)
-    return {"variant": job.variant, "sparsity": cfg.sparsity.sparsity, "seed": cfg.seed,
+    return {"variant": job.variant, "sparsity": job.cfg.sparsity.sparsity, "seed": cfg.seed,
+            "mask_sparsity": cfg.sparsity.sparsity,
             "test_acc": summary["final_test_acc"], "weight_density": summary.get("weight_density", 1.0),
             "params_nonzero": summary["params_nonzero"], "macs_effective": summary["macs_effective"],
             "train_seconds": summary["train_seconds"]}
@@ -145,9 +157,11 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     jobs = [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
     ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
     for v, s in dict.fromkeys((v, s) for _, v, s in jobs):  # unknown names and bad settings fail before any training
-        preflight(variant_config(cfg, v, s, cfg.seed), ds)
-    methods = list(dict.fromkeys(variant_config(cfg, v, 0.5, cfg.seed).sparsity.method for v in variants))
-    with claim_run_dir(cfg, extendable=("compare",), sections=sections_used(methods, "compare", "run")) as run_dir:
+        preflight(iso_config(variant_config(cfg, v, s, cfg.seed), ds), ds)
+    configs = [variant_config(cfg, v, 0.5, cfg.seed) for v in variants]
+    methods = list(dict.fromkeys(c.sparsity.method for c in configs))
+    ift = ("ift",) if any(c.ift.family != "none" for c in configs) else ()
+    with claim_run_dir(cfg, extendable=("compare",), sections=sections_used(methods, "compare", "run", *ift)) as run_dir:
         out = run_dir / "compare"
         out.mkdir(exist_ok=True)
         executor = make_executor(cfg.run)

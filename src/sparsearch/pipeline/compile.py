@@ -20,7 +20,7 @@ from ..config import load_config
 from ..data import dataset_from_config
 from ..errors import SparsearchError
 from ..files import write_json
-from ..models import model_builder
+from ..models import model_builder, model_kwargs
 from ..runtime import compile, export
 
 
@@ -50,7 +50,9 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
     t0 = time.perf_counter()
     compiled = compile(model, example)
     out = where / "compiled"
-    export(model, out, cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels, **cfg.model.kwargs)
+    if cfg.ift.family != "parallel":  # parallel branches are surgery on the built model: no constructor rebuilds them
+        export(model, out, cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels,
+               **model_kwargs(cfg, ds))
     result = {**compiled.plan(), "batch": batch, "compile_seconds": time.perf_counter() - t0}
     if dense := compiled.fastest_dense():
         result["fastest_dense"] = {"engine": dense[0], "median_ms": dense[1],
