@@ -74,10 +74,10 @@ def test_document_lists_every_claim_with_its_verdict_and_figure():
 
 def _ift(wide_rigl: list[tuple[float, float, float]]) -> dict:
     """Results of the Sparse-IFT comparison: dense at 40% (38-42), wide-rigl (mean, min, max) per sparsity."""
-    table = [{**_table("dense", 0.0, 0.40, 0.38, 0.42), "macs": 1e6, "params": 1e4}]
+    table = [{**_table("dense", 0.0, 0.40, 0.38, 0.42), "macs": 1e6, "params": 1e4, "density": 1.0}]
     for s, (mean, lo, hi) in zip((0.5, 0.75), wide_rigl):
-        table += [{**_table("wide-rigl", s, mean, lo, hi), "macs": 1e6, "params": 1e4},
-                  {**_table("wide-static", s, 0.41, 0.40, 0.42), "macs": 1e6, "params": 1e4}]
+        table += [{**_table("wide-rigl", s, mean, lo, hi), "macs": 1e6, "params": 1e4, "density": 0.3},
+                  {**_table("wide-static", s, 0.41, 0.40, 0.42), "macs": 1e6, "params": 1e4, "density": 0.3}]
     return {"table": table, "rows": [{"variant": "dense", "train_seconds": 60.0}]}
 
 

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from .. import distributed
-from ..config import Config
+from ..config import Config, dump_yaml
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config
-from ..files import write_json
+from ..files import write_atomic, write_json
 from ..methods import METHODS, MethodContext, StageResult, preflight
 from ..methods.registry import sections_used
 from ..models import model_builder
@@ -58,13 +58,15 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
 
 
 def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: str) -> dict[str, Any]:
-    """The method's summary.json: the final stage's numbers plus sizes and costs of the final model."""
+    """The method's summary.json: the final stage's numbers plus sizes and costs of the final model; and the config
+    this variant trained with (config.yaml beside it: a compare variant's method, a Sparse-IFT network's widths)."""
     summary = {**final.summary, "variant": variant, "dataset": ds.name, "model": ctx.cfg.model.name,
                **count_flops(final.model, (ds.in_channels, *ds.image_size)), "run_dir": str(ctx.run_dir),
                "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir)}
     if not distributed.is_main():  # under torchrun rank 0 writes
         return summary
     write_json(ctx.out_dir / "summary.json", summary)
+    write_atomic(ctx.out_dir / "config.yaml", dump_yaml(ctx.cfg))
     if (churn := final.out_dir / "churn.json").exists():  # dynamic sparse training: plot the topology churn
         churn_plot(json.loads(churn.read_text()), final.out_dir / "churn.png", f"{variant}: topology churn")
     if (soups := ctx.out_dir / "soup.json").exists():  # sparse model soups: ingredients vs soups per phase

@@ -151,8 +151,11 @@ def _document(chapters: list[Chapter], figures: Path, seconds: float, command: s
         lines.append(f"| {i} | {c.title} | {c.verdict.split(':')[0].strip('*')} |")
     lines.append("")
     for i, c in enumerate(chapters, 1):
-        lines += [f"## {i}. {c.title}", "", f"**Paper:** {c.source}. **Claim:** {c.claim}", "", c.body.rstrip(), "",
-                  f"**Verdict:** {c.verdict}.", "", f"**Budget:** {c.budget}.", ""]
-        if c.plot:
-            lines += [f"![{c.title}]({(figures / c.plot).as_posix()})", ""]
+        lines += render_chapter(i, c, figures)
     return "\n".join(lines)
+
+
+def render_chapter(number: int, c: Chapter, figures: Path) -> list[str]:
+    lines = [f"## {number}. {c.title}", "", f"**Paper:** {c.source}. **Claim:** {c.claim}", "", c.body.rstrip(), "",
+             f"**Verdict:** {c.verdict}.", "", f"**Budget:** {c.budget}.", ""]
+    return lines + ([f"![{c.title}]({(figures / c.plot).as_posix()})", ""] if c.plot else [])

@@ -34,7 +34,8 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
     except (ValueError, KeyError, TypeError) as exc:
         raise SparsearchError(f"{where}/summary.json is not a sparsearch training summary ({type(exc).__name__}: "
                               f"{exc})") from None
-    cfg = load_config(run_dir / "config.yaml")
+    # the variant's own config where it wrote one (compare variants, Sparse-IFT widths), else its run's
+    cfg = load_config(where / "config.yaml" if (where / "config.yaml").exists() else run_dir / "config.yaml")
     if summary.get("model") == "genotype" and "genotype" not in cfg.model.kwargs:
         raise SparsearchError("searched-cell trainings of `sparsearch run` are not supported yet; compile a "
                               "`sparsearch train` or `compare` result")
