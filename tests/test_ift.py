@@ -15,7 +15,7 @@ from sparsearch.models import MODELS, WIDEN, build_model
 from sparsearch.models.flops import count_flops
 from sparsearch.models.ift import ParallelBranches, iso_sparsity, layer_macs, sparse_parallel, sparse_wide
 
-SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8)}  # the rest: 8x8 RGB, which every registry model takes (cheap)
+SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "vgg16": (3, 32, 32)}  # VGG pools 5 times; the rest take 8x8 RGB (cheap)
 
 
 def _shape(name):
