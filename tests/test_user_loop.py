@@ -133,3 +133,39 @@ def test_a_schedule_method_without_total_steps_says_so():
     method.prepare(model)
     with pytest.raises(sparsearch.SparsearchError, match="total_steps"):
         model(torch.zeros(1, 1, 8, 8))
+
+
+def test_mask_sparsity_and_a_uniform_soup_in_a_users_loop():
+    torch.manual_seed(0)
+    model, x, y = UserCNN(), torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    channels = sparsearch.MaskSparsity(0.5, x[:2], reg=1e-2)
+    channels.prepare(model, optimizer)
+    gammas = {n: model.get_submodule(n).weight.detach().clone() for n in channels.keep}
+    for _ in range(3):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        channels.step()
+    assert set(channels.keep) == {"stem.1", "body.1"}  # the BatchNorms fed directly by a convolution
+    channels.prune()
+    for name, keep in channels.keep.items():
+        assert int(keep.sum()) == keep.numel() // 2 and torch.all(model.get_submodule(name).weight[~keep] == 0)
+        assert torch.all(gammas[name][~keep].abs() <= gammas[name][keep].abs().min())  # the smallest |gamma| went
+    assert not sp.check(model)
+
+    def train(model, phase, i):
+        torch.manual_seed(i)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        sp.bind_optimizer(model, opt)
+        for _ in range(2):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model
+
+    soup = sparsearch.SparseSoup(0.75, phases=2, ingredients=2)
+    souped = soup.run(UserCNN(), train)
+    assert [round(h["density"], 3) for h in soup.history] == [0.5, 0.25] and not sp.check(souped)
+    assert sp.report(souped)[-2]["density"] == pytest.approx(0.25, abs=1e-3)  # the masked layers; stem, classifier dense

@@ -4,7 +4,7 @@ At every update of the `updates` schedule, each masked layer drops the fraction 
 weights with the smallest magnitude and regrows as many at inactive positions: at random (SET) or where the
 dense gradient is largest (RigL, GraNet). Regrown weights start at zero, and the layer's count of active
 weights never changes, so the sparsity is exact after every update. GraNet adds gradual magnitude pruning
-(a `Cubic` schedule, global allocation by default) from a denser start underneath the regrowth.
+(a `Cubic` schedule) from a denser start underneath the regrowth.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def prune_to(method: SparseMethod, target: float, criterion: str, allocation: st
     method.log({"kind": "prune", "step": method.step_count, "target_sparsity": round(target, 6)})
 
 
-def attach_dense(method: SparseMethod) -> None:
+def _attach_dense(method: SparseMethod) -> None:
     sp.attach(method.model, {n: m.weight.new_ones(m.weight.shape, dtype=bool) for n, m in method.layers.items()},
               densities={n: 1.0 for n in method.layers})
 
@@ -77,7 +77,7 @@ class GMP(SparseMethod):
 
     def attach(self, model: nn.Module) -> None:
         super().attach(model)
-        attach_dense(self)
+        _attach_dense(self)
 
     def on_step_start(self) -> None:
         if self.step_count in self.schedule.update_steps(self.steps):

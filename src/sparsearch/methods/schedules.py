@@ -10,6 +10,7 @@ needs nothing but the step count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -36,10 +37,11 @@ class Cubic:
             return target
         return target + (self.initial - target) * (1 - (step - t0) / (t_end - t0)) ** 3
 
-    def update_steps(self, total_steps: int) -> list[int]:
+    @functools.lru_cache(maxsize=8)  # asked at every step; a pure function of the total
+    def update_steps(self, total_steps: int) -> tuple[int, ...]:
         t0, t_end = round(self.start * total_steps), round(self.end * total_steps)
         n = max(1, round((t_end - t0) / self.every))
-        return sorted({t0 + round(k * (t_end - t0) / n) for k in range(n + 1)})
+        return tuple(sorted({t0 + round(k * (t_end - t0) / n) for k in range(n + 1)}))
 
 
 @dataclasses.dataclass(frozen=True)
