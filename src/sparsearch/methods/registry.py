@@ -29,8 +29,6 @@ class MethodSpec:
     reads: tuple[str, ...] = LAYERS + ("allocation",)  # the sparsity.* settings it reads
 
 
-
-
 REGISTRY: dict[str, MethodSpec] = {}
 
 
