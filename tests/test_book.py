@@ -7,24 +7,43 @@ from pathlib import Path
 import pytest
 
 from sparsearch.pipeline import book
+from sparsearch.pipeline.run import seed_summary
 
 
-def _search(dass: list[float], darts: list[float], random: list[float]) -> dict:
-    rows = []
+def _search(dass: list[float], darts: list[float], random: list[float], seeds=(0, 1, 2), moved=True) -> dict:
+    """A `sparsearch run` results.json: each method's accuracy per sparsity, +-0.5 points over the search seeds."""
+    rows, searches = [], {}
     for method, accs in (("dass", dass), ("darts", darts), ("random", random)):
-        for s, acc in zip((0.9, 0.95), accs):
-            rows.append({"method": method, "sparsity": s, "test_acc": acc, "search_seconds": 100.0,
-                         "pretrain_seconds": 50.0, "train_seconds": 10.0})
-    return {"summary": "Tiny.", "rows": rows, "random_samples": 4}
+        for k, seed in enumerate(seeds):
+            key = f"{method}/seed-{seed}"
+            searches[key] = {"method": method, "verdict": None if method == "random" else
+                             {"moved": moved, "words": "moved" if moved else "did not move away from uniform"}}
+            for s, acc in zip((0.9, 0.95), accs):
+                rows.append({"method": method, "sparsity": s, "test_acc": acc + 0.005 * (k - 1), "search_seed": seed,
+                             "search": key, "search_seconds": 100.0, "pretrain_seconds": 50.0, "train_seconds": 10.0,
+                             "dense_test_acc": 0.6})
+    return {"summary": "Tiny.", "rows": rows, "random_samples": 4, "searches": searches, "by_seed": seed_summary(rows),
+            "search_seeds": list(seeds)}
 
 
 @pytest.mark.parametrize("dass, verdict", [([0.5, 0.4], "**reproduced**"), ([0.3, 0.2], "**not reproduced**"),
-                                           ([0.5, 0.2], "**mixed**")])
+                                           ([0.5, 0.2], "**mixed**"), ([0.404, 0.304], "**mixed**")])
 def test_dass_verdict_follows_the_numbers(dass, verdict):
     chapter = book.dass_vs_darts(_search(dass, [0.4, 0.3], [0.4, 0.3]))
-    assert chapter.verdict.startswith(verdict)
-    assert "| 90% | " + f"{100 * dass[0]:.2f} | 40.00 | {100 * (dass[0] - 0.4):+.2f} |" in chapter.body
-    assert chapter.budget.startswith("6 CPU-minutes")  # two searches and pretrainings (150 s each) + four trainings (10 s)
+    assert chapter.verdict.startswith(verdict)  # the last: ahead in the mean, seed ranges overlapping: undecided
+    assert f"| 90% | {100 * dass[0]:.2f} ± 0.50 (3) | 40.00 ± 0.50 (3) | {100 * (dass[0] - 0.4):+.2f} |" in chapter.body
+    assert "reach 60.00% before pruning" in chapter.body
+
+
+def test_a_search_that_did_not_move_is_no_evidence():
+    chapter = book.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3], moved=False))
+    assert chapter.verdict.startswith("**no evidence**") and "dass/seed-0" in chapter.verdict
+    assert "did not move away from uniform" in chapter.body
+
+
+def test_one_search_seed_cannot_reproduce_the_claim():
+    chapter = book.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3], seeds=(0,)))
+    assert chapter.verdict.startswith("**mixed**")  # ahead, but one seed has no spread to be beyond
 
 
 def test_random_search_no_better_than_one_random_configuration_within_a_point():
@@ -70,6 +89,10 @@ def test_document_lists_every_claim_with_its_verdict_and_figure():
     assert "| 1 | DASS cell vs DARTS cell at equal sparsity | reproduced |" in text
     assert "| 2 | Measured speedup vs sparsity against the FLOP ideal | not reproduced |" in text
     assert "resnet56, batch 32, 2 threads: 1.75x" in text and "![" in text and "results/runtime-speedup.png" in text
+    assert "over dense eager PyTorch" in text  # an old bench file: eager was all it measured
+    bench["results"][0]["speedup_vs_fastest_dense"] = 1.2
+    assert "batch 32, 2 threads: 1.20x" in book.speedup(bench).verdict
+    assert "the fastest dense engine" in book.speedup(bench).body
 
 
 def _ift(wide_rigl: list[tuple[float, float, float]]) -> dict:

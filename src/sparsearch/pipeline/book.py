@@ -35,17 +35,18 @@ from .chapters import (
 SEARCH_SIZE = ["data.train_subset=4000", "train.epochs=3", "search.pretrain_epochs=1", "search.finetune_epochs=1",
                "search.random_samples=6", "search.random_epochs=3", "hydra.prune_epochs=1", "hydra.finetune_epochs=1"]
 # name: (command, config file, one list of overrides per invocation)
+SEEDS = "run.search_seeds=[0, 1, 2]"  # every claim on three seeds (claims 1, 2: search seeds, a search per sparsity)
 RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
-    "book-search": ("run", "configs/cifar10-dass-cpu.yaml", [["name=book-search", *SEARCH_SIZE]]),
+    "book-search": ("run", "configs/cifar10-dass-cpu.yaml", [["name=book-search", *SEARCH_SIZE, SEEDS]]),
     # one random sample of the same space, trained the same way: a random sparse configuration (claim 2)
     "book-random-configuration": ("run", "configs/cifar10-dass-cpu.yaml",
-                                  [["name=book-random-configuration", *SEARCH_SIZE, "run.methods=[random]",
+                                  [["name=book-random-configuration", *SEARCH_SIZE, SEEDS, "run.methods=[random]",
                                     "search.random_samples=1"]]),
     "compare-cifar10": ("compare", "configs/compare-cifar10.yaml", [[]]),
-    # every method for seed 0; the cheap ones (one training each) for three seeds: IMP and soups cost several
+    # the cheap variants (one training each) first, then IMP and soups (several trainings each), all on three seeds
     "sparse-training-cifar10": ("compare", "configs/sparse-training-cifar10.yaml",
-                                [["compare.seeds=[0]"],
-                                 ["compare.seeds=[0, 1, 2]", "compare.variants=[dense, static-erk, set, rigl, granet]"]]),
+                                [["compare.seeds=[0, 1, 2]", "compare.variants=[dense, static-erk, set, rigl, granet]"],
+                                 ["compare.seeds=[0, 1, 2]"]]),
     # Sparse Wide at the dense network's MACs, 3 seeds (claim 8)
     "sparse-ift-cifar10": ("compare", "configs/sparse-ift-cifar10.yaml", [[]]),
 }
