@@ -117,3 +117,12 @@ def test_sparse_ift_verdict_follows_its_rule(wide, verdict):
     chapter = book.sparse_ift(_ift(wide), INFERENCE)
     assert chapter.verdict.startswith(verdict)
     assert "| wide-rigl-0.5 | 1 | engine | 1.50 | 1.50x |" in chapter.body  # inference against the compiled dense
+
+
+def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
+    for name in book.RUNS:
+        cpu, gpu = book._load(name, tmp_path, [], None, "cpu"), book._load(name, tmp_path, [], None, "gpu")
+        assert len(cpu) == len(gpu) and all(c.name == g.name for c, g in zip(cpu, gpu))
+        assert all(g.train.device == "cuda" and g.data.train_subset is None and g.train.epochs >= 160 for g in gpu)
+        assert all(c.train.device == "auto" and c.data.train_subset for c in cpu)
+    assert book._load("book-search", tmp_path, [], None, "gpu")[0].run.search_seeds == [0, 1, 2]

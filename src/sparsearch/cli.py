@@ -126,7 +126,7 @@ def cmd_compile(args) -> int:
 def cmd_book(args) -> int:
     from .pipeline.book import run_book
 
-    out = run_book(args.out_dir, args.output, args.executor, args.workers, args.data_path)
+    out = run_book(args.out_dir, args.output, args.executor, args.workers, args.data_path, scale=args.scale)
     print(f"results book: {out}")
     return 0
 
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "process", "ray"], default="ray", help="how independent trials run")
     p.add_argument("--workers", type=int, default=2, help="trials at once")
     p.add_argument("--data-path", help="CIFAR-10 (default: the configs' ../shared/data/cifar10-images.tar.xz)")
+    p.add_argument("--scale", choices=["cpu", "gpu"], default="cpu",
+                   help="cpu: minutes-per-training budgets for 2 cores; gpu: paper-like budgets on CUDA")
     p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("report", help="rebuild the report of a finished `sparsearch run` directory")

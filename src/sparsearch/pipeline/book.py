@@ -51,11 +51,25 @@ RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
     "sparse-ift-cifar10": ("compare", "configs/sparse-ift-cifar10.yaml", [[]]),
 }
 INFERENCE_BATCHES = (1, 32)
+# `--scale gpu`: the same chapters at paper-like budgets on CUDA (full CIFAR-10 training set, full-width ResNet-20,
+# 160 epochs; the searches on the reference's DASS schedule), bf16 autocast and channels-last
+GPU = ["train.device=cuda", "train.amp=true", "train.channels_last=true", "train.threads=null", "data.train_subset=null"]
+FULL = [*GPU, "model.kwargs={width: 16}", "train.epochs=160", "oneshot.finetune_epochs=40", "hydra.prune_epochs=20",
+        "hydra.finetune_epochs=40", "gmp.frequency=100", "dst.update_every=100", "soup.retrain_epochs=40"]
+GPU_RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
+    "book-search": ("run", "configs/cifar10-dass-paper.yaml", [["name=book-search", SEEDS, *GPU]]),
+    "book-random-configuration": ("run", "configs/cifar10-dass-paper.yaml",
+                                  [["name=book-random-configuration", SEEDS, *GPU, "run.methods=[random]",
+                                    "search.random_samples=1"]]),
+    **{name: (command, config, [[*o, *FULL] for o in invocations])
+       for name, (command, config, invocations) in RUNS.items() if command == "compare"},
+}
+SCALES = {"cpu": RUNS, "gpu": GPU_RUNS}
 RUNTIME_ARGS = ["--threads", "1", "2", "--trials", "5", "--repeats", "3"]
 
 
-def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None) -> list[Config]:
-    _, config, invocations = RUNS[name]
+def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None, scale: str = "cpu") -> list[Config]:
+    _, config, invocations = SCALES[scale][name]
     extra = [f"out_dir={out_dir}", *executor] + ([f"data.path={data_path}"] if data_path else [])
     return [load_config(config, [*overrides, *extra]) for overrides in invocations]
 
@@ -67,8 +81,8 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
 
     for name, invocations in cfgs.items():
         for cfg in invocations:
-            print(f"book: {name} ({RUNS[name][0]} -c {RUNS[name][1]})", flush=True)
-            (run_all if RUNS[name][0] == "run" else run_compare)(cfg, show_progress=show_progress)
+            print(f"book: {name} ({RUNS[name][0]}, {cfg.train.epochs} epochs on {cfg.train.device})", flush=True)
+            (run_all if RUNS[name][0] == "run" else run_compare)(cfg, show_progress=show_progress)  # same at any scale
     bench_json = out_dir / "book-runtime" / "runtime.json"
     if not bench_json.exists():
         stop_ray()  # a quiet machine for the timings
@@ -99,14 +113,14 @@ def ift_inference(run_dir: Path) -> dict:
 
 
 def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md", executor: str = "local",
-             workers: int = 2, data_path: str | None = None, show_progress: bool = True) -> Path:
+             workers: int = 2, data_path: str | None = None, show_progress: bool = True, scale: str = "cpu") -> Path:
     out_dir, output = Path(out_dir), Path(output)
     trials = [f"run.executor={executor}", f"run.workers={workers}"]
-    cfgs = {name: _load(name, out_dir, trials, data_path) for name in RUNS}  # all configs checked before any work
+    cfgs = {name: _load(name, out_dir, trials, data_path, scale) for name in RUNS}  # all checked before any work
     started = time.time()
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
         _run_chapters(cfgs, out_dir, show_progress)
-        command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers}"
+        command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
         return _write_book(cfgs, out_dir, output, command, time.time() - started)
 
 
@@ -143,7 +157,8 @@ def _document(chapters: list[Chapter], figures: Path, seconds: float, command: s
     lines = ["# Results book", "", f"Command: `{command}`", "",
              "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
              "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
-             f"Machine: {info['cpu']}, {info['threads']} threads, torch {info['torch']}. This invocation took "
+             f"Machine: {info['cpu']}, {info['threads']} threads" + (f", {info['gpu']}" if info.get("gpu") else "")
+             + f", torch {info['torch']}. This invocation took "
              f"{seconds / 60:.0f} min; the budgets below are the training time recorded in the runs.", "",
              "Every network here is far from converged (minutes of CPU training, not GPU days): read the rankings and "
              "their spreads, not the absolute accuracies, and expect some published findings to need the full budget.", "",
