@@ -126,3 +126,11 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
         assert all(g.train.device == "cuda" and g.data.train_subset is None and g.train.epochs >= 160 for g in gpu)
         assert all(c.train.device == "auto" and c.data.train_subset for c in cpu)
     assert book._load("book-search", tmp_path, [], None, "gpu")[0].run.search_seeds == [0, 1, 2]
+
+
+def test_a_comparison_states_the_dense_accuracy_it_starts_from():
+    rows = [{"variant": v, "train_seconds": 60.0} for v in ("static-erk", "static-uniform")]
+    results = {"model": "resnet20", "rows": rows, "table": [
+        _table("dense", 0.0, 0.47, 0.46, 0.48), _table("static-erk", 0.9, 0.44, 0.43, 0.45),
+        _table("static-uniform", 0.9, 0.43, 0.42, 0.44)]}
+    assert "The dense network reaches 47.00 ± 1.00 (3)." in book.erk_vs_uniform(results).body

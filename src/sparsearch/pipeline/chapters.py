@@ -131,6 +131,12 @@ def _acc(t: dict) -> str:
     return f"{_pct(t['acc_mean'])} ± {_pct(t['acc_std'])} ({t['seeds']})"
 
 
+def _dense_line(t: dict) -> str:
+    """The dense accuracy a comparison starts from (its `dense` rows), as a sentence."""
+    d = t.get(("dense", 0.0))
+    return f" The dense network reaches {_acc(d)}." if d else ""
+
+
 def _cost(results: dict, variants: set[str]) -> float:
     return sum(r["train_seconds"] for r in results["rows"] if r["variant"] in variants)
 
@@ -151,7 +157,7 @@ def erk_vs_uniform(pruning: dict) -> Chapter:
         "Random pruning with ERK layer-wise ratios trains to higher accuracy than uniform ratios, the more so the higher the sparsity.",
         _table(["sparsity", "ERK % (seeds)", "uniform % (seeds)", "difference", "seed ranges disjoint"], rows)
         + f"\n{pruning['model']} at half width on a CIFAR-10 subset, trained from scratch with the random mask "
-        "(`configs/compare-cifar10.yaml`). Accuracy: mean ± sample std over seeds.\n",
+        "(`configs/compare-cifar10.yaml`). Accuracy: mean ± sample std over seeds." + _dense_line(t) + "\n",
         _verdict(ahead[-1] and disjoint[-1], not ahead[-1],
                  f"ERK ahead at {100 * high:g}% with disjoint seed ranges",
                  f"ERK not ahead at {100 * high:g}%") + ("" if ahead[0] and disjoint[0] else
@@ -178,7 +184,7 @@ def rigl_set_static(st: dict) -> Chapter:
         "At the same sparsity and training budget, RigL (gradient regrowth) beats SET (random regrowth), which beats a "
         "static random (ERK) mask.",
         _table(["sparsity", "RigL % (seeds)", "SET % (seeds)", "static ERK % (seeds)"], rows)
-        + "\nSame budget for all three (`configs/sparse-training-cifar10.yaml`).\n",
+        + "\nSame budget for all three (`configs/sparse-training-cifar10.yaml`)." + _dense_line(t) + "\n",
         _verdict(all(holds), all(fails), "RigL > SET > static beyond the seed spread at "
                  + _where(sparsities, dict(zip(sparsities, holds))),
                  "the means are not in the order RigL > SET > static at " + _where(sparsities, dict(zip(sparsities, fails)))),
@@ -198,7 +204,7 @@ def imp_vs_oneshot(st: dict, run_dir: Path) -> Chapter:
         "Iterative magnitude pruning with rewinding vs one-shot pruning", "Frankle et al., Linear Mode Connectivity and the LTH (ICML 2020)",
         "Pruning iteratively with weight rewinding reaches higher accuracy than pruning once to the same sparsity.",
         _table(["sparsity", "IMP (rewinding) % (seeds)", "one-shot magnitude % (seeds)", "difference"], rows)
-        + "\nIMP spends several times the training budget of one-shot (one retraining per level).\n",
+        + "\nIMP spends several times the training budget of one-shot (one retraining per level)." + _dense_line(t) + "\n",
         _verdict(all(holds), all(fails), "IMP ahead with disjoint seed ranges at "
                  + _where(sparsities, dict(zip(sparsities, holds))),
                  "one-shot at or ahead of IMP at " + _where(sparsities, dict(zip(sparsities, fails)))),
