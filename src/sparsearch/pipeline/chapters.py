@@ -38,6 +38,13 @@ def _verdict(all_hold: bool, none_hold: bool, yes: str, no: str) -> str:
     return f"**reproduced**: {yes}" if all_hold else f"**not reproduced**: {no}" if none_hold else f"**mixed**: {yes}; {no}"
 
 
+def _by_rule(sparsities: list[float], holds: list[bool], fails: list[bool], yes: str, no: str) -> str:
+    """Reproduced where the claim holds at every sparsity, not reproduced where it fails at every one, mixed
+    otherwise; each part says where."""
+    return _verdict(all(holds), all(fails), f"{yes} at {_where(sparsities, dict(zip(sparsities, holds)))}",
+                    f"{no} at {_where(sparsities, dict(zip(sparsities, fails)))}")
+
+
 # ------------------------------------------------------------------------------------------------ the claims
 def _search_rows(results: dict) -> dict[tuple[str, float], dict]:
     return {(r["method"], r["sparsity"]): r for r in results["rows"]}
@@ -86,9 +93,7 @@ def dass_vs_darts(search: dict) -> Chapter:
     else:
         ahead = [_apart(by["dass", s], by["darts", s]) for s in sparsities]
         behind = [by["dass", s]["acc_mean"] <= by["darts", s]["acc_mean"] for s in sparsities]
-        verdict = _verdict(all(ahead), all(behind), "DASS ahead with disjoint seed ranges at "
-                           + _where(sparsities, dict(zip(sparsities, ahead))),
-                           "DARTS at or ahead of DASS at " + _where(sparsities, dict(zip(sparsities, behind))))
+        verdict = _by_rule(sparsities, ahead, behind, "DASS ahead with disjoint seed ranges", "DARTS at or ahead of DASS")
     return Chapter(
         "DASS cell vs DARTS cell at equal sparsity", "Mousavi et al., DASS (ACM TECS 2023)",
         "A cell searched with sparse operations (DASS) is more accurate after pruning than the DARTS cell pruned the "
@@ -185,9 +190,8 @@ def rigl_set_static(st: dict) -> Chapter:
         "static random (ERK) mask.",
         _table(["sparsity", "RigL % (seeds)", "SET % (seeds)", "static ERK % (seeds)"], rows)
         + "\nSame budget for all three (`configs/sparse-training-cifar10.yaml`)." + _dense_line(t) + "\n",
-        _verdict(all(holds), all(fails), "RigL > SET > static beyond the seed spread at "
-                 + _where(sparsities, dict(zip(sparsities, holds))),
-                 "the means are not in the order RigL > SET > static at " + _where(sparsities, dict(zip(sparsities, fails)))),
+        _by_rule(sparsities, holds, fails, "RigL > SET > static beyond the seed spread",
+                 "the means are not in the order RigL > SET > static"),
         _hours(_cost(st, set(order))), "sparse-training-accuracy.png")
 
 
@@ -205,9 +209,7 @@ def imp_vs_oneshot(st: dict, run_dir: Path) -> Chapter:
         "Pruning iteratively with weight rewinding reaches higher accuracy than pruning once to the same sparsity.",
         _table(["sparsity", "IMP (rewinding) % (seeds)", "one-shot magnitude % (seeds)", "difference"], rows)
         + "\nIMP spends several times the training budget of one-shot (one retraining per level)." + _dense_line(t) + "\n",
-        _verdict(all(holds), all(fails), "IMP ahead with disjoint seed ranges at "
-                 + _where(sparsities, dict(zip(sparsities, holds))),
-                 "one-shot at or ahead of IMP at " + _where(sparsities, dict(zip(sparsities, fails)))),
+        _by_rule(sparsities, holds, fails, "IMP ahead with disjoint seed ranges", "one-shot at or ahead of IMP"),
         _hours(_cost(st, {"oneshot"}) + imp_seconds), None)
 
 
@@ -268,11 +270,6 @@ def _where(sparsities: list[float], which: dict[float, bool]) -> str:
     return ", ".join(f"{100 * s:g}%" for s in sparsities if which[s]) or "none"
 
 
-def _disjoint_above(a: dict, b: dict) -> bool:
-    """Every seed of `a` above every seed of `b` (the seed ranges do not overlap)."""
-    return a["acc_min"] > b["acc_max"]
-
-
 def sparse_ift(results: dict, inference: dict) -> Chapter:
     """The rule, fixed before the numbers: at a sparsity, Sparse Wide + RigL reproduces the claim when its mean
     accuracy is above the dense network's and the seed ranges are disjoint; it fails when dense's mean is at least
@@ -288,7 +285,7 @@ def sparse_ift(results: dict, inference: dict) -> Chapter:
                 rows.append([v, f"{100 * s:g}%", _acc(r), f"{100 * (r['acc_mean'] - dense['acc_mean']):+.2f}",
                              f"{r['density']:.3f}", f"{r['macs'] / 1e6:.2f}", f"{r['params']:,.0f}"])
     rows.insert(0, ["dense", "-", _acc(dense), "", "1", f"{dense['macs'] / 1e6:.2f}", f"{dense['params']:,.0f}"])
-    ahead = {s: _disjoint_above(t["wide-rigl", s], dense) for s in sparsities}
+    ahead = {s: _apart(t["wide-rigl", s], dense) for s in sparsities}
     behind = {s: t["wide-rigl", s]["acc_mean"] <= dense["acc_mean"] for s in sparsities}
     timing = []  # inference: network -> {"batch-<b>": {"engine", "ms"}}
     for batch in sorted({k for per in inference.values() for k in per}, key=lambda k: int(k.split("-")[1])):
