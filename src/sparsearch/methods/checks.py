@@ -38,9 +38,10 @@ def check_config(cfg: Config) -> None:
         raise SparsearchError(f"sparsity.method {s.method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
     for check in spec.checks:
         check(cfg)
-    if cfg.ift.family != "none" and s.method in ("dense", "hydra", "maskspar", "oneshot", "imp", "soup"):
-        raise SparsearchError(f"ift.family {cfg.ift.family} trains a sparse network from scratch (static, gmp, set, "
-                              f"rigl, granet); not with sparsity.method {s.method}")
+    if cfg.ift.family != "none" and not spec.takes_ift:
+        raise SparsearchError(f"ift.family {cfg.ift.family} trains a sparse network from scratch (with "
+                              f"{', '.join(n for n, m in REGISTRY.items() if m.takes_ift)}); not with sparsity.method "
+                              f"{s.method}")
 
 
 def unstructured(cfg: Config) -> None:

@@ -110,9 +110,10 @@ def gmp(ctx: MethodContext) -> StageResult:
 
 register(MethodSpec("dense", dense, "the dense baseline (train.*)", needs_target=False, reads=()))
 register(MethodSpec("static", static, "sparse from initialisation with fixed masks: random (uniform / ER / ERK) or SNIP "
-                    "scores (sparsity.criterion, sparsity.allocation)", needs_target=False,
+                    "scores (sparsity.criterion, sparsity.allocation)", needs_target=False, takes_ift=True,
                     reads=LAYERS + ("allocation", "criterion", "kind", "snip_batches")))
 register(MethodSpec("oneshot", oneshot, "train dense, prune once by magnitude or LAMP (layer-wise or global), finetune",
                     sections=("oneshot",), starts_from_dense=True, reads=LAYERS + ("allocation", "criterion", "kind")))
 register(MethodSpec("gmp", gmp, "gradual magnitude pruning along Zhu & Gupta's cubic schedule, dense start",
-                    sections=("gmp",), checks=(unstructured, gmp_schedule), reads=LAYERS + ("allocation", "criterion")))
+                    sections=("gmp",), checks=(unstructured, gmp_schedule), reads=LAYERS + ("allocation", "criterion"),
+                    takes_ift=True))

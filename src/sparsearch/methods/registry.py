@@ -26,6 +26,7 @@ class MethodSpec:
     checks: tuple[Callable[[Config], None], ...] = ()  # each raises SparsearchError with a one-line reason
     starts_from_dense: bool = False  # starts from the dense training (shared between such methods in a compare)
     needs_target: bool = True  # sparsity.sparsity must lie in (0, 1)
+    takes_ift: bool = False  # trains from scratch, so it can train a Sparse-IFT network (`ift.family`)
     reads: tuple[str, ...] = LAYERS + ("allocation",)  # the sparsity.* settings it reads
 
 

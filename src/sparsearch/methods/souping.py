@@ -115,9 +115,12 @@ class SparseSoup:
                     recalibrate(model)
                 return evaluate(model) if evaluate is not None else float("nan")
 
-            individual = [measure([i]) for i in range(len(states))] if self.kind == "greedy" else []
-            members, _ = greedy_soup(individual, measure) if self.kind == "greedy" else (list(range(len(states))), None)
-            score = measure(members)
+            if self.kind == "greedy":
+                individual = [measure([i]) for i in range(len(states))]
+                members, _ = greedy_soup(individual, measure)
+            else:
+                individual, members = [], list(range(len(states)))
+            score = measure(members)  # leaves the model holding the chosen soup
             self.history.append({"phase": phase, "density": density, "members": members, "ingredients": individual,
                                  "soup": score})
         return model

@@ -4,6 +4,7 @@ stages wrote there, so any stage can be re-run or resumed."""
 from __future__ import annotations
 
 import json
+import statistics
 from typing import Any
 
 from .. import distributed
@@ -36,6 +37,12 @@ def variant_name(variant: str, sparsity: float, ift: str = "none") -> str:
     if variant == "dense" or sparsity == 0:
         return "dense"
     return f"{variant}-{sparsity:g}" if ift == "none" or variant.startswith(ift) else f"{ift}-{variant}-{sparsity:g}"
+
+
+def accuracy_spread(accs: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and range of test accuracies over seeds."""
+    return {"acc_mean": statistics.fmean(accs), "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "acc_min": min(accs), "acc_max": max(accs)}
 
 
 def ift_sections(cfg: Config) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from ..methods.registry import sections_used
 from ..models.ift import iso_config
 from ..report.plots import comparison_plot
 from ..train import claim_run_dir
-from . import loaders_for, model_builder, variant_name, write_summary
+from . import accuracy_spread, loaders_for, model_builder, variant_name, write_summary
 
 # named recipes: method plus the sparsity settings that define them
 VARIANTS: dict[str, dict] = {
@@ -71,9 +71,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["variant"], r["sparsity"]), []).append(r)
     table = []
     for (variant, sparsity), rs in groups.items():
-        accs = [r["test_acc"] for r in rs]
-        table.append({"variant": variant, "sparsity": sparsity, "seeds": len(rs), "acc_mean": statistics.fmean(accs),
-                      "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "acc_min": min(accs), "acc_max": max(accs),
+        table.append({"variant": variant, "sparsity": sparsity, "seeds": len(rs),
+                      **accuracy_spread([r["test_acc"] for r in rs]),
                       "density": statistics.fmean(r["weight_density"] for r in rs),
                       "macs": statistics.fmean(r["macs_effective"] for r in rs),
                       "params": statistics.fmean(r["params_nonzero"] for r in rs),

@@ -33,7 +33,7 @@ from ..report import write_report
 from ..search import check_search, differentiable_search, random_search
 from ..sparsity import configured_layers
 from ..train import claim_run_dir
-from . import loaders_for, model_builder
+from . import accuracy_spread, loaders_for, model_builder
 
 
 def _validate(cfg: Config) -> None:
@@ -100,9 +100,8 @@ def seed_summary(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["method"], r["sparsity"]), []).append(r)
     out = []
     for (method, sparsity), mine in groups.items():
-        acc = [r["test_acc"] for r in mine]
-        out.append({"method": method, "sparsity": sparsity, "n": len(acc), "acc_mean": statistics.fmean(acc),
-                    "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "acc_min": min(acc), "acc_max": max(acc),
+        out.append({"method": method, "sparsity": sparsity, "n": len(mine),
+                    **accuracy_spread([r["test_acc"] for r in mine]),
                     "dense_acc_mean": statistics.fmean(r["dense_test_acc"] for r in mine),
                     "seeds": [r["search_seed"] for r in mine]})
     return out

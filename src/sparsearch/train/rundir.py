@@ -131,13 +131,14 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = (), sections: tup
         return run_dir
     written = run_dir / "config.yaml"
     text = dump_yaml(cfg, sections)
-    if written.exists() and written.read_text() != text:
+    previous = written.read_text() if written.exists() else None
+    if previous is not None and previous != text:
         try:  # re-resolved, so settings added to sparsearch since then read as their defaults, not as changes
             before = yaml.safe_load(dump_yaml(load_config(written), sections))
         except ConfigError as exc:
             raise SparsearchError(f"{run_dir} holds a run whose config this version cannot read ({exc})") from None
         now = yaml.safe_load(text)
-        shared = set(yaml.safe_load(written.read_text()) or {}) & set(now)  # a section new to this run is no conflict
+        shared = set(yaml.safe_load(previous) or {}) & set(now)  # a section new to this run is no conflict
         before, now = {k: v for k, v in before.items() if k in shared}, {k: v for k, v in now.items() if k in shared}
         for section in extendable:
             before.pop(section, None)
