@@ -260,6 +260,32 @@ def test_learned_scores_hydra():
     assert int((sp.weight_param(layer) != 0).sum()) == 20
 
 
+def test_learned_mask_gradients_are_straight_through_and_the_mask_follows_the_scores():
+    """The scored mask's hand-written backward equals autograd's on weight * (mask + |S| - |S|.detach()), and the
+    top-k selected once per version of the scores is selected anew after an optimiser step changes them."""
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 10)
+    sp.attach_learned(nn.Sequential(layer), {"0": 0.3})
+    p = layer.parametrizations.weight[0]
+    w = layer.parametrizations.weight.original
+    x, target = torch.randn(4, 20), torch.randn(4, 10)
+    (layer(x) - target).square().sum().backward()
+    scores = p.scores.detach().clone().requires_grad_()
+    weight = w.detach().clone().requires_grad_()
+    mask = sp.select(scores.detach().abs(), 0.3, sp.Unstructured()).float()
+    reference = weight * (mask + scores.abs() - scores.abs().detach())
+    (torch.nn.functional.linear(x, reference, layer.bias) - target).square().sum().backward()
+    assert torch.allclose(p.scores.grad, scores.grad) and torch.allclose(w.grad, weight.grad)
+    before = p.current().clone()
+    opt = torch.optim.SGD([p.scores], lr=10.0)
+    for _ in range(3):  # big steps: the ranking of |S| changes
+        opt.zero_grad()
+        (layer(x) - target).square().sum().backward()
+        opt.step()
+    assert not torch.equal(p.current(), before)
+    assert torch.equal(layer.weight != 0, p.current() & (w != 0))  # the forward pass uses the new top-k
+
+
 def test_snip_criterion_prefers_sensitive_weights():
     torch.manual_seed(0)
     net = small_net()

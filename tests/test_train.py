@@ -195,6 +195,35 @@ def test_channels_last_trains_the_same_function_and_float16_needs_cuda(tmp_path)
             from_dict({**TINY, "out_dir": str(tmp_path / "d"), "train": {**TINY["train"], "amp": True, "amp_dtype": "float16"}})
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_nhwc_batchnorm_is_torchs_function_and_leaves_plain_layers_behind(momentum):
+    """Same outputs, gradients and running statistics as nn.BatchNorm2d (8 channels: the NCHW backward; 16:
+    torch's, handed a dense gradient, here a channel slice's), and outside the block plain nn.BatchNorm2d again."""
+    import copy
+
+    from sparsearch.train.nhwc import NHWCBatchNorm2d, nhwc_batchnorm
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8, momentum=momentum), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 16, 1, bias=False), torch.nn.BatchNorm2d(16, affine=False, momentum=momentum))
+    plain = plain.to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    x = torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        plain(x)[:, :8].square().sum().backward()
+    with nhwc_batchnorm(fast):
+        assert type(fast[1]) is NHWCBatchNorm2d and type(fast[4]) is NHWCBatchNorm2d
+        for _ in range(3):
+            out = fast(x)
+            out[:, :8].square().sum().backward()
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    assert type(fast[1]) is type(fast[4]) is torch.nn.BatchNorm2d
+    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-3 * a.grad.abs().max())
+
+
 def test_the_trainer_takes_a_users_optimizer_and_loss(tmp_path):
     cfg = tiny_cfg(tmp_path, epochs=1, lr=0.01)
     _, model, train_loader, test_loader = build_for(cfg)

@@ -3,7 +3,7 @@
 supernet and batch, first and second order. Configurations alternate within each trial; medians reported.
 
 `--implementations` instead times today's supernet against the fast one side by side (`search.fast_ops` and
-`train.channels_last`): first-order steps at batch 16 and 64, a second-order step, the DASS prune step, and a
+`train.channels_last`, with the NHWC BatchNorm backward and the operations' TrainingRewrites): first-order steps at batch 16 and 64, a second-order step, the DASS prune step, and a
 genotype network's (DASS_95, 16 channels, 8 cells, batch 64) training step.
 
 Defaults are CPU-sized (C=8, 5 cells, batch 16); the paper's search net is --channels 16 --layers 8
@@ -20,7 +20,9 @@ import torch.nn.functional as F
 
 from .. import sparsity as sp
 from ..methods.hydra import stage_parameters
+from ..models.operations import TrainingRewrites
 from ..search import Architect, SuperNet
+from ..train.nhwc import nhwc_batchnorm
 from .common import machine, print_table, stats, write_json
 
 
@@ -64,7 +66,18 @@ def _batches(batch: int, size: int, channels_last: bool):
 
 
 def _step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
-    """A callable doing one step of `kind` on its own model and data."""
+    """A callable doing one step of `kind` on its own model and data; `fast` also selects the NHWC BatchNorm
+    backward and the TrainingRewrites (today's path turns both off)."""
+    step = _plain_step_fn(args, kind, batch, fast, channels_last)
+
+    def timed():
+        TrainingRewrites.enabled = fast
+        with nhwc_batchnorm(step.model, fast and channels_last):
+            return step()
+    return timed
+
+
+def _plain_step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
     if kind == "genotype":
         from ..models import build_model
 
@@ -82,6 +95,7 @@ def _step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
             loss.backward()
             opt.step()
             return time.perf_counter() - t0
+        step.model = net
         return step
     net = _supernet(args, fast, channels_last)
     params = net.weight_parameters()
@@ -92,7 +106,11 @@ def _step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
     train, val = _batches(batch, args.image_size, channels_last)
     opt = torch.optim.SGD(params, lr=0.025)
     architect = Architect(net, net.arch_parameters(), second_order=kind == "second")
-    return lambda: _search_step(net, params, opt, architect, train, val)
+
+    def step():
+        return _search_step(net, params, opt, architect, train, val)
+    step.model = net
+    return step
 
 
 def implementations(args) -> int:
@@ -114,7 +132,7 @@ def implementations(args) -> int:
                      f"{st['new']['median']:.3f} ({st['new']['min']:.3f}-{st['new']['max']:.3f})", f"{ratio:.2f}x"])
         print(f"  {rows[-1]}", flush=True)
     info = machine()
-    print_table(f"today vs new (fast_ops + channels_last), s/step medians of {args.trials}, supernet C={args.channels} "
+    print_table(f"today vs new (fast_ops, channels_last, NHWC BatchNorm backward, training rewrites), s/step medians of {args.trials}, supernet C={args.channels} "
                 f"L={args.layers} ({info['cpu']}, {info['threads']} threads)", ["step", "today (min-max)", "new (min-max)",
                                                                                  "speedup"], rows)
     print(f"wrote {write_json(args.out, {'benchmark': 'search_implementations', 'args': vars(args), 'results': results})}")

@@ -11,23 +11,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models.genotypes import Genotype
-from ..models.operations import OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN, SepConv
+from ..models.operations import OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
 
 CONV_OPS = {"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"}
 
 
-def _after_relu(op: nn.Module, relu_x: torch.Tensor) -> torch.Tensor:
-    """A DilConv / SepConv (which starts with ReLU) applied to an input that is already ReLU(x)."""
-    if isinstance(op, SepConv):
-        return op[1](_after_relu(op[0], relu_x))
-    for layer in list(op)[1:]:
-        relu_x = layer(relu_x)
-    return relu_x
-
-
 class MixedOp(nn.Module):
-    """sum_k softmax(alpha)_k op_k(x). `fast` computes the same function with less work: the `none` term (x * 0)
-    is left out, and the four convolutional operations share one ReLU(x) instead of computing it each."""
+    """sum_k softmax(alpha)_k op_k(x), added to `into` (the node's running sum) when given. `fast` computes the
+    same function with less work: the `none` term (x * 0) is left out, the four convolutional operations share one
+    ReLU(x) instead of computing it each, and the weighted terms accumulate in place (one fused multiply-add each
+    instead of a product and a fresh sum)."""
 
     def __init__(self, c: int, stride: int, fast: bool = True):
         super().__init__()
@@ -39,15 +32,17 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
             self.ops.append(op)
 
-    def forward(self, x, weights):
+    def forward(self, x, weights, into=None):
         if not self.fast:
-            return sum(w * op(x) for w, op in zip(weights, self.ops))
+            out = sum(w * op(x) for w, op in zip(weights, self.ops))
+            return out if into is None else into + out
         relu_x = F.relu(x)
-        total = 0
+        total = into
         for k, (name, op) in enumerate(zip(PRIMITIVES, self.ops)):
             if name == "none":
                 continue
-            total = total + weights[k] * (_after_relu(op, relu_x) if name in CONV_OPS else op(x))
+            y = op.after_relu(relu_x) if name in CONV_OPS else op(x)
+            total = weights[k] * y if total is None else total.addcmul_(weights[k], y)
         return total
 
 
@@ -66,7 +61,10 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
-            states.append(sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
+            node = None
+            for j, h in enumerate(states):
+                node = self.edges[offset + j](h, weights[offset + j], node)
+            states.append(node)
             offset += len(states) - 1
         return torch.cat(states[-self.multiplier:], dim=1)
 

@@ -49,14 +49,21 @@ class Mask(nn.Module):
         self.kind, self.density = parse_kind(state["kind"]), float(state["density"])
 
 
-class _TopKStraightThrough(torch.autograd.Function):
+class _ScoredMask(torch.autograd.Function):
+    """weight * mask, where mask = top-k(|scores|) and the gradient reaches the scores straight through the
+    top-k: d/dweight = grad * mask, d/dscores = grad * weight * sign(scores)."""
+
     @staticmethod
-    def forward(ctx, scores, density, kind):
-        return select(scores, density, kind).to(scores.dtype)
+    def forward(ctx, weight, scores, mask):
+        ctx.save_for_backward(weight, scores, mask)
+        return weight * mask
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None
+        weight, scores, mask = ctx.saved_tensors
+        d_weight = grad * mask if ctx.needs_input_grad[0] else None
+        d_scores = grad * weight * scores.sgn() if ctx.needs_input_grad[1] else None
+        return d_weight, d_scores, None
 
 
 class LearnedMask(nn.Module):
@@ -66,6 +73,7 @@ class LearnedMask(nn.Module):
         super().__init__()
         self.scores = nn.Parameter(torch.empty_like(weight))
         self.kind, self.density = kind, density
+        self._selected: tuple | None = None  # (what it was selected from, mask): scores change only in place
         self.scaled_init(weight)
 
     @torch.no_grad()
@@ -74,7 +82,12 @@ class LearnedMask(nn.Module):
         self.scores.copy_(math.sqrt(6.0 / fan_in) * weight / weight.abs().max().clamp_min(1e-12))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * _TopKStraightThrough.apply(self.scores.abs(), self.density, self.kind).to(weight.dtype)
+        # the top-k is selected once per version of the scores, not once per forward pass (the architect's pass and
+        # the weight step's see the same scores)
+        key = (self.scores.data_ptr(), self.scores._version, self.density, str(self.kind), weight.dtype)
+        if self._selected is None or self._selected[0] != key:
+            self._selected = (key, select(self.scores.detach().abs(), self.density, self.kind).to(weight.dtype))
+        return _ScoredMask.apply(weight, self.scores, self._selected[1])
 
     def current(self) -> torch.Tensor:
         return select(self.scores.detach().abs(), self.density, self.kind)

@@ -21,6 +21,7 @@ from ..files import write_json
 from ..models import split_logits
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog, Reporter
+from .nhwc import nhwc_batchnorm
 from .schedule import build_optimizer, lr_at, set_lr
 from .steps import autocast, evaluate, resolve_device, save_final
 
@@ -156,8 +157,9 @@ class Trainer:
         self._call("on_train_start")
         self.step_model = distributed.wrap(self.model)  # after callbacks that attach masks or scores
         try:
-            while self.epoch < self.cfg.epochs:
-                self._run_epoch()
+            with nhwc_batchnorm(self.model, self.cfg.channels_last):
+                while self.epoch < self.cfg.epochs:
+                    self._run_epoch()
         finally:
             self.reporter.close()
         self._call("on_train_end")
