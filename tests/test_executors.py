@@ -47,6 +47,31 @@ def _executor(kind: str, request, **kwargs) -> Executor:
     return Executor(kind, workers=2, **kwargs)
 
 
+def _threads_after_asking_for(threads: int) -> int:
+    import torch
+
+    from sparsearch.executors import set_threads
+
+    set_threads(threads)  # what a trial's Trainer does with a config's `train.threads`
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("kind", ["process", "ray"])
+def test_a_trial_worker_keeps_its_share_of_the_cores(kind, request):
+    """A trial asking for more threads than its worker's share keeps the share (two workers of 2 threads on two
+    cores would run ~10x slower); in this process, the request stands."""
+    import torch
+
+    executor = _executor(kind, request)
+    more = executor.threads + 1
+    assert executor.map(_threads_after_asking_for, [more, more], progress=False) == [executor.threads] * 2
+    before = torch.get_num_threads()
+    try:
+        assert _threads_after_asking_for(more) == more
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_results_keep_the_order_of_the_items(kind, request):
     assert _executor(kind, request).map(operator.neg, [3, 1, 2], progress=False) == [-3, -1, -2]

@@ -112,8 +112,20 @@ class _LocalBackend(_Backend):
         return handle.result()
 
 
+_worker_threads: int | None = None  # in a trial worker: its share of the cores, fixed for the process
+
+
 def _limit_threads(threads: int) -> None:
+    global _worker_threads
+    _worker_threads = threads
     torch.set_num_threads(threads)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` intra-op threads (None: leave torch's), except in a trial worker, whose share of the cores
+    stands: a config's `train.threads: 2` in each of two workers would put four threads on two cores."""
+    if threads and _worker_threads is None:
+        torch.set_num_threads(threads)
 
 
 class _ProcessBackend(_Backend):
@@ -150,7 +162,7 @@ class _ProcessBackend(_Backend):
 
 
 def _ray_trial(fn: Callable, item: Any, threads: int) -> Any:
-    torch.set_num_threads(threads)
+    _limit_threads(threads)
     return fn(item)
 
 

@@ -2,7 +2,8 @@
 sparsity, evaluate, report.
 
     runs/<name>/search/<key>/         dass: pretrain/ prune/ finetune/; darts: search/; random: trial-NNN/
-                                      each with genotype.json (+ alphas.jsonl, trials.jsonl, verdict.json)
+                                      each with genotype.json (+ alphas.jsonl, trials.jsonl, verdict.json;
+                                      DASS and DARTS: their metrics.jsonl, as they may run side by side)
     runs/<name>/train/<key>/          pretrain/ (dense, shared) and sparsity-<s>/{prune,finetune}/
     runs/<name>/results.json          one row per (search, sparsity), and mean +- std over search seeds
 
@@ -24,7 +25,7 @@ import statistics
 from pathlib import Path
 
 from ..config import Config, ConfigError
-from ..executors import make_executor
+from ..executors import make_executor, raise_failures
 from ..files import write_json
 from ..methods import density_map, run_hydra
 from ..models.flops import count_flops
@@ -81,16 +82,31 @@ def plan_searches(cfg: Config) -> list[Search]:
     return searches
 
 
+@dataclasses.dataclass
+class SearchJob:
+    """A DASS or DARTS search as a trial: `run.executor` runs them side by side (each logs into its folder)."""
+
+    cfg: Config
+    search_dir: str
+    progress: bool
+
+
+def run_search_job(job: SearchJob) -> Genotype:
+    search_dir = Path(job.search_dir)
+    return differentiable_search(job.cfg, search_dir, job.progress, metrics_file=search_dir / "metrics.jsonl")
+
+
 def search_all(cfg: Config, show_progress: bool = True) -> list[tuple[Search, Genotype]]:
     executor = make_executor(cfg.run)
-    done = []
-    for search in plan_searches(cfg):
-        search_dir, search_cfg = cfg.run_dir / "search" / search.key, search.config(cfg)
-        if search.method == "random":
-            done.append((search, random_search(search_cfg, search_dir, executor, show_progress)))
-        else:
-            done.append((search, differentiable_search(search_cfg, search_dir, show_progress)))
-    return done
+    planned = [(search, cfg.run_dir / "search" / search.key) for search in plan_searches(cfg)]
+    jobs = {str(d): SearchJob(search.config(cfg), str(d), executor.trial_bars(show_progress))
+            for search, d in planned if search.method != "random"}
+    found = executor.map(run_search_job, list(jobs.values()), label="searches", progress=show_progress)
+    raise_failures(found, "searches")
+    genotypes = dict(zip(jobs, found))
+    # random search runs its candidates as trials itself
+    return [(search, random_search(search.config(cfg), d, executor, show_progress) if search.method == "random"
+             else genotypes[str(d)]) for search, d in planned]
 
 
 def seed_summary(rows: list[dict]) -> list[dict]:

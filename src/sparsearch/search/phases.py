@@ -119,9 +119,12 @@ def supernet_densities(net: SuperNet, sparsity: float) -> dict[str, float]:
     return {n: 1 - sparsity for n in sp.find_layers(net, dense_first_last=False)}
 
 
-def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = True) -> Genotype:
-    """Run the configured search (DASS or DARTS) into `search_dir` (inside the prepared run directory)."""
+def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = True,
+                          metrics_file: Path | None = None) -> Genotype:
+    """Run the configured search (DASS or DARTS) into `search_dir` (inside the prepared run directory), logging
+    to `metrics_file` (default: the run's `metrics.jsonl`; a search running beside others needs its own)."""
     s = cfg.search
+    metrics_file = metrics_file or cfg.run_dir / "metrics.jsonl"
     _check_target(s)
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     train_loader, val_loader, eval_loader = search_loaders(cfg, ds)
@@ -137,13 +140,13 @@ def differentiable_search(cfg: Config, search_dir: Path, show_progress: bool = T
         out = search_dir / phase
         lr = s.score_lr if kind == "prune" else s.weight_lr
         result = train_stage(build, kind, densities, source, out, _phase_train_cfg(cfg, phase_epochs(s, phase), lr),
-                             train_loader, eval_loader, MetricsLog(run_dir / "metrics.jsonl", out.relative_to(run_dir).as_posix()),
+                             train_loader, eval_loader, MetricsLog(metrics_file, out.relative_to(run_dir).as_posix()),
                              parameters=SuperNet.weight_parameters, callbacks=callbacks, show_progress=show_progress)
         source = result.checkpoint
         arch_steps += result.summary["steps"] if kind != "prune" or s.alpha_in_prune else 0
     genotype = result.model.genotype()
     if distributed.is_main():
-        _write_outputs(run_dir, search_dir, genotype, arch_steps)
+        _write_outputs(run_dir, search_dir, genotype, arch_steps, metrics_file)
     distributed.barrier()
     return genotype
 
@@ -170,13 +173,13 @@ def run_search(cfg: Config, show_progress: bool = True) -> Genotype:
         return differentiable_search(cfg, cfg.run_dir / "search", show_progress)
 
 
-def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype, arch_steps: int) -> None:
+def _write_outputs(run_dir: Path, search_dir: Path, genotype: Genotype, arch_steps: int, metrics_file: Path) -> None:
     genotype.save(search_dir / "genotype.json")
     prefix = search_dir.relative_to(run_dir).as_posix() + "/"
     epochs = [{"stage": r["stage"], "epoch": r["epoch"], "normal": r["alphas_normal"], "reduce": r["alphas_reduce"],
                "genotype": r["genotype"], "entropy_normal": normalised_entropy(r["alphas_normal"]),
                "entropy_reduce": normalised_entropy(r["alphas_reduce"])}
-              for r in MetricsLog(run_dir / "metrics.jsonl").read()
+              for r in MetricsLog(metrics_file).read()
               if r.get("kind") == "epoch" and "alphas_normal" in r and r["stage"].startswith(prefix)]
     lines = [json.dumps(e) for e in epochs]
     (search_dir / "alphas.jsonl").write_text("\n".join(lines) + "\n")

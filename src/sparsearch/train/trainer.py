@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .. import distributed
+from ..executors import set_threads
 from .. import sparsity as sp
 from ..config import TrainConfig
 from ..data import TensorLoader
@@ -148,8 +149,7 @@ class Trainer:
         return self.out_dir / "summary.json"
 
     def fit(self) -> dict[str, Any]:
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        set_threads(self.cfg.threads)
         if self.cfg.resume and self.summary_path.exists():
             return json.loads(self.summary_path.read_text())  # finished earlier: nothing to do
         if self.cfg.resume and self.checkpoint_path.exists():
