@@ -188,13 +188,14 @@ def test_the_fast_supernet_computes_todays_function_over_20_steps():
     from sparsearch.search import Architect, SuperNet
     from sparsearch.train.nhwc import nhwc_batchnorm
 
-    def losses(fast: bool, channels_last: bool, masked: bool = False, kept: list | None = None) -> list[float]:
+    def losses(fast: bool, channels_last: bool, masked: bool = False, kept: list | None = None,
+               steps: int = 20) -> list[float]:
         torch.manual_seed(0)
         net = SuperNet(4, 3, 10, 3, fast=fast)  # 4 channels: the NHWC BatchNorm path; reductions: strided dil convs
         if masked:
             sp.attach_learned(net, {n: 0.2 for n in sp.find_layers(net, dense_first_last=False)})
         gen = torch.Generator().manual_seed(1)
-        x, y = torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
         if channels_last:
             net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         opt = torch.optim.SGD(net.weight_parameters(), lr=0.025)
@@ -203,7 +204,7 @@ def test_the_fast_supernet_computes_todays_function_over_20_steps():
         TrainingRewrites.enabled = fast
         try:
             with nhwc_batchnorm(net, fast and channels_last):
-                for _ in range(20):
+                for _ in range(steps):
                     architect.step((x, y), (x, y), net.weight_parameters(), 0.025, 3e-4)
                     loss = F.cross_entropy(net(x), y)
                     opt.zero_grad()
@@ -224,9 +225,9 @@ def test_the_fast_supernet_computes_todays_function_over_20_steps():
     # with learned top-k masks a last-bit difference can flip which weights are kept (a few of 72,820 within 20
     # steps), a jump the dense net has not: the masked runs are compared while they keep the same weights
     kept_today, kept_fast = [], []
-    masked_today = losses(False, False, masked=True, kept=kept_today)
-    masked_fast = losses(True, True, masked=True, kept=kept_fast)
-    same = next((i for i, (a, b) in enumerate(zip(kept_today, kept_fast)) if not torch.equal(a, b)), 20)
+    masked_today = losses(False, False, masked=True, kept=kept_today, steps=12)
+    masked_fast = losses(True, True, masked=True, kept=kept_fast, steps=12)
+    same = next((i for i, (a, b) in enumerate(zip(kept_today, kept_fast)) if not torch.equal(a, b)), 12)
     assert same >= 8
     assert masked_fast[: same + 1] == pytest.approx(masked_today[: same + 1], rel=2e-3)
     assert today[-1] < today[0]  # it trained: the comparison is not between two constants

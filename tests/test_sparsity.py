@@ -262,7 +262,7 @@ def test_learned_scores_hydra():
 
 def test_learned_mask_gradients_are_straight_through_and_the_mask_follows_the_scores():
     """The scored mask's hand-written backward equals autograd's on weight * (mask + |S| - |S|.detach()), and the
-    top-k selected once per version of the scores is selected anew after an optimiser step changes them."""
+    top-k is selected anew whenever the scores change: by an optimiser step, or written through .data."""
     torch.manual_seed(0)
     layer = nn.Linear(20, 10)
     sp.attach_learned(nn.Sequential(layer), {"0": 0.3})
@@ -284,6 +284,8 @@ def test_learned_mask_gradients_are_straight_through_and_the_mask_follows_the_sc
         opt.step()
     assert not torch.equal(p.current(), before)
     assert torch.equal(layer.weight != 0, p.current() & (w != 0))  # the forward pass uses the new top-k
+    p.scores.data.copy_(torch.randn_like(p.scores))  # as fused optimisers do: no version bump
+    assert torch.equal(layer.weight != 0, p.current() & (w != 0))
 
 
 def test_snip_criterion_prefers_sensitive_weights():

@@ -73,7 +73,7 @@ class LearnedMask(nn.Module):
         super().__init__()
         self.scores = nn.Parameter(torch.empty_like(weight))
         self.kind, self.density = kind, density
-        self._selected: tuple | None = None  # (what it was selected from, mask): scores change only in place
+        self._selected: tuple | None = None  # (the scores, density, kind and dtype it was selected from; mask)
         self.scaled_init(weight)
 
     @torch.no_grad()
@@ -82,12 +82,13 @@ class LearnedMask(nn.Module):
         self.scores.copy_(math.sqrt(6.0 / fan_in) * weight / weight.abs().max().clamp_min(1e-12))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        # the top-k is selected once per version of the scores, not once per forward pass (the architect's pass and
-        # the weight step's see the same scores)
-        key = (self.scores.data_ptr(), self.scores._version, self.density, str(self.kind), weight.dtype)
-        if self._selected is None or self._selected[0] != key:
-            self._selected = (key, select(self.scores.detach().abs(), self.density, self.kind).to(weight.dtype))
-        return _ScoredMask.apply(weight, self.scores, self._selected[1])
+        # the top-k is selected anew only when the scores changed (the architect's pass and the weight step's see
+        # the same ones). Compared by value: fused optimisers and writes through .data leave _version alone
+        scores, setting = self.scores.detach(), (self.density, str(self.kind), weight.dtype)
+        if self._selected is None or self._selected[1] != setting or not torch.equal(self._selected[0], scores):
+            mask = select(scores.abs(), self.density, self.kind).to(weight.dtype)
+            self._selected = (scores.clone(), setting, mask)
+        return _ScoredMask.apply(weight, self.scores, self._selected[2])
 
     def current(self) -> torch.Tensor:
         return select(self.scores.detach().abs(), self.density, self.kind)
