@@ -72,3 +72,35 @@ def test_train_genotype_network_from_cli(tmp_path):
                      "train": {"epochs": 1}, "sparsity": {"sparsity": 0.9}})
     summary = run_train(cfg, show_progress=False)
     assert summary["steps"] > 0 and summary["final_test_acc"] is not None
+
+
+@pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5", "sep_conv_5x5"])
+@pytest.mark.parametrize("size", [9, 16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_rewrites_compute_the_plain_layers_function(name, size, channels_last):
+    """Stride 2 (the dilated convolutions' even-taps rewrite) and stride 1, odd and even sizes, NCHW and NHWC (the
+    1x1 matrix product): the same outputs and gradients as the plain layers, with masks on the weights."""
+    from sparsearch.models.operations import OPS, TrainingRewrites
+
+    for stride in (1, 2):
+        torch.manual_seed(0)
+        op = OPS[name](6, stride, True)
+        sp.attach(op, {n: torch.rand_like(m.weight) > 0.5 for n, m in sp.find_layers(op, dense_first_last=False).items()})
+        x = torch.randn(4, 6, size, size)
+        if channels_last:
+            op, x = op.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        results = []
+        for enabled in (False, True):
+            TrainingRewrites.enabled = enabled
+            try:
+                out = op(x)
+                grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                            [x, *[p for p in op.parameters() if p.requires_grad]])
+            finally:
+                TrainingRewrites.enabled = True
+            results.append((out, grads))
+        (plain, plain_grads), (fast, fast_grads) = results
+        assert torch.allclose(fast, plain, atol=1e-6)
+        for a, b in zip(fast_grads, plain_grads):  # sums in another order: float error relative to the largest
+            assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
