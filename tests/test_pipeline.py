@@ -169,20 +169,26 @@ def test_search_seeds_give_mean_and_spread_and_a_shared_search_stays_an_option(t
         run_all(_run_cfg(tmp_path / "x", run={"search_seeds": [1, 1]}), show_progress=False)
 
 
-def test_searches_run_side_by_side_as_trials_with_the_same_results(tmp_path, cache_dir):
-    """run.executor=process runs the DASS and DARTS searches in two workers at once; each logs into its own
-    folder, and the softmax(alpha) they end with are the ones of the searches run one after the other here."""
-    from sparsearch.pipeline.run import search_all
+def test_searches_and_cells_run_side_by_side_as_trials_with_the_same_results(tmp_path, cache_dir):
+    """run.executor=process runs the DASS and DARTS searches, then the cells' HYDRA trainings, two at a time in
+    worker processes; each logs into its own folder, and searches and cells end where they end run one after the
+    other here."""
+    from sparsearch.pipeline.run import run_all
 
     run = {"methods": ["dass", "darts"], "sparsities": [0.9]}
-    here = search_all(_run_cfg(tmp_path / "a", run=run), show_progress=False)
-    beside = search_all(_run_cfg(tmp_path / "b", run={**run, "executor": "process", "workers": 2}), show_progress=False)
-    assert [s.key for s, _ in beside] == [s.key for s, _ in here] == ["dass/sparsity-0.9", "darts"]
-    for search, _ in here:
-        a, b = (tmp_path / d / "q" / "search" / search.key for d in ("a", "b"))
-        assert (b / "metrics.jsonl").stat().st_size > 0 and not (tmp_path / "b" / "q" / "metrics.jsonl").exists()
-        last_a, last_b = (json.loads((d / "alphas.jsonl").read_text().splitlines()[-1]) for d in (a, b))
+    run_all(_run_cfg(tmp_path / "a", run=run), show_progress=False)
+    run_all(_run_cfg(tmp_path / "b", run={**run, "executor": "process", "workers": 2}), show_progress=False)
+    here, beside = (json.loads((tmp_path / d / "q" / "results.json").read_text()) for d in ("a", "b"))
+    assert list(beside["searches"]) == list(here["searches"]) == ["dass/sparsity-0.9", "darts"]
+    for key in here["searches"]:
+        a, b = (tmp_path / d / "q" for d in ("a", "b"))
+        assert (b / "search" / key / "metrics.jsonl").stat().st_size > 0
+        assert (b / "train" / key / "metrics.jsonl").stat().st_size > 0
+        last_a, last_b = (json.loads((d / "search" / key / "alphas.jsonl").read_text().splitlines()[-1]) for d in (a, b))
         assert torch.tensor(last_b["normal"]).allclose(torch.tensor(last_a["normal"]), rtol=1e-4, atol=0)
+    assert not (tmp_path / "b" / "q" / "metrics.jsonl").exists()  # no trial wrote into the run's shared file
+    keep = ("method", "search", "sparsity", "test_acc", "dense_test_acc", "params_nonzero")
+    assert [{k: r[k] for k in keep} for r in beside["rows"]] == [{k: r[k] for k in keep} for r in here["rows"]]
 
 
 def test_run_cli_errors_are_one_line(tmp_path, capsys):

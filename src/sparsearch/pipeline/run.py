@@ -4,7 +4,7 @@ sparsity, evaluate, report.
     runs/<name>/search/<key>/         dass: pretrain/ prune/ finetune/; darts: search/; random: trial-NNN/
                                       each with genotype.json (+ alphas.jsonl, trials.jsonl, verdict.json;
                                       DASS and DARTS: their metrics.jsonl, as they may run side by side)
-    runs/<name>/train/<key>/          pretrain/ (dense, shared) and sparsity-<s>/{prune,finetune}/
+    runs/<name>/train/<key>/          pretrain/ (dense, shared) and sparsity-<s>/{prune,finetune}/, metrics.jsonl
     runs/<name>/results.json          one row per (search, sparsity), and mean +- std over search seeds
 
 A search's key is its method, then `sparsity-<s>` where it searched at one target (DASS and random search with
@@ -31,6 +31,7 @@ from ..methods import density_map, run_hydra
 from ..models.flops import count_flops
 from ..models.genotypes import GENOTYPES, Genotype
 from ..report import write_report
+from ..data import dataset_from_config
 from ..search import check_search, differentiable_search, random_search
 from ..sparsity import configured_layers
 from ..train import claim_run_dir
@@ -127,35 +128,59 @@ def run_all(cfg: Config, show_progress: bool = True) -> Path:
     """Returns the report directory."""
     _validate(cfg)
     ds = check_search(cfg)  # everything checked before anything is written: search, data, the final network
-    train_loader, test_loader = loaders_for(cfg, ds)
+    loaders_for(cfg, ds)
     model_builder(cfg, ds, genotype=GENOTYPES["DASS_95"].to_dict())()
     with claim_run_dir(cfg) as run_dir:
-        return _search_and_train(cfg, run_dir, ds, train_loader, test_loader, show_progress)
+        return _search_and_train(cfg, run_dir, ds, show_progress)
 
 
-def _search_and_train(cfg: Config, run_dir: Path, ds, train_loader, test_loader, show_progress: bool) -> Path:
-    rows, searches = [], {}
-    for search, genotype in search_all(cfg, show_progress):
+@dataclasses.dataclass
+class CellJob:
+    """The HYDRA training of one searched cell at each of its sparsities, as a trial (`run.executor` trains cells
+    side by side; each logs into its folder)."""
+
+    cfg: Config
+    key: str  # the search's
+    genotype: dict
+    sparsities: list[float]
+    progress: bool
+
+
+def train_cell(job: CellJob) -> list[dict]:
+    """One row per sparsity: accuracy, FLOPs and times."""
+    cfg = job.cfg
+    ds = dataset_from_config(cfg.data, seed=cfg.seed)
+    train_loader, test_loader = loaders_for(cfg, ds)
+    build = model_builder(cfg, ds, genotype=job.genotype)
+    layers = configured_layers(build(), cfg.sparsity)
+    densities = {s: density_map(layers, s, cfg.sparsity.allocation) for s in job.sparsities}
+    out = cfg.run_dir / "train" / job.key
+    hydra = run_hydra(build, densities, cfg.hydra, cfg.train, train_loader, test_loader, out, out / "metrics.jsonl",
+                      cfg.run_dir, job.progress)
+    dense = hydra.pretrain.summary
+    return [{"sparsity": sparsity, "test_acc": final.summary["final_test_acc"], "dense_test_acc": dense["final_test_acc"],
+             **count_flops(final.model, (ds.in_channels, *ds.image_size)),
+             "train_seconds": hydra.prune[sparsity].summary["train_seconds"] + final.summary["train_seconds"],
+             "pretrain_seconds": dense["train_seconds"]} for sparsity, final in hydra.finetune.items()]
+
+
+def _search_and_train(cfg: Config, run_dir: Path, ds, show_progress: bool) -> Path:
+    found, searches = search_all(cfg, show_progress), {}
+    for search, genotype in found:
         search_dir = run_dir / "search" / search.key
         verdict = search_dir / "verdict.json"  # differentiable searches: did alpha move? (random search: none)
         searches[search.key] = {"method": search.method, "target": search.target, "seed": search.seed,
                                 "seconds": _search_seconds(search_dir), "genotype": genotype.to_dict(),
                                 "param_free_normal": genotype.parameter_free_count("normal"),
                                 "verdict": json.loads(verdict.read_text()) if verdict.exists() else None}
-        build = model_builder(cfg, ds, genotype=genotype.to_dict())
-        model = build()
-        layers = configured_layers(model, cfg.sparsity)
-        densities = {s: density_map(layers, s, cfg.sparsity.allocation) for s in search.sparsities}
-        hydra = run_hydra(build, densities, cfg.hydra, cfg.train, train_loader, test_loader, run_dir / "train" / search.key,
-                          run_dir / "metrics.jsonl", run_dir, show_progress)
-        dense = hydra.pretrain.summary
-        for sparsity, final in hydra.finetune.items():
-            rows.append({"method": search.method, "sparsity": sparsity, "search": search.key, "search_seed": search.seed,
-                         "test_acc": final.summary["final_test_acc"],
-                         "dense_test_acc": dense["final_test_acc"], **count_flops(final.model, (ds.in_channels, *ds.image_size)),
-                         "search_seconds": searches[search.key]["seconds"],
-                         "train_seconds": hydra.prune[sparsity].summary["train_seconds"] + final.summary["train_seconds"],
-                         "pretrain_seconds": dense["train_seconds"]})
+    executor = make_executor(cfg.run)
+    jobs = [CellJob(cfg, search.key, genotype.to_dict(), search.sparsities, executor.trial_bars(show_progress))
+            for search, genotype in found]
+    cells = executor.map(train_cell, jobs, label="cell trainings", progress=show_progress)
+    raise_failures(cells, "cell trainings")
+    rows = [{"method": search.method, "search": search.key, "search_seed": search.seed,
+             "search_seconds": searches[search.key]["seconds"], **row}
+            for (search, _), cell in zip(found, cells) for row in cell]
     where = "at each target sparsity" if cfg.run.search_per_sparsity else f"at {100 * cfg.search.sparsity:g}% sparsity"
     summary = (f"Each cell was trained with the same HYDRA pipeline: dense pretrain {cfg.train.epochs} epochs, "
                f"score pruning {cfg.hydra.prune_epochs}, finetune {cfg.hydra.finetune_epochs} "

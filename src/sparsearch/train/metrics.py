@@ -48,7 +48,8 @@ class MetricsLog:
         return self.path.stat().st_size if self.path.exists() else 0
 
     def truncate(self, offset: int) -> None:
-        if self.path.exists() and distributed.is_main():
+        # never past the end: that would pad the file with NULs (a checkpoint from a run that logged elsewhere)
+        if self.path.exists() and distributed.is_main() and offset < self.offset():
             with open(self.path, "r+") as fh:
                 fh.truncate(offset)
 
