@@ -128,7 +128,7 @@ def run_all(cfg: Config, show_progress: bool = True) -> Path:
     """Returns the report directory."""
     _validate(cfg)
     ds = check_search(cfg)  # everything checked before anything is written: search, data, the final network
-    loaders_for(cfg, ds)
+    loaders_for(cfg, ds)  # the cells build their own; these show the loaders build before anything is written
     model_builder(cfg, ds, genotype=GENOTYPES["DASS_95"].to_dict())()
     with claim_run_dir(cfg) as run_dir:
         return _search_and_train(cfg, run_dir, ds, show_progress)
