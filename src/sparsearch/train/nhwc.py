@@ -50,7 +50,8 @@ def _dense_channels_last(grad: torch.Tensor) -> torch.Tensor:
 
 
 class NHWCBatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d whose training backward on channels-last input runs in NCHW; otherwise torch's own."""
+    """nn.BatchNorm2d that, training on channels-last CPU input, avoids torch's two slow cases (module docstring);
+    anything else is torch's own forward."""
 
     def forward(self, x):
         if not (self.training and self.track_running_stats and x.device.type == "cpu" and x.dtype == torch.float32
