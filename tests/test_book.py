@@ -134,3 +134,81 @@ def test_a_comparison_states_the_dense_accuracy_it_starts_from():
         _table("dense", 0.0, 0.47, 0.46, 0.48), _table("static-erk", 0.9, 0.44, 0.43, 0.45),
         _table("static-uniform", 0.9, 0.43, 0.42, 0.44)]}
     assert "The dense network reaches 47.00 ± 1.00 (3)." in book.erk_vs_uniform(results).body
+
+
+def test_random_search_is_better_only_beyond_a_point_and_the_seed_spread():
+    single = _search([0.4] * 2, [0.4] * 2, [0.40, 0.40])
+    overlapping = {**single, "by_seed": [{**r, "acc_max": r["acc_max"] + 0.1} if r["method"] == "random" else r
+                                         for r in single["by_seed"]]}  # one lucky seed of the random configuration
+    searched = _search([0.4] * 2, [0.4] * 2, [0.45, 0.45])  # 5 points ahead, ranges disjoint
+    assert book.random_search_vs_random_configuration(searched, single).verdict.startswith("**not reproduced**")
+    assert book.random_search_vs_random_configuration(searched, overlapping).verdict.startswith("**reproduced**")
+
+
+def _st(rows: dict[str, tuple[float, float, float]], s: float = 0.9) -> dict:
+    return {"table": [_table(v, s, *r) for v, r in rows.items()],
+            "rows": [{"variant": v, "train_seconds": 60.0} for v in rows]}
+
+
+@pytest.mark.parametrize("rigl, verdict", [((0.46, 0.45, 0.47), "**reproduced**"),
+                                           ((0.44, 0.43, 0.45), "**mixed**"),  # in order, ranges touching SET's
+                                           ((0.41, 0.40, 0.42), "**not reproduced**")])
+def test_rigl_set_static_needs_each_step_beyond_the_seed_spread(rigl, verdict):
+    st = _st({"rigl": rigl, "set": (0.43, 0.425, 0.435), "static-erk": (0.42, 0.415, 0.419)})
+    assert book.rigl_set_static(st).verdict.startswith(verdict)
+
+
+def test_imp_counts_every_level_and_needs_disjoint_seed_ranges(tmp_path):
+    for level, seconds in enumerate((50.0, 40.0, 30.0)):
+        where = tmp_path / "compare" / "seed-0" / "imp-0.9" / f"level-{level}"
+        where.mkdir(parents=True)
+        (where / "summary.json").write_text(json.dumps({"train_seconds": seconds}))
+    st = _st({"imp": (0.50, 0.49, 0.51), "oneshot": (0.45, 0.40, 0.495)})
+    chapter = book.imp_vs_oneshot(st, tmp_path)
+    assert chapter.verdict.startswith("**mixed**")  # ahead in the mean, one one-shot seed above IMP's worst
+    assert chapter.seconds == 60.0 + 120.0  # one-shot's row, and IMP's three levels rather than its last one
+    st["table"][1] = _table("oneshot", 0.9, 0.45, 0.40, 0.48)
+    assert book.imp_vs_oneshot(st, tmp_path).verdict.startswith("**reproduced**")
+
+
+def _bench(compiled: tuple[float, float, float], dense_min: float = 1.0) -> dict:
+    """A runtime bench row at 95%: the fastest dense engine's median 1.0 s, the compiled network's (median, min, max)."""
+    times = {"onnxruntime": {"median": 1.0, "min": dense_min, "max": 1.1},
+             "compiled": dict(zip(("median", "min", "max"), compiled))}
+    row = {"model": "resnet56", "batch": 32, "threads": 2, "sparsity": 0.95, "times": times, "fastest_dense": "onnxruntime",
+           "speedup": 2.0, "speedup_vs_fastest_dense": 1.0 / compiled[0]}
+    return {"machine": {"cpu": "cpu", "torch": "2"}, "args": {"trials": 5}, "results": [row], "seconds": 1800.0}
+
+
+@pytest.mark.parametrize("compiled, verdict", [((0.2, 0.19, 0.25), "**reproduced**"),  # 5x; 4x in the slowest trial
+                                               ((0.25, 0.2, 0.3), "**mixed**"),  # 4x median, 3.3x in the slowest
+                                               ((0.5, 0.4, 0.6), "**not reproduced**")])  # 2x
+def test_speedup_verdict_follows_the_trials_spread(compiled, verdict):
+    chapter = book.speedup(_bench(compiled))
+    assert chapter.verdict.startswith(verdict) and chapter.budget == "0.5 CPU-hours (wall time of the bench on 2 cores)"
+
+
+def test_a_run_counts_each_search_and_cell_once():
+    rows = [{"search": "darts/seed-0", "search_seconds": 100.0, "pretrain_seconds": 50.0, "train_seconds": 10.0,
+             "sparsity": s} for s in (0.9, 0.95)]  # one DARTS cell, pruned to two sparsities
+    assert book.run_seconds(rows) == 100.0 + 50.0 + 2 * 10.0
+
+
+def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_path):
+    cfgs = {name: book._load(name, tmp_path, [], None) for name in book.RUNS}
+    search = tmp_path / "book-search"
+    search.mkdir()
+    (search / "results.json").write_text(json.dumps(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3])))
+    cheap = tmp_path / "sparse-training-cifar10" / "compare"  # its first invocation only: no imp, no soup yet
+    cheap.mkdir(parents=True)
+    rows = [{"variant": v, "seed": s, "train_seconds": 60.0} for v in ("dense", "static-erk", "set", "rigl", "granet")
+            for s in (0, 1, 2)]
+    (cheap / "results.json").write_text(json.dumps({"rows": rows, "table": []}))
+    chapters, seconds = book._chapters(cfgs, tmp_path)
+    assert chapters[0].verdict.startswith("**reproduced**") and chapters[1] == ["book-random-configuration"]
+    assert all(c == ["sparse-training-cifar10"] for c in chapters[3:6])
+    assert seconds == 9 * (100.0 + 50.0) + 18 * 10.0  # book-search's 9 searches and cells: the unfinished runs count nothing
+    text = book._document(chapters, Path("results"), None, "sparsearch book", seconds)
+    assert "| 2 | (waits for book-random-configuration) | pending |" in text and "ran nothing" in text
+    assert "**Rule** (fixed before the numbers): no evidence when any DASS or DARTS search" in text
+    assert "recorded 26 CPU-minutes in all" in text

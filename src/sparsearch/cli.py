@@ -126,7 +126,8 @@ def cmd_compile(args) -> int:
 def cmd_book(args) -> int:
     from .pipeline.book import run_book
 
-    out = run_book(args.out_dir, args.output, args.executor, args.workers, args.data_path, scale=args.scale)
+    out = run_book(args.out_dir, args.output, args.executor, args.workers, args.data_path, scale=args.scale,
+                   write_only=args.write_only)
     print(f"results book: {out}")
     return 0
 
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", help="CIFAR-10 (default: the configs' ../shared/data/cifar10-images.tar.xz)")
     p.add_argument("--scale", choices=["cpu", "gpu"], default="cpu",
                    help="cpu: minutes-per-training budgets for 2 cores; gpu: paper-like budgets on CUDA")
+    p.add_argument("--write-only", action="store_true",
+                   help="run nothing: write the document from the runs finished so far (the rest marked pending)")
     p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("report", help="rebuild the report of a finished `sparsearch run` directory")

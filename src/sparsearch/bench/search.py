@@ -71,9 +71,12 @@ def _step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
     step = _plain_step_fn(args, kind, batch, fast, channels_last)
 
     def timed():
-        TrainingRewrites.enabled = fast
-        with nhwc_batchnorm(step.model, fast and channels_last):
-            return step()
+        before, TrainingRewrites.enabled = TrainingRewrites.enabled, fast
+        try:
+            with nhwc_batchnorm(step.model, fast and channels_last):
+                return step()
+        finally:  # a class-wide switch: whoever calls the bench next sees it as it was
+            TrainingRewrites.enabled = before
     return timed
 
 

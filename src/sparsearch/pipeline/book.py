@@ -20,16 +20,18 @@ from ..executors import stop_ray
 from ..files import write_atomic
 from ..train import exclusive
 from .chapters import (
-    Chapter,
+    compare_seconds,
     dass_vs_darts,
     erk_vs_uniform,
     imp_vs_oneshot,
     random_search_vs_random_configuration,
     rigl_set_static,
+    run_seconds,
     soup_vs_best_ingredient,
     sparse_ift,
     speedup,
 )
+from .verdicts import Chapter, hours
 
 # the searched cell (claims 1, 2): configs/cifar10-dass-cpu.yaml cut to a 4,000-image subset and 1 epoch per phase
 SEARCH_SIZE = ["data.train_subset=4000", "train.epochs=3", "search.pretrain_epochs=1", "search.finetune_epochs=1",
@@ -84,7 +86,7 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
             print(f"book: {name} ({RUNS[name][0]}, {cfg.train.epochs} epochs on {cfg.train.device})", flush=True)
             (run_all if RUNS[name][0] == "run" else run_compare)(cfg, show_progress=show_progress)  # same at any scale
     bench_json = out_dir / "book-runtime" / "runtime.json"
-    if not bench_json.exists():
+    if not _bench(out_dir):
         stop_ray()  # a quiet machine for the timings
         print("book: bench runtime", flush=True)
         runtime_bench.main([*RUNTIME_ARGS, "--out", str(bench_json)])
@@ -113,31 +115,73 @@ def ift_inference(run_dir: Path) -> dict:
 
 
 def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md", executor: str = "local",
-             workers: int = 2, data_path: str | None = None, show_progress: bool = True, scale: str = "cpu") -> Path:
+             workers: int = 2, data_path: str | None = None, show_progress: bool = True, scale: str = "cpu",
+             write_only: bool = False) -> Path:
+    """Run what is missing under `out_dir` (nothing with `write_only`), then write the document from every chapter
+    whose runs have finished; the others are listed as pending."""
     out_dir, output = Path(out_dir), Path(output)
     trials = [f"run.executor={executor}", f"run.workers={workers}"]
     cfgs = {name: _load(name, out_dir, trials, data_path, scale) for name in RUNS}  # all checked before any work
     started = time.time()
+    command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
+    if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
+        return _write_book(cfgs, out_dir, output, command + " --write-only", None)
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
         _run_chapters(cfgs, out_dir, show_progress)
-        command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
         return _write_book(cfgs, out_dir, output, command, time.time() - started)
 
 
-def _write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, command: str, seconds: float) -> Path:
-    bench_json = out_dir / "book-runtime" / "runtime.json"
-    read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
-    search = read(out_dir / "book-search" / "results.json")
-    search["random_samples"] = cfgs["book-search"][0].search.random_samples
-    single = read(out_dir / "book-random-configuration" / "results.json")
-    pruning = read(out_dir / "compare-cifar10" / "compare" / "results.json")
-    st = read(out_dir / "sparse-training-cifar10" / "compare" / "results.json")
-    bench = read(bench_json)
+def _finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path) -> dict | None:
+    """A run's results once every invocation of it has finished (each method or variant on each of its seeds)."""
+    command = RUNS[name][0]
+    path = out_dir / name / ("results.json" if command == "run" else "compare/results.json")
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    if command == "run":
+        done = {(r["method"], r["search_seed"]) for r in results["rows"]}
+        wanted = {(m, s) for c in cfgs[name] for m in c.run.methods for s in (c.run.search_seeds or [c.seed])}
+    else:
+        done = {(r["variant"], r["seed"]) for r in results["rows"]}
+        wanted = {(v, s) for c in cfgs[name] for v in c.compare.variants for s in c.compare.seeds}
+    return results if wanted <= done else None
+
+
+def _bench(out_dir: Path) -> dict | None:
+    """The runtime bench's results once it has finished (it writes its file as it goes; older files: finished)."""
+    path = out_dir / "book-runtime" / "runtime.json"
+    bench = json.loads(path.read_text()) if path.exists() else None
+    return bench if bench and bench.get("complete", True) else None
+
+
+def _chapters(cfgs: dict[str, list[Config]], out_dir: Path) -> tuple[list[Chapter | list[str]], float]:
+    """Each chapter whose runs have finished, or the runs it waits for; and the CPU time every finished run recorded."""
+    done = {name: _finished(name, cfgs, out_dir) for name in RUNS}
+    done["book-runtime"] = _bench(out_dir)
+    ift_json = out_dir / "sparse-ift-cifar10" / "inference.json"
+    done["sparse-ift-inference"] = json.loads(ift_json.read_text()) if ift_json.exists() else None
     st_dir = out_dir / "sparse-training-cifar10"
-    ift = read(out_dir / "sparse-ift-cifar10" / "compare" / "results.json")
-    chapters = [dass_vs_darts(search), random_search_vs_random_configuration(search, single), erk_vs_uniform(pruning),
-                rigl_set_static(st), imp_vs_oneshot(st, st_dir), soup_vs_best_ingredient(st, st_dir), speedup(bench),
-                sparse_ift(ift, ift_inference(out_dir / "sparse-ift-cifar10"))]
+    if done["book-search"]:
+        done["book-search"]["random_samples"] = cfgs["book-search"][0].search.random_samples
+    specs = [(["book-search"], lambda: dass_vs_darts(done["book-search"])),
+             (["book-search", "book-random-configuration"],
+              lambda: random_search_vs_random_configuration(done["book-search"], done["book-random-configuration"])),
+             (["compare-cifar10"], lambda: erk_vs_uniform(done["compare-cifar10"])),
+             (["sparse-training-cifar10"], lambda: rigl_set_static(done["sparse-training-cifar10"])),
+             (["sparse-training-cifar10"], lambda: imp_vs_oneshot(done["sparse-training-cifar10"], st_dir)),
+             (["sparse-training-cifar10"], lambda: soup_vs_best_ingredient(done["sparse-training-cifar10"], st_dir)),
+             (["book-runtime"], lambda: speedup(done["book-runtime"])),
+             (["sparse-ift-cifar10", "sparse-ift-inference"],
+              lambda: sparse_ift(done["sparse-ift-cifar10"], done["sparse-ift-inference"]))]
+    chapters = [build() if all(done[n] for n in needs) else [n for n in needs if not done[n]] for needs, build in specs]
+    seconds = sum(run_seconds(done[n]["rows"]) if RUNS[n][0] == "run" else compare_seconds(done[n], out_dir / n)
+                  for n in RUNS if done[n]) + (done["book-runtime"] or {}).get("seconds", 0.0)
+    return chapters, seconds
+
+
+def _write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, command: str, seconds: float | None) -> Path:
+    bench_json = out_dir / "book-runtime" / "runtime.json"
+    chapters, cpu_seconds = _chapters(cfgs, out_dir)
     plots = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
              "pruning-accuracy.png": out_dir / "compare-cifar10" / "compare" / "accuracy.png",
              "sparse-training-accuracy.png": out_dir / "sparse-training-cifar10" / "compare" / "accuracy.png",
@@ -145,33 +189,46 @@ def _write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comm
              "sparse-ift-accuracy.png": out_dir / "sparse-ift-cifar10" / "compare" / "accuracy.png"}
     figures = output.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
+    shown = {c.plot for c in chapters if isinstance(c, Chapter)}
     for name, source in plots.items():
-        if source.exists():
+        if name in shown and source.exists():
             shutil.copyfile(source, figures / name)
-    write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command))
+    write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command, cpu_seconds))
     return output
 
 
-def _document(chapters: list[Chapter], figures: Path, seconds: float, command: str = "sparsearch book") -> str:
+def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float | None, command: str = "sparsearch book",
+              cpu_seconds: float | None = None) -> str:
     info = machine()
+    spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial on one of the cores; the runtime "
+             "bench's wall time)." if cpu_seconds is not None else "")
     lines = ["# Results book", "", f"Command: `{command}`", "",
              "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
              "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
              f"Machine: {info['cpu']}, {info['threads']} threads" + (f", {info['gpu']}" if info.get("gpu") else "")
-             + f", torch {info['torch']}. This invocation took "
-             f"{seconds / 60:.0f} min; the budgets below are the training time recorded in the runs.", "",
+             + f", torch {info['torch']}. "
+             + ("This invocation ran nothing: it wrote the document from the finished runs." if seconds is None else
+                f"This invocation took {seconds / 60:.0f} min.") + spent, "",
              "Every network here is far from converged (minutes of CPU training, not GPU days): read the rankings and "
-             "their spreads, not the absolute accuracies, and expect some published findings to need the full budget.", "",
+             "their spreads, not the absolute accuracies, and expect some published findings to need the full budget. "
+             "Each chapter states its verdict rule, fixed before the numbers were run; \"disjoint seed ranges\" "
+             "(every seed of one above every seed of the other) is the significance check, p = 0.05 with three seeds "
+             "each.", "",
              "| # | claim | verdict |", "|---|---|---|"]
     for i, c in enumerate(chapters, 1):
-        lines.append(f"| {i} | {c.title} | {c.verdict.split(':')[0].strip('*')} |")
+        if isinstance(c, Chapter):
+            lines.append(f"| {i} | {c.title} | {c.verdict.split(':')[0].strip('*')} |")
+        else:
+            lines.append(f"| {i} | (waits for {', '.join(c)}) | pending |")
     lines.append("")
     for i, c in enumerate(chapters, 1):
-        lines += render_chapter(i, c, figures)
+        lines += render_chapter(i, c, figures) if isinstance(c, Chapter) else [
+            f"## {i}. Pending", "", f"Waits for the runs {', '.join(c)}: `{command}` runs them (it resumes).", ""]
     return "\n".join(lines)
 
 
 def render_chapter(number: int, c: Chapter, figures: Path) -> list[str]:
-    lines = [f"## {number}. {c.title}", "", f"**Paper:** {c.source}. **Claim:** {c.claim}", "", c.body.rstrip(), "",
+    lines = [f"## {number}. {c.title}", "", f"**Paper:** {c.source}. **Claim:** {c.claim}", "",
+             f"**Rule** (fixed before the numbers): {c.rule}", "", c.body.rstrip(), "",
              f"**Verdict:** {c.verdict}.", "", f"**Budget:** {c.budget}.", ""]
     return lines + ([f"![{c.title}]({(figures / c.plot).as_posix()})", ""] if c.plot else [])
