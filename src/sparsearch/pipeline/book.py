@@ -125,7 +125,7 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     started = time.time()
     command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
     if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
-        return _write_book(cfgs, out_dir, output, command + " --write-only", None)
+        return _write_book(cfgs, out_dir, output, command, None)
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
         _run_chapters(cfgs, out_dir, show_progress)
         return _write_book(cfgs, out_dir, output, command, time.time() - started)
@@ -202,7 +202,7 @@ def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float
     info = machine()
     spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial on one of the cores; the runtime "
              "bench's wall time)." if cpu_seconds is not None else "")
-    lines = ["# Results book", "", f"Command: `{command}`", "",
+    lines = ["# Results book", "", f"Command: `{command}`" + (" --write-only" if seconds is None else ""), "",
              "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
              "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
              f"Machine: {info['cpu']}, {info['threads']} threads" + (f", {info['gpu']}" if info.get("gpu") else "")

@@ -33,6 +33,14 @@ def _frozen(search: dict, methods: tuple[str, ...]) -> list[str]:
             if s["method"] in methods and s.get("verdict") and not s["verdict"]["moved"]]
 
 
+def _search_verdicts(search: dict, methods: tuple[str, ...]) -> str:
+    verdicts = [(key, s["verdict"]) for key, s in search.get("searches", {}).items()
+                if s["method"] in methods and s.get("verdict")]
+    return table(["search", "deviation", "moved", "settled", "steps"],
+                 [[key, f"{v['deviation']:.3f}" if "deviation" in v else "", "yes" if v["moved"] else "**no**",
+                   "yes" if v.get("settled") else "no", v.get("steps", "")] for key, v in verdicts])
+
+
 def dass_vs_darts(search: dict) -> Chapter:
     by, methods = _by_seed(search), ("dass", "darts")
     sparsities = sorted({s for m, s in by if m == "dass"})
@@ -44,8 +52,10 @@ def dass_vs_darts(search: dict) -> Chapter:
     dense = [r["dense_acc_mean"] for r in by.values() if r.get("dense_acc_mean") is not None]
     body += (f"\n{search['summary']} Search seeds: {search.get('search_seeds', [0])}."
              + (f" The cells' dense networks reach {pct(statistics.fmean(dense))}% before pruning." if dense else "")
-             + "\n\nSearch verdicts: " + "; ".join(f"{k}: {v['verdict']['words']}" for k, v in search.get("searches", {}).items()
-                                                  if v["method"] in methods and v.get("verdict")) + ".\n")
+             + "\n\nSearch verdicts (deviation: max over operations of |softmax(alpha) - 1/K|, the mean over a cell's "
+               "edges, the larger cell's; moved: at least 0.025; settled: the cell did not change in the last "
+               "epochs):\n\n" + _search_verdicts(search, methods))
+
     frozen = _frozen(search, methods)
     if frozen:
         said = (f"**no evidence**: the searches {', '.join(frozen)} did not move away from uniform, so their cells "
