@@ -36,7 +36,12 @@ def _frozen(search: dict, methods: tuple[str, ...]) -> list[str]:
 def _search_verdicts(search: dict, methods: tuple[str, ...]) -> str:
     verdicts = [(key, s["verdict"]) for key, s in search.get("searches", {}).items()
                 if s["method"] in methods and s.get("verdict")]
-    return table(["search", "deviation", "moved", "settled", "steps"],
+    if not verdicts:
+        return ""
+    caption = ("Search verdicts (deviation: max over operations of |softmax(alpha) - 1/K|, the mean over a cell's "
+               f"edges, the larger cell's; moved: at least {verdicts[0][1].get('threshold', 0.025)}; settled: the cell "
+               "did not change in the last epochs):\n\n")
+    return caption + table(["search", "deviation", "moved", "settled", "steps"],
                  [[key, f"{v['deviation']:.3f}" if "deviation" in v else "", "yes" if v["moved"] else "**no**",
                    "yes" if v.get("settled") else "no", v.get("steps", "")] for key, v in verdicts])
 
@@ -52,9 +57,7 @@ def dass_vs_darts(search: dict) -> Chapter:
     dense = [r["dense_acc_mean"] for r in by.values() if r.get("dense_acc_mean") is not None]
     body += (f"\n{search['summary']} Search seeds: {search.get('search_seeds', [0])}."
              + (f" The cells' dense networks reach {pct(statistics.fmean(dense))}% before pruning." if dense else "")
-             + "\n\nSearch verdicts (deviation: max over operations of |softmax(alpha) - 1/K|, the mean over a cell's "
-               "edges, the larger cell's; moved: at least 0.025; settled: the cell did not change in the last "
-               "epochs):\n\n" + _search_verdicts(search, methods))
+             + "\n\n" + _search_verdicts(search, methods))
 
     frozen = _frozen(search, methods)
     if frozen:
