@@ -212,3 +212,11 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     assert "| 2 | (waits for book-random-configuration) | pending |" in text and "ran nothing" in text
     assert "**Rule** (fixed before the numbers): no evidence when any DASS or DARTS search" in text
     assert "recorded 26 CPU-minutes in all" in text
+
+
+def test_write_only_from_a_folder_without_the_books_runs_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from sparsearch.cli import main
+
+    output = tmp_path / "RESULTS.md"
+    assert main(["book", "--write-only", "--out-dir", str(tmp_path / "typo"), "--output", str(output)]) == 2
+    assert "holds none of the book's runs" in capsys.readouterr().err and not output.exists()

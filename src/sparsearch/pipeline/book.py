@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..bench.common import machine
 from ..config import Config, load_config
+from ..errors import SparsearchError
 from ..executors import stop_ray
 from ..files import write_atomic
 from ..train import exclusive
@@ -125,6 +126,8 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     started = time.time()
     command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
     if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
+        if not any((out_dir / name).is_dir() for name in RUNS):
+            raise SparsearchError(f"{out_dir} holds none of the book's runs ({', '.join(RUNS)}): nothing to write from")
         return _write_book(cfgs, out_dir, output, command, None)
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
         _run_chapters(cfgs, out_dir, show_progress)
