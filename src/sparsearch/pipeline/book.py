@@ -203,8 +203,8 @@ def _write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comm
 def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float | None, command: str = "sparsearch book",
               cpu_seconds: float | None = None) -> str:
     info = machine()
-    spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial on one of the cores; the runtime "
-             "bench's wall time)." if cpu_seconds is not None else "")
+    spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial's training on one of the cores, "
+             "and the runtime bench's wall time where its file records it)." if cpu_seconds is not None else "")
     lines = ["# Results book", "", f"Command: `{command}`" + (" --write-only" if seconds is None else ""), "",
              "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
              "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
