@@ -3,8 +3,8 @@
 supernet and batch, first and second order. Configurations alternate within each trial; medians reported.
 
 `--implementations` instead times today's supernet against the fast one side by side (`search.fast_ops` and
-`train.channels_last`, with the NHWC BatchNorm backward and the operations' TrainingRewrites): first-order steps at batch 16 and 64, a second-order step, the DASS prune step, and a
-genotype network's (DASS_95, 16 channels, 8 cells, batch 64) training step.
+`train.channels_last`, with the NHWC BatchNorm backward and the operations' TrainingRewrites): first-order steps
+at batch 16 and 64, a second-order step, the DASS prune step, and a genotype network's (DASS_95, 16 channels, 8 cells, batch 64) training step.
 
 Defaults are CPU-sized (C=8, 5 cells, batch 16); the paper's search net is --channels 16 --layers 8
 --batch-size 32, about 30 s (first order) / 65 s (second order) per dense step on 2 CPU cores."""
@@ -135,7 +135,8 @@ def implementations(args) -> int:
                      f"{st['new']['median']:.3f} ({st['new']['min']:.3f}-{st['new']['max']:.3f})", f"{ratio:.2f}x"])
         print(f"  {rows[-1]}", flush=True)
     info = machine()
-    print_table(f"today vs new (fast_ops, channels_last, NHWC BatchNorm backward, training rewrites), s/step medians of {args.trials}, supernet C={args.channels} "
+    print_table(f"today vs new (fast_ops, channels_last, NHWC BatchNorm backward, training rewrites), s/step medians "
+                f"of {args.trials}, supernet C={args.channels} "
                 f"L={args.layers} ({info['cpu']}, {info['threads']} threads)", ["step", "today (min-max)", "new (min-max)",
                                                                                  "speedup"], rows)
     print(f"wrote {write_json(args.out, {'benchmark': 'search_implementations', 'args': vars(args), 'results': results})}")

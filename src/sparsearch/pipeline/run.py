@@ -25,13 +25,13 @@ import statistics
 from pathlib import Path
 
 from ..config import Config, ConfigError
+from ..data import dataset_from_config
 from ..executors import make_executor, raise_failures
 from ..files import write_json
 from ..methods import density_map, run_hydra
 from ..models.flops import count_flops
 from ..models.genotypes import GENOTYPES, Genotype
 from ..report import write_report
-from ..data import dataset_from_config
 from ..search import check_search, differentiable_search, random_search
 from ..sparsity import configured_layers
 from ..train import claim_run_dir

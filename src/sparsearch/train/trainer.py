@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from .. import distributed
-from ..executors import set_threads
 from .. import sparsity as sp
 from ..config import TrainConfig
 from ..data import TensorLoader
 from ..errors import SparsearchError
+from ..executors import set_threads
 from ..files import write_json
 from ..models import split_logits
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
