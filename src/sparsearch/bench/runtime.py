@@ -143,6 +143,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default="bench-results/runtime.json")
     args = ap.parse_args(argv)
     rows, started = [], time.perf_counter()
+
+    def save(complete: bool) -> Path:  # as it goes, and once more at the end: only then `complete`
+        return write_json(args.out, {"benchmark": "runtime", "args": vars(args), "results": rows,
+                                     "seconds": time.perf_counter() - started, "complete": complete})
     ms = lambda r, k: f"{1e3 * r['times'][k]['median']:.2f}" if k in r["times"] else "-"  # noqa: E731
     for name in args.models:
         for threads in args.threads:
@@ -150,8 +154,7 @@ def main(argv: list[str]) -> int:
                 for s in args.sparsities:
                     r = measure(name, args.genotype, s, batch, threads, args.trials, args.repeats, args.kind, args.calls)
                     rows.append(r)
-                    write_json(args.out, {"benchmark": "runtime", "args": vars(args), "results": rows,  # as it goes
-                                          "seconds": time.perf_counter() - started, "complete": False})
+                    save(complete=False)
                     print(f"{name} s={s:.2f} batch {batch} threads {threads}: eager {ms(r, 'eager')} ms, onnxruntime "
                           f"{ms(r, 'onnxruntime')}, openvino {ms(r, 'openvino')}, compiled {ms(r, 'compiled')} ms "
                           f"({r['engine']}; {r['speedup_vs_fastest_dense']:.2f}x {r['fastest_dense']}, {r['speedup']:.2f}x eager)",
@@ -173,8 +176,7 @@ def main(argv: list[str]) -> int:
         if r["speedup_vs_fastest_dense"] < 0.95:
             print(f"where we lose: {r['model']} at {100 * r['sparsity']:g}%, batch {r['batch']}, {r['threads']} threads: "
                   f"compiled {r['speedup_vs_fastest_dense']:.2f}x of {r['fastest_dense']}")
-    out = write_json(args.out, {"benchmark": "runtime", "args": vars(args), "results": rows,
-                                "seconds": time.perf_counter() - started, "complete": True})
+    out = save(complete=True)
     speedup_plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

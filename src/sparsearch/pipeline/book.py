@@ -69,6 +69,8 @@ GPU_RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
 }
 SCALES = {"cpu": RUNS, "gpu": GPU_RUNS}
 RUNTIME_ARGS = ["--threads", "1", "2", "--trials", "5", "--repeats", "3"]
+BENCH_JSON = Path("book-runtime") / "runtime.json"  # under --out-dir
+INFERENCE_JSON = Path("sparse-ift-cifar10") / "inference.json"  # under --out-dir
 
 
 def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None, scale: str = "cpu") -> list[Config]:
@@ -86,25 +88,24 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         for cfg in invocations:
             print(f"book: {name} ({RUNS[name][0]}, {cfg.train.epochs} epochs on {cfg.train.device})", flush=True)
             (run_all if RUNS[name][0] == "run" else run_compare)(cfg, show_progress=show_progress)  # same at any scale
-    bench_json = out_dir / "book-runtime" / "runtime.json"
     if not _bench(out_dir):
         stop_ray()  # a quiet machine for the timings
         print("book: bench runtime", flush=True)
-        runtime_bench.main([*RUNTIME_ARGS, "--out", str(bench_json)])
-    ift_inference(out_dir / "sparse-ift-cifar10")
+        runtime_bench.main([*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
+    ift_inference(out_dir)
 
 
-def ift_inference(run_dir: Path) -> dict:
+def ift_inference(out_dir: Path) -> dict:
     """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
-    network -> {"batch-<b>": {engine, ms}} in inference.json (kept: a second book reuses it)."""
+    network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it)."""
     from .compile import run_compile
 
-    out = run_dir / "inference.json"
+    out = out_dir / INFERENCE_JSON
     if out.exists():
         return json.loads(out.read_text())
     stop_ray()
     result: dict = {}
-    for where in sorted((run_dir / "compare" / "seed-0").iterdir()):
+    for where in sorted((out.parent / "compare" / "seed-0").iterdir()):
         if where.name == "dense" or where.name.startswith("wide-"):
             for batch in INFERENCE_BATCHES:
                 print(f"book: compile {where.name} at batch {batch}", flush=True)
@@ -152,7 +153,7 @@ def _finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path) -> dict |
 
 def _bench(out_dir: Path) -> dict | None:
     """The runtime bench's results once it has finished (it writes its file as it goes; older files: finished)."""
-    path = out_dir / "book-runtime" / "runtime.json"
+    path = out_dir / BENCH_JSON
     bench = json.loads(path.read_text()) if path.exists() else None
     return bench if bench and bench.get("complete", True) else None
 
@@ -161,7 +162,7 @@ def _chapters(cfgs: dict[str, list[Config]], out_dir: Path) -> tuple[list[Chapte
     """Each chapter whose runs have finished, or the runs it waits for; and the CPU time every finished run recorded."""
     done = {name: _finished(name, cfgs, out_dir) for name in RUNS}
     done["book-runtime"] = _bench(out_dir)
-    ift_json = out_dir / "sparse-ift-cifar10" / "inference.json"
+    ift_json = out_dir / INFERENCE_JSON
     done["sparse-ift-inference"] = json.loads(ift_json.read_text()) if ift_json.exists() else None
     st_dir = out_dir / "sparse-training-cifar10"
     if done["book-search"]:
@@ -183,12 +184,11 @@ def _chapters(cfgs: dict[str, list[Config]], out_dir: Path) -> tuple[list[Chapte
 
 
 def _write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, command: str, seconds: float | None) -> Path:
-    bench_json = out_dir / "book-runtime" / "runtime.json"
     chapters, cpu_seconds = _chapters(cfgs, out_dir)
     plots = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
              "pruning-accuracy.png": out_dir / "compare-cifar10" / "compare" / "accuracy.png",
              "sparse-training-accuracy.png": out_dir / "sparse-training-cifar10" / "compare" / "accuracy.png",
-             "runtime-speedup.png": bench_json.with_suffix(".png"),
+             "runtime-speedup.png": (out_dir / BENCH_JSON).with_suffix(".png"),
              "sparse-ift-accuracy.png": out_dir / "sparse-ift-cifar10" / "compare" / "accuracy.png"}
     figures = output.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
