@@ -16,10 +16,10 @@ demo: $(STAMP)
 	$(BIN)/sparsearch run --config configs/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: $(STAMP)
 	$(BIN)/sparsearch bench train

@@ -42,6 +42,7 @@ def _rigl_args(out: Path) -> list[str]:
             "--set", "dst.update_every=2"]
 
 
+@pytest.mark.slow
 def test_rigl_under_torchrun_keeps_ranks_identical_and_resumes_exactly(tmp_path):
     done = _torchrun(tmp_path, tmp_path / "dump-a", _rigl_args(tmp_path / "a"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -62,6 +63,7 @@ def test_rigl_under_torchrun_keeps_ranks_identical_and_resumes_exactly(tmp_path)
     assert all(torch.equal(state[k], again[k]) for k in state)  # resumed from rank 0's checkpoint, bit for bit
 
 
+@pytest.mark.slow
 def test_dass_search_under_torchrun_keeps_masks_and_alphas_identical(tmp_path):
     args = ["search", "--set", f"out_dir={tmp_path}", "--name", "s", "--set", "data.name=digits", "--set", "data.batch_size=16",
             "--set", "data.train_subset=96", "--set", "search.channels=4", "--set", "search.layers=3",

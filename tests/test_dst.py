@@ -12,8 +12,9 @@ from sparsearch import sparsity as sp
 from sparsearch.cli import main
 from sparsearch.config import from_dict
 from sparsearch.data import build_loaders, dataset_from_config
-from sparsearch.methods import METHODS, SET, CosineDecay, MethodContext, Periodic, RigL
+from sparsearch.methods import SET, CosineDecay, Periodic, RigL
 from sparsearch.pipeline import model_builder
+from sparsearch.recipes import METHODS, MethodContext
 
 
 def _masked_mlp(density=0.25, seed=0):

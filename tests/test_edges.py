@@ -9,11 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
 
+from hostile import ALIAS_BOMB, compile_args, copy_run, flipped_weights, genotype_file, idx_folder, image_folder, image_tree, yaml_file
 from sparsearch.cli import main
 
 TRAIN = ["train", "--set", "data.name=digits", "--set", "model.name=mlp", "--set", "train.epochs=1",
@@ -27,29 +27,6 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 
 
 # ------------------------------------------------------------------------------- files the cases point at
-
-def _yaml(text: str):
-    def make(root: Path) -> list[str]:
-        (root / "c.yaml").write_text(text)
-        return ["-c", "c.yaml"]
-    return make
-
-
-def _image_tree(root: Path, corrupt: bool = False, empty_class: bool = False) -> Path:
-    from PIL import Image
-
-    tree = root / "tree"
-    for split in ("train", "test"):
-        for cls in ("cat", "dog"):
-            (tree / split / cls).mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(tree / split / cls / f"{i}.png")
-    if corrupt:
-        (tree / "train" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    if empty_class:
-        (tree / "train" / "cow").mkdir()
-    return tree
-
 
 class RunsACommand:
     """A pickle that, when loaded by a careless reader, runs a shell command."""
@@ -82,18 +59,9 @@ def trained(tmp_path_factory) -> Path:
     return root / "runs" / "t"
 
 
-def _copy_run(trained: Path, root: Path, unfinished: bool = False) -> Path:
-    run = root / "runs" / "t"
-    shutil.copytree(trained, run)
-    if unfinished:  # as if killed mid-run: a checkpoint, no summary
-        for f in ("summary.json", "final.safetensors"):
-            (run / "train" / "dense" / f).unlink()
-    return run / "train" / "dense"
-
-
 def _damaged_checkpoint(how: str):
     def make(root: Path, trained: Path) -> list[str]:
-        ckpt = _copy_run(trained, root, unfinished=True) / "checkpoints" / "last.ckpt"
+        ckpt = copy_run(trained, root, unfinished=True) / "checkpoints" / "last.ckpt"
         raw = bytearray(ckpt.read_bytes())
         if how == "header bit":
             raw[30] ^= 0x80  # inside the hex checksum: no longer valid text
@@ -107,20 +75,20 @@ def _damaged_checkpoint(how: str):
 
 
 def _damaged_summary(root: Path, trained: Path) -> list[str]:
-    where = _copy_run(trained, root)
+    where = copy_run(trained, root)
     (where / "summary.json").write_text("{not json")
     return ["compile", str(where)]
 
 
 def _truncated_weights(root: Path, trained: Path) -> list[str]:
-    where = _copy_run(trained, root)
+    where = copy_run(trained, root)
     raw = (where / "final.safetensors").read_bytes()
     (where / "final.safetensors").write_bytes(raw[: len(raw) // 2])
     return ["compile", str(where)]
 
 
 def _other_config(root: Path, trained: Path) -> list[str]:
-    _copy_run(trained, root)
+    copy_run(trained, root)
     return [*TRAIN, "--set", "train.lr=0.5"]
 
 
@@ -152,18 +120,33 @@ CASES: list[tuple[str, object, str]] = [
     ("absolute name", ["--name", "/tmp/x"], "config key 'name'"),
     # files and folders
     ("missing config file", ["-c", "nope.yaml"], "config file not found"),
-    ("YAML syntax error", _yaml("train:\n  lr: 0.1\n  epochs: [1\n"), "line 4, column 1"),
-    ("YAML not a mapping", _yaml("- 1\n- 2\n"), "mapping at the top level"),
+    ("YAML syntax error", yaml_file("train:\n  lr: 0.1\n  epochs: [1\n"), "line 4, column 1"),
+    ("YAML not a mapping", yaml_file("- 1\n- 2\n"), "mapping at the top level"),
     ("out_dir below a file", lambda root: (root / "afile").write_text("x") and ["--set", "out_dir=afile/runs"],
      "is a file, not a folder"),
     ("out_dir under /proc", ["--set", "out_dir=/proc/sparsearch-test"], "/proc/sparsearch-test"),
     ("dataset path missing", ["--set", "data.name=cifar10", "--set", "data.path=nope"], "does not exist"),
     ("unknown dataset", ["--set", "data.name=imagenet22k"], "unknown dataset"),
     ("batch larger than the data", ["--set", "data.batch_size=5000"], "larger than the training set"),
-    ("corrupt image", lambda root: ["--set", "data.name=imagefolder", "--set", f"data.path={_image_tree(root, True)}"],
-     "train/dog/1.png"),
-    ("empty class folder", lambda root: ["--set", "data.name=imagefolder",
-                                         "--set", f"data.path={_image_tree(root, empty_class=True)}"], "train/cow"),
+    ("corrupt image", image_folder(corrupt=True), "train/dog/1.png"),
+    ("empty class folder", image_folder(empty_class=True), "train/cow"),
+    ("image declaring 100000x100000 pixels", image_folder(bomb=True), "decompression bomb"),
+    ("mixed image sizes", image_folder(mixed=True), "set data.image_size"),
+    ("idx: ndim byte past the file", idx_folder("ndim"), "dimensions"),
+    ("idx: corrupt gzip", idx_folder("corrupt gz"), "not a readable gzip file"),
+    ("idx: 2-D images file", idx_folder("2-D images"), "an idx image file has 3"),
+    ("idx: 60 images, 30 labels", idx_folder("fewer labels"), "N images (N, C, H, W) and N labels"),
+    ("idx: a label past the classes", idx_folder("label 10"), "outside the 10 classes"),
+    # config files and values
+    ("YAML alias bomb", yaml_file(ALIAS_BOMB), "aliases (*a) are not allowed"),
+    ("duplicate key", yaml_file("train:\n  lr: 0.1\n  lr: 0.2\n"), "key 'lr' appears twice"),
+    ("seed past 32 bits", ["--set", "seed=4294967296"], "config key 'seed'"),
+    ("run name of 256 characters", ["--name", "r" * 256], "at most 200 characters"),
+    ("too many threads", ["--set", "train.threads=100000"], "train.threads"),
+    ("genotype concat out of range", genotype_file(normal_concat=[2, 99]), "normal_concat"),
+    ("genotype concat empty", genotype_file(reduce_concat=[]), "reduce_concat"),
+    ("genotype concat a string", genotype_file(normal_concat="ab"), "normal_concat"),
+    ("genotype empty cell", genotype_file(normal=[]), "two edges per node"),
     ("malicious CIFAR batch", _malicious_batches, "posix.system"),
     # other commands
     ("search batch larger than a half", ["search", "--set", "data.name=digits", "--set", "search.batch_size=1000"],
@@ -180,6 +163,12 @@ CASES: list[tuple[str, object, str]] = [
     ("checkpoint not a training state", _damaged_checkpoint("payload"), "not a sparsearch training state"),
     ("compile: summary.json not JSON", _damaged_summary, "not a sparsearch training summary"),
     ("compile: truncated weights", _truncated_weights, "cannot load"),
+    ("compile: a flipped bit in the weights", flipped_weights, "checksum mismatch"),
+    ("compile --batch 0", compile_args("--batch", "0"), "--batch must be in"),
+    ("compile --batch -1", compile_args("--batch", "-1"), "--batch must be in"),
+    ("compile --batch 10000000", compile_args("--batch", "10000000"), "--batch must be in"),
+    ("compile --threads -1", compile_args("--threads", "-1"), "--threads must be in"),
+    ("compile --threads 100000", compile_args("--threads", "100000"), "--threads must be in"),
     ("same name, other config", _other_config, "train.lr differ"),
 ]
 
@@ -197,7 +186,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, monkeyp
     code = main(argv)
     err = capfd.readouterr().err.strip()
     assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "BytesIO" not in err and len(err.splitlines()) == 1, err
     assert expected in err, err
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "pwned").exists()
@@ -247,7 +236,7 @@ def test_a_damaged_dataset_cache_is_rebuilt_with_one_line(tmp_path, cache_dir, c
 
     from sparsearch.data import load_dataset
 
-    tree = _image_tree(tmp_path)
+    tree = image_tree(tmp_path)
     first = load_dataset("imagefolder", path=str(tree))
     (npz,) = cache_dir.glob("*.npz")
     capfd.readouterr()
@@ -315,6 +304,7 @@ def _start_and_wait(cmd: list[str], metrics: Path, lines: int):
     return proc, env
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_directory(tmp_path):
     import json
     import signal
@@ -344,6 +334,7 @@ def test_one_writer_per_run_directory(tmp_path):
     assert not (out / "run" / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_and_the_run_resumes_byte_identical(tmp_path):
     import signal
     import subprocess

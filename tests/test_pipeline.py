@@ -112,6 +112,7 @@ def _run_cfg(tmp_path, **over):
                       "run": {"sparsities": [0.5, 0.9]}, **over})
 
 
+@pytest.mark.slow
 def test_run_end_to_end(tmp_path, cache_dir):
     from sparsearch.pipeline.run import run_all
 
@@ -169,6 +170,7 @@ def test_search_seeds_give_mean_and_spread_and_a_shared_search_stays_an_option(t
         run_all(_run_cfg(tmp_path / "x", run={"search_seeds": [1, 1]}), show_progress=False)
 
 
+@pytest.mark.slow
 def test_searches_and_cells_run_side_by_side_as_trials_with_the_same_results(tmp_path, cache_dir):
     """run.executor=process runs the DASS and DARTS searches, then the cells' HYDRA trainings, two at a time in
     worker processes; each logs into its own folder, and searches and cells end where they end run one after the

@@ -4,7 +4,8 @@ reads, and a method added from outside the package by one `register` call."""
 import yaml
 
 from sparsearch.cli import main
-from sparsearch.methods import METHODS, REGISTRY, MethodSpec, OneShot, register
+from sparsearch.methods import OneShot
+from sparsearch.recipes import METHODS, REGISTRY, MethodSpec, register
 
 
 def test_methods_lists_every_registered_method(capsys):

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,21 +179,61 @@ def test_search_verdict_follows_its_rule():
     assert normalised_entropy([[1.0] + [0.0] * 7]) == 0
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_fused_supernet_step_computes_the_plain_function(masked, channels_last):
+    """One training forward and backward of the product's supernet (fused mixed edges, the operations' rewrites,
+    the NHWC BatchNorm where channels-last) against wave 1's plain one: the same loss and gradients, up to the
+    order of their sums (the 20-step version of this is in `make test-all`)."""
+    import copy
+
+    import torch.nn.functional as F
+    from floats import assert_same_sum
+
+    from sparsearch import sparsity as sp
+    from sparsearch.bench.plain import plain_layers
+    from sparsearch.search import SuperNet
+    from sparsearch.train.nhwc import nhwc_batchnorm
+
+    torch.manual_seed(0)
+    net = SuperNet(4, 3, 10, 3)
+    if masked:
+        sp.attach_learned(net, {n: 0.2 for n in sp.find_layers(net, dense_first_last=False)})
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(net)
+    results = []
+    for model, context in ((plain, plain_layers()), (net, nhwc_batchnorm(net, channels_last))):
+        with context:
+            loss = F.cross_entropy(model(x), y)
+            results.append((loss, torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])))
+    # per cell: four stacked convolutions (25 taps x 4 channels) each followed by BatchNorm statistics over 8 x 8 x 8
+    # positions, 14 edges summed; three cells, the stem and the classifier. Forward, then back through it
+    n = 2 * (3 * (4 * (100 + 512) + 14) + 27 + 512 + 32)
+    (want, want_grads), (got, got_grads) = results
+    assert_same_sum(got, want, n)
+    for a, b in zip(got_grads, want_grads):
+        assert_same_sum(a, b, n, scale=float(max(g.abs().max() for g in want_grads)))
+
+
+@pytest.mark.slow
 def test_the_fast_supernet_computes_todays_function_over_20_steps():
-    """search.fast_ops (no `none` term, one shared ReLU, in-place accumulation), the operations' TrainingRewrites
+    """The fused mixed edges (no `none` term, one shared ReLU, in-place accumulation), the operations' TrainingRewrites
     and channels_last with its NHWC BatchNorm backward: the same losses as the plain supernet over 20 first-order
     search steps, within float tolerance, dense and with DASS's learned masks."""
     import torch.nn.functional as F
 
     from sparsearch import sparsity as sp
-    from sparsearch.models.operations import TrainingRewrites
+    from sparsearch.bench.plain import plain_layers
     from sparsearch.search import Architect, SuperNet
     from sparsearch.train.nhwc import nhwc_batchnorm
 
     def losses(fast: bool, channels_last: bool, masked: bool = False, kept: list | None = None,
                steps: int = 20) -> list[float]:
         torch.manual_seed(0)
-        net = SuperNet(4, 3, 10, 3, fast=fast)  # 4 channels: the NHWC BatchNorm path; reductions: strided dil convs
+        net = SuperNet(4, 3, 10, 3)  # 4 channels: the NHWC BatchNorm path; reductions: strided dil convs
         if masked:
             sp.attach_learned(net, {n: 0.2 for n in sp.find_layers(net, dense_first_last=False)})
         gen = torch.Generator().manual_seed(1)
@@ -201,20 +243,16 @@ def test_the_fast_supernet_computes_todays_function_over_20_steps():
         opt = torch.optim.SGD(net.weight_parameters(), lr=0.025)
         architect = Architect(net, net.arch_parameters(), lr=3e-3)
         out = []
-        TrainingRewrites.enabled = fast
-        try:
-            with nhwc_batchnorm(net, fast and channels_last):
-                for _ in range(steps):
-                    architect.step((x, y), (x, y), net.weight_parameters(), 0.025, 3e-4)
-                    loss = F.cross_entropy(net(x), y)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    out.append(loss.item())
-                    if kept is not None:  # the weights each step's forward passes kept
-                        kept.append(torch.cat([m.current().flatten() for m in net.modules() if hasattr(m, "scores")]))
-        finally:
-            TrainingRewrites.enabled = True
+        with plain_layers() if not fast else contextlib.nullcontext(), nhwc_batchnorm(net, fast and channels_last):
+            for _ in range(steps):
+                architect.step((x, y), (x, y), net.weight_parameters(), 0.025, 3e-4)
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                out.append(loss.item())
+                if kept is not None:  # the weights each step's forward passes kept
+                    kept.append(torch.cat([m.current().flatten() for m in net.modules() if hasattr(m, "scores")]))
         return out
 
     today = losses(False, False)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from floats import assert_same_sum
 from sparsearch.config import Config, TrainConfig, from_dict
 from sparsearch.pipeline import build_for, run_train
 from sparsearch.train import Callback, CheckpointError, Trainer, load_checkpoint, lr_at, save_checkpoint
@@ -82,6 +83,7 @@ def test_resume_in_process_is_exact(tmp_path):
     assert (tmp_path / "ref/metrics.jsonl").read_text() == (tmp_path / "resumed/metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     """A real SIGKILL of a training subprocess, then the same command again."""
     cfg_file = tmp_path / "c.yaml"
@@ -209,19 +211,27 @@ def test_the_nhwc_batchnorm_is_torchs_function_and_leaves_plain_layers_behind(mo
     plain = plain.to(memory_format=torch.channels_last)
     fast = copy.deepcopy(plain)
     x = torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)
+    # a random probe, not a sum of squares: that of a BatchNorm's output is constant, so its gradient is pure
+    # cancellation, noise whose float error has no scale to be measured against
+    probe = torch.randn(4, 8, 8, 8)
     for _ in range(3):
-        plain(x)[:, :8].square().sum().backward()
+        (plain(x)[:, :8] * probe).sum().backward()
     with nhwc_batchnorm(fast):
         assert type(fast[1]) is NHWCBatchNorm2d and type(fast[4]) is NHWCBatchNorm2d
         for _ in range(3):
             out = fast(x)
-            out[:, :8].square().sum().backward()
+            (out[:, :8] * probe).sum().backward()
         assert out.is_contiguous(memory_format=torch.channels_last)
     assert type(fast[1]) is type(fast[4]) is torch.nn.BatchNorm2d
+    # per step: the 3x3 conv (27 terms), the 1x1 (8), BatchNorm's statistics over 4 x 8 x 8 positions; 3 steps
+    step = 27 + 8 + 2 * 4 * 8 * 8
     for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
-    for a, b in zip(plain.parameters(), fast.parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-3 * a.grad.abs().max())
+        if a.is_floating_point():
+            assert_same_sum(b, a, n_terms=3 * step)
+        else:
+            assert torch.equal(a, b), name
+    for a, b in zip(plain.parameters(), fast.parameters()):  # gradients summed over 3 steps, forward and back
+        assert_same_sum(b.grad, a.grad, n_terms=3 * 2 * step)
 
 
 def test_the_trainer_takes_a_users_optimizer_and_loss(tmp_path):

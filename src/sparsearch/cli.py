@@ -36,7 +36,9 @@ def _load(args):
 
     shorthands = {"name": "name", "method": "sparsity.method", "sparsity": "sparsity.sparsity", "model": "model.name",
                   "executor": "run.executor", "workers": "run.workers", "ray_address": "run.ray_address"}
-    overrides = list(args.set) + [f"{key}={getattr(args, arg)}" for arg, key in shorthands.items()
+    # a string shorthand stays a string (`--name 2024` is the run "2024", not the number): quoted for the YAML reader
+    quoted = lambda v: json.dumps(v) if isinstance(v, str) else v
+    overrides = list(args.set) + [f"{key}={quoted(getattr(args, arg))}" for arg, key in shorthands.items()
                                   if getattr(args, arg, None) is not None]
     return load_config(args.config, overrides)
 
@@ -45,7 +47,7 @@ def cmd_train(args) -> int:
     from .pipeline import run_train
 
     if args.help:
-        from .methods.registry import REGISTRY, describe
+        from .recipes import REGISTRY, describe
 
         if args.method is not None and args.method not in REGISTRY:
             raise SparsearchError(f"unknown method '{args.method}' (use {', '.join(REGISTRY)})")
@@ -61,7 +63,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods.registry import REGISTRY
+    from .recipes import REGISTRY
 
     width = max(map(len, REGISTRY))
     for name, spec in REGISTRY.items():
@@ -124,7 +126,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_book(args) -> int:
-    from .pipeline.book import run_book
+    from .book import run_book
 
     out = run_book(args.out_dir, args.output, args.executor, args.workers, args.data_path, scale=args.scale,
                    write_only=args.write_only)
@@ -209,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="docs/RESULTS.md")
     p.add_argument("--executor", choices=["local", "process", "ray"], default="ray", help="how independent trials run")
     p.add_argument("--workers", type=int, default=2, help="trials at once")
-    p.add_argument("--data-path", help="CIFAR-10 (default: the configs' ../shared/data/cifar10-images.tar.xz)")
+    p.add_argument("--data-path", help="CIFAR-10, which the book trains on (e.g. ../shared/data/cifar10-images.tar.xz); "
+                   "not needed with --write-only")
     p.add_argument("--scale", choices=["cpu", "gpu"], default="cpu",
                    help="cpu: minutes-per-training budgets for 2 cores; gpu: paper-like budgets on CUDA")
     p.add_argument("--write-only", action="store_true",

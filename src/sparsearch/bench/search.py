@@ -2,7 +2,7 @@
 (learned-score masks on every parametric layer, prune phase; fixed masks, finetune phase), on the same
 supernet and batch, first and second order. Configurations alternate within each trial; medians reported.
 
-`--implementations` instead times today's supernet against the fast one side by side (`search.fast_ops` and
+`--implementations` instead times wave 1's plain supernet (`bench/plain.py`) against the fast one side by side (fused mixed edges and
 `train.channels_last`, with the NHWC BatchNorm backward and the operations' TrainingRewrites): first-order steps
 at batch 16 and 64, a second-order step, the DASS prune step, and a genotype network's (DASS_95, 16 channels, 8 cells, batch 64) training step.
 
@@ -12,6 +12,7 @@ Defaults are CPU-sized (C=8, 5 cells, batch 16); the paper's search net is --cha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 
@@ -19,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import sparsity as sp
-from ..methods.hydra import stage_parameters
-from ..models.operations import TrainingRewrites
 from ..search import Architect, SuperNet
+from ..train import stage_parameters
 from ..train.nhwc import nhwc_batchnorm
 from .common import machine, print_table, stats, write_json
+from .plain import plain_layers
 
 
 def _variants(net: SuperNet, sparsity: float) -> dict[str, tuple[SuperNet, list]]:
@@ -49,9 +50,9 @@ def _search_step(net, params, opt, architect, train, val) -> float:
     return time.perf_counter() - t0
 
 
-def _supernet(args, fast: bool, channels_last: bool) -> SuperNet:
+def _supernet(args, channels_last: bool) -> SuperNet:
     torch.manual_seed(0)
-    net = SuperNet(args.channels, args.layers, 10, 3, fast=fast)
+    net = SuperNet(args.channels, args.layers, 10, 3)
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
@@ -66,21 +67,17 @@ def _batches(batch: int, size: int, channels_last: bool):
 
 
 def _step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
-    """A callable doing one step of `kind` on its own model and data; `fast` also selects the NHWC BatchNorm
-    backward and the TrainingRewrites (today's path turns both off)."""
-    step = _plain_step_fn(args, kind, batch, fast, channels_last)
+    """A callable doing one step of `kind` on its own model and data; not `fast`: wave 1's plain layers and mixed
+    edges (`plain.plain_layers`) and torch's BatchNorm, else the product's path with the NHWC BatchNorm backward."""
+    step = _one_step_fn(args, kind, batch, channels_last)
 
     def timed():
-        before, TrainingRewrites.enabled = TrainingRewrites.enabled, fast
-        try:
-            with nhwc_batchnorm(step.model, fast and channels_last):
-                return step()
-        finally:  # a class-wide switch: whoever calls the bench next sees it as it was
-            TrainingRewrites.enabled = before
+        with plain_layers() if not fast else contextlib.nullcontext(), nhwc_batchnorm(step.model, fast and channels_last):
+            return step()
     return timed
 
 
-def _plain_step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
+def _one_step_fn(args, kind: str, batch: int, channels_last: bool):
     if kind == "genotype":
         from ..models import build_model
 
@@ -100,7 +97,7 @@ def _plain_step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool)
             return time.perf_counter() - t0
         step.model = net
         return step
-    net = _supernet(args, fast, channels_last)
+    net = _supernet(args, channels_last)
     params = net.weight_parameters()
     if kind == "prune":
         layers = sp.find_layers(net, dense_first_last=False)
@@ -135,7 +132,7 @@ def implementations(args) -> int:
                      f"{st['new']['median']:.3f} ({st['new']['min']:.3f}-{st['new']['max']:.3f})", f"{ratio:.2f}x"])
         print(f"  {rows[-1]}", flush=True)
     info = machine()
-    print_table(f"today vs new (fast_ops, channels_last, NHWC BatchNorm backward, training rewrites), s/step medians "
+    print_table(f"today vs new (fused mixed edges, channels_last, NHWC BatchNorm backward, training rewrites), s/step medians "
                 f"of {args.trials}, supernet C={args.channels} "
                 f"L={args.layers} ({info['cpu']}, {info['threads']} threads)", ["step", "today (min-max)", "new (min-max)",
                                                                                  "speedup"], rows)

@@ -4,14 +4,16 @@ value that cannot work. Types are checked while reading (`loading.py`); what dep
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Callable
 
-from .loading import ConfigError
+from ..errors import ConfigError
 from .schema import Config
 
 # a run name is one folder under out_dir: no separators, nothing that climbs out of it
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+MAX_NAME = 200  # a folder name may have 255 bytes; room for the suffixes the stages add
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?|mps")
 
 
@@ -24,17 +26,31 @@ FRACTION = ((lambda v: 0 <= v < 1), "in [0, 1)")
 OPEN_FRACTION = ((lambda v: 0 < v < 1), "in (0, 1)")
 UNIT = ((lambda v: 0 <= v <= 1), "in [0, 1]")
 COUNT, NONNEGATIVE = _at_least(1), _at_least(0)
+SEED = ((lambda v: 0 <= v < 2**32), "in [0, 2**32)")  # numpy's and torch's seeding take 32 bits
+
+
+def machine_cores() -> int:
+    """The one bound on every thread and worker count: the cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads(value: int | None, what: str) -> None:
+    if value is not None and not 1 <= value <= machine_cores():
+        raise ConfigError(f"{what} must be {THREADS[1]}, got {value}")
+
+
+THREADS = ((lambda v: v is None or 1 <= v <= machine_cores()), f"in [1, {machine_cores()}] (this machine's cores)")
 
 # (dotted key, (predicate, what it must be)); a list value is checked item by item; None passes (optional values)
 RULES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
-    ("seed", NONNEGATIVE),
+    ("seed", SEED),
     ("data.batch_size", COUNT), ("data.eval_batch_size", COUNT), ("data.crop_padding", NONNEGATIVE),
     ("data.train_subset", COUNT), ("data.image_size", COUNT),
     ("train.epochs", COUNT), ("train.lr", POSITIVE), ("train.momentum", FRACTION),
     ("train.weight_decay", NONNEGATIVE), ("train.warmup_epochs", NONNEGATIVE), ("train.min_lr", NONNEGATIVE),
     ("train.step_milestones", UNIT), ("train.step_gamma", POSITIVE), ("train.grad_clip", POSITIVE),
     ("train.label_smoothing", FRACTION), ("train.aux_weight", NONNEGATIVE), ("train.drop_path", FRACTION),
-    ("train.threads", COUNT), ("train.log_every", NONNEGATIVE), ("train.eval_every", NONNEGATIVE),
+    ("train.threads", THREADS), ("train.log_every", NONNEGATIVE), ("train.eval_every", NONNEGATIVE),
     ("train.checkpoint_every", NONNEGATIVE),
     ("sparsity.sparsity", FRACTION), ("sparsity.snip_batches", COUNT), ("ift.sparsity", ((lambda v: v is None or 0 < v < 1), "in (0, 1)")),
     ("hydra.prune_epochs", COUNT), ("hydra.finetune_epochs", COUNT), ("hydra.score_lr", POSITIVE),
@@ -56,7 +72,7 @@ RULES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("search.weight_decay", NONNEGATIVE), ("search.grad_clip", POSITIVE), ("search.random_samples", COUNT),
     ("search.random_epochs", COUNT),
     ("run.sparsities", OPEN_FRACTION), ("run.workers", COUNT), ("run.retries", NONNEGATIVE),
-    ("compare.sparsities", OPEN_FRACTION), ("compare.seeds", NONNEGATIVE),
+    ("compare.sparsities", OPEN_FRACTION), ("compare.seeds", SEED), ("run.search_seeds", SEED),
 ]
 
 
@@ -69,9 +85,9 @@ def _get(cfg: Config, dotted: str) -> Any:
 
 def check_ranges(cfg: Config) -> None:
     """Raise a `ConfigError` naming the first key whose value is out of range."""
-    if not RUN_NAME.fullmatch(cfg.name) or cfg.name.strip(".") == "":
-        raise ConfigError(f"config key 'name' must be a plain folder name (letters, digits, . _ + = -, no '/'), "
-                          f"got {cfg.name!r}")
+    if not RUN_NAME.fullmatch(cfg.name) or cfg.name.strip(".") == "" or len(cfg.name) > MAX_NAME:
+        raise ConfigError(f"config key 'name' must be a plain folder name (letters, digits, . _ + = -, no '/', "
+                          f"at most {MAX_NAME} characters), got {cfg.name[:80]!r}{'...' if len(cfg.name) > 80 else ''}")
     if not DEVICE.fullmatch(cfg.train.device):
         raise ConfigError(f"config key 'train.device' must be auto, cpu, cuda or cuda:N, got {cfg.train.device!r}")
     for key, (ok, must) in RULES:
@@ -80,6 +96,8 @@ def check_ranges(cfg: Config) -> None:
             if not ok(item):
                 where = key if i is None else f"{key}[{i}]"
                 raise ConfigError(f"config key '{where}' must be {must}, got {item!r}")
+    if cfg.run.executor != "ray" or not cfg.run.ray_address:  # a Ray cluster has cores beyond this machine's
+        check_threads(cfg.run.workers, "config key 'run.workers'")
     t = cfg.train
     on_cpu = t.device == "cpu" or (t.device == "auto" and not _cuda())
     if t.amp and t.amp_dtype == "float16" and on_cpu:

@@ -14,16 +14,34 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ..errors import SparsearchError
+from ..errors import ConfigError
+from .checks import check_ranges
 from .schema import Config
 
 
-class ConfigError(SparsearchError):
-    pass
-
-
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-3` (no dot) as a string; this loader reads it as the float everyone means."""
+    """YAML 1.1 reads `1e-3` (no dot) as a string; this loader reads it as the float everyone means. It refuses
+    aliases (a config needs none, and nested ones expand exponentially: the "billion laughs") and a key given twice
+    in one mapping (YAML would keep the last silently)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, f"aliases (*{event.anchor}) are not allowed in a config",
+                                                    event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base loader refuses it with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -102,9 +120,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
 
 
+# keys older versions wrote into a run's config.yaml that no longer change what runs: read and dropped
+RETIRED = {"search.fast_ops"}  # the plain supernet became a test oracle; the fast one is the only product path
+
+
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if prefix + k not in RETIRED}
     for key in data:
         if key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
@@ -135,8 +158,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def from_dict(data: dict | None, overrides: list[str] | None = None, cls: type = Config) -> Any:
-    from .checks import check_ranges
-
     tree = dict(data or {})
     for text in overrides or []:
         key, value = parse_override(text)

@@ -71,7 +71,7 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
-    # checked against the method registry (sparsearch.methods.registry), where each method says what it reads
+    # checked against the method registry (sparsearch.recipes.registry), where each method says what it reads
     method: str = opt("static", "how the sparse network is obtained (`sparsearch methods` lists them)")
     sparsity: float = opt(0.0, 'fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)')
     kind: str = opt("unstructured", 'unstructured | nm:N:M | block:BH:BW | channel')
@@ -216,7 +216,6 @@ class SearchConfig:
     momentum: float = 0.0  # the reference search SGD has no momentum
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
-    fast_ops: bool = True  # the supernet's mixed edges skip `none` (x * 0) and share ReLU(x): same function, less work
     alpha_in_prune: bool = True  # update alpha while scores train (the reference's `base` trainer does)
     random_samples: int = 8  # random-search baseline: genotypes sampled from the same space
     random_epochs: int = 2  # short sparse training per sample (weight half), ranked on the alpha half

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,6 +71,16 @@ def load_dataset(name: str, path: str | None = None, cache_dir: str | None = Non
 
 
 def _to_dataset(name: str, arrays: dict) -> Dataset:
+    """Arrays as a `Dataset`, checked here for every source: an image per label, labels naming known classes."""
+    n_classes = len(arrays["classes"])
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise SparsearchError(f"{name}: the {split} split has images of shape {list(x.shape)} and labels of shape "
+                                  f"{list(y.shape)}; it needs N images (N, C, H, W) and N labels")
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < n_classes:
+            raise SparsearchError(f"{name}: {split} labels span [{int(y.min())}, {int(y.max())}], outside the "
+                                  f"{n_classes} classes [0, {n_classes - 1}]")
     return Dataset(
         name=name,
         train_x=torch.from_numpy(arrays["train_x"]),
@@ -164,11 +175,18 @@ IDX_FILES = {
 }
 
 
-def _read_idx(file: Path) -> np.ndarray:
-    raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+def _read_idx(file: Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte idx file of `ndim` dimensions (3: images, 1: labels)."""
+    try:
+        raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise SparsearchError(f"{file} is not a readable gzip file ({exc})") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise SparsearchError(f"{file} is not an unsigned-byte idx file")
-    ndim = raw[3]
+    if raw[3] != ndim:
+        raise SparsearchError(f"{file} has {raw[3]} dimensions; an idx {'image' if ndim == 3 else 'label'} file has {ndim}")
+    if len(raw) < 4 + 4 * ndim:
+        raise SparsearchError(f"{file} is truncated inside its header")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -184,7 +202,7 @@ def _idx_dataset(name: str, classes: list[str]) -> Loader:
             found = [f for f in (p / stem, p / f"{stem}.gz") if f.exists()]
             if not found:
                 raise SparsearchError(f"{name}: {stem}[.gz] not found in {p}")
-            arr = _read_idx(found[0])
+            arr = _read_idx(found[0], 3 if key.endswith("_x") else 1)
             out[key] = arr[:, None] if key.endswith("_x") else arr.astype(np.int64)
         return _to_dataset(name, out)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ..errors import SparsearchError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar", ".txz")
+MAX_PIXELS = 64 * 2**20  # per image; a larger one is refused before it is decoded (a "decompression bomb")
 Tree = dict[str, dict[str, list[tuple[str, bytes]]]]
 
 
@@ -71,15 +74,28 @@ def read_tree(path: Path) -> Tree:
 def _decode(blobs: list[bytes], size: int | None, names: list[str]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    out = []
+    out, first = [], None
     for blob, name in zip(blobs, names):
         try:
-            img = Image.open(io.BytesIO(blob)).convert("RGB")
+            with warnings.catch_warnings():  # PIL's size warning is an error here: one line, not a warning and a line
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(blob))
+                if img.width * img.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"it declares {img.width}x{img.height} pixels, more than "
+                                                       f"{MAX_PIXELS} (refused, not decoded)")
+                img = img.convert("RGB")
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
-            out.append(np.asarray(img, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise SparsearchError(f"cannot decode image {name}: {exc}") from None
+        except UnidentifiedImageError:
+            raise SparsearchError(f"cannot decode image {name}: not an image format PIL reads") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, ValueError, SyntaxError) as exc:
+            why = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(exc).splitlines()[0] if str(exc) else "")
+            raise SparsearchError(f"cannot decode image {name}: {why or type(exc).__name__}") from None
+        first = first or (name, img.size)
+        if img.size != first[1]:
+            raise SparsearchError(f"images have different sizes ({first[0]}: {first[1][0]}x{first[1][1]}, {name}: "
+                                  f"{img.width}x{img.height}); set data.image_size to resize them to one")
+        out.append(np.asarray(img, dtype=np.uint8))
     return np.stack(out)
 
 

@@ -19,11 +19,8 @@ from .. import distributed
 from .. import sparsity as sp
 from ..config import Config
 from .base import SparseMethod
-from .checks import dst_schedule, gmp_schedule, unstructured
 from .pruning import prune_to
-from .registry import LAYERS, MethodSpec, register
 from .schedules import Constant, CosineDecay, Cubic, Periodic
-from .stage import MethodContext, StageResult
 
 
 class SET(SparseMethod):
@@ -144,22 +141,3 @@ class GraNet(RigL):
             prune_to(self, self.pruning.at(self.step_count, self.steps, self.sparsity), self.criterion,
                      self.prune_allocation)
         super().on_step_start()
-
-
-def _train(cls):
-    def recipe(ctx: MethodContext) -> StageResult:
-        return ctx.train(cls.from_config(ctx.cfg), ctx.build())
-
-    recipe.__doc__ = cls.__doc__
-    return recipe
-
-
-set_, rigl, granet = _train(SET), _train(RigL), _train(GraNet)
-
-register(MethodSpec("set", set_, "SET: random sparse start, magnitude drop, random regrowth", sections=("dst",),
-                    checks=(unstructured, dst_schedule), takes_ift=True))
-register(MethodSpec("rigl", rigl, "RigL: random sparse start, magnitude drop, regrowth by dense gradient, cosine decay",
-                    sections=("dst",), checks=(unstructured, dst_schedule), takes_ift=True))
-register(MethodSpec("granet", granet, "GraNet: gradual magnitude pruning from a denser start with RigL regrowth",
-                    sections=("dst", "gmp"), checks=(unstructured, gmp_schedule, dst_schedule),
-                    reads=LAYERS + ("allocation", "criterion"), takes_ift=True))

@@ -16,14 +16,10 @@ import fnmatch
 import torch
 import torch.nn as nn
 
-from .. import distributed
 from .. import sparsity as sp
 from ..errors import SparsearchError
-from ..files import write_json
 from ..models.tracing import conv_bn_pairs
 from .base import SparseMethod
-from .registry import MethodSpec, register
-from .stage import MethodContext, StageResult
 
 
 def select_channels(model: nn.Module, bns: list[str], sparsity: float, allocation: str) -> dict[str, torch.Tensor]:
@@ -82,25 +78,3 @@ class MaskSparsity(SparseMethod):
     def channels(self) -> dict:
         return {bn: {"conv": self.pairs[bn], "kept": int(k.sum()), "channels": k.numel(),
                      "pruned": (~k).nonzero().flatten().tolist()} for bn, k in self.keep.items()}
-
-
-def maskspar(ctx: MethodContext) -> StageResult:
-    cfg, m = ctx.cfg, ctx.cfg.maskspar
-    model = ctx.from_pretrained()
-    method = MaskSparsity.from_config(cfg, example=next(iter(ctx.train_loader.batches()))[0][:2])
-    reg = ctx.train(method, model, ctx.out_dir / "sparse-reg", ctx.stage_cfg(m.reg_epochs, cfg.train.lr))
-    if distributed.is_main():
-        write_json(ctx.out_dir / "channels.json", method.channels())
-    pruned = ctx.build()
-    pruned.load_state_dict(reg.model.state_dict())
-    return ctx.fit(method.prune(pruned), ctx.out_dir / "finetune", ctx.stage_cfg(m.finetune_epochs, m.finetune_lr))
-
-
-def _check(cfg) -> None:
-    if cfg.sparsity.allocation not in ("uniform", "global"):
-        raise SparsearchError(f"maskspar selects channels per layer (uniform) or globally, not by '{cfg.sparsity.allocation}'")
-
-
-register(MethodSpec("maskspar", maskspar, "MaskSparsity: channel pruning by BatchNorm scales with a masked L1 penalty "
-                    "(sparsity.sparsity: fraction of channels)", sections=("maskspar",), checks=(_check,),
-                    starts_from_dense=True, reads=("sparsity", "allocation")))

@@ -17,9 +17,7 @@ from .. import sparsity as sp
 from ..config import Config
 from ..errors import SparsearchError
 from .base import SparseMethod
-from .registry import LAYERS, MethodSpec, register
 from .schedules import FlowDecay
-from .stage import MethodContext, StageResult
 
 
 class NMMethod(SparseMethod):
@@ -51,9 +49,9 @@ class SRSTE(NMMethod):
     def before_optimizer_step(self) -> None:
         for module in sp.masked_layers(self.model).values():
             weight = sp.weight_param(module)
-            mask = module.parametrizations.weight[0].nm_mask
+            pruned = (~sp.current_mask(module)).to(weight.dtype)
             if weight.grad is not None:
-                weight.grad.add_(self.lambda_w * (1 - mask) * weight)
+                weight.grad.add_(self.lambda_w * pruned * weight)
 
 
 class MaskDecay(NMMethod):
@@ -78,22 +76,3 @@ class MaskDecay(NMMethod):
 
     def finish(self) -> None:
         self.set_flow(0.0)
-
-
-def nm(ctx: MethodContext) -> StageResult:
-    method = SRSTE if ctx.cfg.nm.decay == "none" else MaskDecay
-    return ctx.train(method.from_config(ctx.cfg), ctx.build())
-
-
-def _check(cfg: Config) -> None:
-    kind = sp.parse_kind(cfg.sparsity.kind)
-    if not isinstance(kind, sp.NM):
-        raise SparsearchError(f"sparsity.method nm needs sparsity.kind nm:N:M (e.g. nm:2:4), got '{cfg.sparsity.kind}'")
-    if abs(cfg.sparsity.sparsity - (1 - kind.density)) > 1e-9:
-        raise SparsearchError(f"{kind} fixes sparsity at {1 - kind.density:g}; got sparsity.sparsity {cfg.sparsity.sparsity:g}")
-    if cfg.nm.decay_rate <= 0 or not 0 <= cfg.nm.decay_hard_fraction < 1:
-        raise SparsearchError("nm needs nm.decay_rate > 0 and 0 <= nm.decay_hard_fraction < 1")
-
-
-register(MethodSpec("nm", nm, "N:M from scratch (sparsity.kind nm:N:M): SR-STE, or progressive mask decay (nm.decay)",
-                    sections=("nm",), checks=(_check,), reads=LAYERS + ("kind",)))

@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .. import sparsity as sp
+
 
 class _ActivationsAsIdentity(TorchFunctionMode):
     """Clamping activations can zero a channel for the probe alone; without them only structure can."""
@@ -58,8 +60,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
             totals["params_structural"] -= module.weight.numel() - kept
             totals["macs_structural"] += kept * positions
 
-    # layers that own their parameters: no children besides the masks (`parametrizations`) of parametrized tensors
-    leaves = [m for m in model.modules() if all(n == "parametrizations" for n, _ in m.named_children())]
+    leaves = [m for m in model.modules() if sp.owns_parameters(m)]
     handles = [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     model.eval()

@@ -26,14 +26,19 @@ class Genotype:
 
     def __post_init__(self):
         for cell in ("normal", "reduce"):
-            edges = getattr(self, cell)
-            if len(edges) % 2:
-                raise SparsearchError(f"genotype {cell} cell needs two edges per node, got {len(edges)} edges")
+            edges, concat = getattr(self, cell), getattr(self, f"{cell}_concat")
+            if len(edges) % 2 or not edges:
+                raise SparsearchError(f"genotype {cell} cell needs two edges per node (at least one node), got "
+                                      f"{len(edges)} edges")
             for i, (op, src) in enumerate(edges):
                 if op not in PRIMITIVES:
                     raise SparsearchError(f"genotype {cell} cell: unknown operation '{op}'")
                 if not 0 <= src < 2 + i // 2:
                     raise SparsearchError(f"genotype {cell} cell: edge {i} reads node {src}, which is not before it")
+            nodes = 2 + len(edges) // 2
+            if not concat or len(set(concat)) != len(concat) or not all(type(n) is int and 0 <= n < nodes for n in concat):
+                raise SparsearchError(f"genotype {cell}_concat must list distinct nodes in [0, {nodes}), got "
+                                      f"{list(concat)!r}")
 
     def parameter_free_count(self, cell: str = "normal") -> int:
         return sum(op in PARAMETER_FREE for op, _ in getattr(self, cell))

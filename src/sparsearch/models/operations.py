@@ -23,14 +23,12 @@ class TrainingRewrites:
       torch's backward is 1.5-3x faster);
     - a 1x1 convolution on channels-last input is one matrix product over the pixels (the same forward bit for
       bit; forward + backward 2x faster than mkldnn's at these sizes).
-    `enabled = False` turns both off (kept for `sparsearch bench search --implementations`)."""
+    `sparsearch.bench.plain` holds the plain forwards the tests check these against."""
 
-    enabled = True
-
-    @classmethod
-    def active(cls, module: nn.Module, x: torch.Tensor) -> bool:
+    @staticmethod
+    def active(module: nn.Module, x: torch.Tensor) -> bool:
         # a plain Conv2d only: the runtime swaps in its own kernel modules
-        return cls.enabled and module.training and x.device.type == "cpu" and isinstance(module, nn.Conv2d)
+        return module.training and x.device.type == "cpu" and isinstance(module, nn.Conv2d)
 
     @classmethod
     def depthwise(cls, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

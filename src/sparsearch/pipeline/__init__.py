@@ -11,13 +11,12 @@ from .. import distributed
 from ..config import Config, dump_yaml
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config
 from ..files import write_atomic, write_json
-from ..methods import METHODS, MethodContext, StageResult, preflight
-from ..methods.registry import sections_used
 from ..models import model_builder
 from ..models.flops import count_flops
 from ..models.ift import iso_config
+from ..recipes import METHODS, MethodContext, preflight, sections_used
 from ..report.plots import churn_plot, soup_plot
-from ..train import claim_run_dir, resolve_device
+from ..train import StageResult, claim_run_dir, resolve_device
 
 
 def loaders_for(cfg: Config, ds: Dataset) -> tuple[TensorLoader, TensorLoader]:

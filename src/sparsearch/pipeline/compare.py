@@ -27,9 +27,8 @@ from ..config import Config, ConfigError
 from ..data import dataset_from_config
 from ..executors import Failed, make_executor, raise_failures
 from ..files import write_json
-from ..methods import METHODS, REGISTRY, MethodContext, preflight
-from ..methods.registry import sections_used
 from ..models.ift import iso_config
+from ..recipes import METHODS, REGISTRY, MethodContext, preflight, sections_used
 from ..report.plots import comparison_plot
 from ..train import claim_run_dir
 from . import accuracy_spread, loaders_for, model_builder, variant_name, write_summary

@@ -14,17 +14,24 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..config import load_config
+from ..config.checks import check_threads
 from ..data import dataset_from_config
 from ..errors import SparsearchError
-from ..files import write_json
+from ..files import load_weights, write_json
 from ..models import model_builder, model_kwargs
-from ..runtime import compile, export
+from ..runtime import check_input_shape, compile, export
+from ..train import exclusive
+
+MAX_BATCH = 4096
 
 
 def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = None) -> dict:
+    """Compile the variant in `training_dir`, holding its run directory (no other process writes it meanwhile)."""
+    if not 1 <= batch <= MAX_BATCH:
+        raise SparsearchError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
+    check_threads(threads, "--threads")
     where = Path(training_dir)
     if not (where / "summary.json").exists():
         raise SparsearchError(f"{where} is not a finished training (no summary.json); point at train/<variant>/")
@@ -39,15 +46,22 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
     if summary.get("model") == "genotype" and "genotype" not in cfg.model.kwargs:
         raise SparsearchError("searched-cell trainings of `sparsearch run` are not supported yet; compile a "
                               "`sparsearch train` or `compare` result")
+    with exclusive(run_dir if run_dir.is_dir() else where):
+        return _compile(where, cfg, summary, final, batch, threads)
+
+
+def _compile(where: Path, cfg, summary: dict, final: Path, batch: int, threads: int | None) -> dict:
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     model = model_builder(cfg, ds)().eval()
+    weights = load_weights(final)
     try:
-        model.load_state_dict(load_file(str(final)))
-    except Exception as exc:  # noqa: BLE001 - a truncated file, or weights of another model
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # weights of another model
         raise SparsearchError(f"cannot load {final}: {str(exc).splitlines()[0]}") from None
     if threads:
         torch.set_num_threads(threads)
-    example = torch.randn(batch, ds.in_channels, *ds.image_size, generator=torch.Generator().manual_seed(0))
+    shape = check_input_shape([batch, ds.in_channels, *ds.image_size], "--batch")
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     compiled = compile(model, example)
     out = where / "compiled"

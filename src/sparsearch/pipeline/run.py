@@ -28,9 +28,10 @@ from ..config import Config, ConfigError
 from ..data import dataset_from_config
 from ..executors import make_executor, raise_failures
 from ..files import write_json
-from ..methods import density_map, run_hydra
+from ..methods import density_map
 from ..models.flops import count_flops
 from ..models.genotypes import GENOTYPES, Genotype
+from ..recipes import run_hydra
 from ..report import write_report
 from ..search import check_search, differentiable_search, random_search
 from ..sparsity import configured_layers

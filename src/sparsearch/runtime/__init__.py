@@ -10,13 +10,14 @@
     4. the fastest wins. `CompiledModel.times` holds every engine's timings, `.table()` the winning sparse
        engine's per-operation times.
 `CompiledModel.save(dir)` writes that choice (plan.json) beside an export of the weights; `load(dir)` runs it
-again without timing. `compile(..., kernels=(...))` forces the per-layer kernels of `layers.py` instead.
+again without timing: every engine's `options()` (the engine's chunk size, the per-layer engine's kernels) is saved.
+`compile(..., kernels=(...))` forces the per-layer engine with those sparse kernels.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import math
 import statistics
 import sys
 import time
@@ -25,24 +26,33 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import sparsity as sp
 from ..errors import SparsearchError
 from ..files import write_json
+from .common import fold_batchnorm, logits, prepare, reference_output, relative_error
 from .engines import BUILDERS, DENSE, Unavailable
 from .export import export, to_onnx
 from .export import load as load_export
 from .kernels import CSRConv2d, CSRLinear, TapsConv2d, candidates
-from .layers import LayerChoice, LayerwiseModel, compile_layers, fold_batchnorm, logits, reference_output, relative_error
 
-__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "LayerChoice", "LayerwiseModel", "TapsConv2d", "candidates",
-           "compile", "compile_layers", "export", "fold_batchnorm", "load", "to_onnx"]
+__all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "TapsConv2d", "candidates", "compile", "export", "fold_batchnorm",
+           "load", "to_onnx"]
 
 CLOSE = 1.15  # two engines whose medians are within 15% are timed again before one is chosen
+MAX_INPUT_BYTES = 2**30  # an example input (and a plan's) larger than this is a mistake, not a model
+
+
+def check_input_shape(shape: list[int], where: str) -> list[int]:
+    """A plausible input shape, or one `SparsearchError` (before anything allocates it)."""
+    if not (isinstance(shape, list) and 2 <= len(shape) <= 5 and all(type(s) is int and s >= 1 for s in shape)
+            and 4 * math.prod(shape) <= MAX_INPUT_BYTES):
+        raise SparsearchError(f"{where}: input shape {str(shape)[:80]} is not 2-5 positive sizes of at most "
+                              f"{MAX_INPUT_BYTES >> 30} GiB of float32")
+    return shape
 
 
 class CompiledModel(nn.Module):
     """Inference only. `engine` names the engine that runs it; `times` has each candidate's {median, min, max, n}
-    in ms; `skipped` why the others were not candidates."""
+    in ms; `skipped` why the others were not candidates; `table()` the chosen engine's per-operation rows."""
 
     def __init__(self, runner, engine: str, times: dict, max_abs_error: float, skipped: dict, shape: list[int],
                  ops: list[dict] | None = None):
@@ -56,7 +66,7 @@ class CompiledModel(nn.Module):
             return logits(self.runner(x))
 
     def table(self) -> list[dict]:
-        """Per operation (the sparse engine) or per layer (the per-layer runtime); empty for a dense engine."""
+        """Per operation (the sparse engine) or per layer (the per-layer engine); empty for a dense engine."""
         return self.ops
 
     def fastest_dense(self) -> tuple[str, float] | None:
@@ -64,20 +74,13 @@ class CompiledModel(nn.Module):
         return min(dense.items(), key=lambda kv: kv[1]) if dense else None
 
     def plan(self) -> dict:
-        return {"engine": self.engine, "chunk": getattr(self.runner, "chunk", None), "input_shape": self.shape,
+        return {"engine": self.engine, "options": self.runner.options(), "input_shape": self.shape,
                 "threads": torch.get_num_threads(), "times_ms": self.times,
                 "max_abs_error": self.max_abs_error, "skipped": self.skipped, "ops": self.ops}
 
     def save(self, out_dir: str | Path) -> Path:
         """plan.json in `out_dir` (beside an `export` of the same model, which `load` needs)."""
         return write_json(Path(out_dir) / "plan.json", self.plan())
-
-
-def _prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    net = copy.deepcopy(model).eval()
-    sp.remove(net)
-    fold_batchnorm(net, example)
-    return net
 
 
 def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor, tolerance: float, options=None):
@@ -121,29 +124,28 @@ def _race(runners: dict, x: torch.Tensor, repeats: int, rounds: int = 3) -> dict
 
 @torch.no_grad()
 def compile(model: nn.Module, example_input: torch.Tensor, repeats: int = 9, tolerance: float = 1e-4,
-            kernels: tuple[str, ...] | None = None, engines: tuple[str, ...] | None = None):
+            kernels: tuple[str, ...] | None = None, engines: tuple[str, ...] | None = None) -> CompiledModel:
     """`model` (masked or not) as the fastest engine for `example_input`'s shape and the current thread count.
-    `engines` restricts the candidates (e.g. ("engine",)); `kernels` forces the per-layer runtime's kernels."""
-    if kernels is not None:
-        return compile_layers(model, example_input, repeats, tolerance, kernels)
+    `engines` restricts the candidates (e.g. ("engine",)); `kernels` forces the per-layer engine with those kernels."""
     reference = reference_output(model, example_input)
-    net = _prepare(model, example_input)
-    runners, errors, skipped = _build([k for k in engines or BUILDERS if k in BUILDERS], net, example_input, reference, tolerance)
-    if "engine" in skipped and (engines is None or "layers" in engines):
-        layered = compile_layers(model, example_input, max(1, repeats // 3), tolerance)
-        runners["layers"], errors["layers"] = layered, layered.max_abs_error
+    net = prepare(model, example_input)
+    if kernels is not None:
+        engines, options = ("layers",), {"layers": {"only": tuple(kernels)}}
+    else:
+        options = {}
+    wanted = [k for k in engines or BUILDERS if k in BUILDERS and k != "layers"]
+    runners, errors, skipped = _build(wanted, net, example_input, reference, tolerance)
+    if "layers" in (engines or ()) or (engines is None and "engine" in skipped):  # the fallback where the engine cannot run
+        more = _build(["layers"], net, example_input, reference, tolerance, options)
+        for found, extra in zip((runners, errors, skipped), more):
+            found.update(extra)
     if not runners:
         raise SparsearchError("no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     samples = _race(runners, example_input, max(3, repeats // 2))
     times = {k: {"median": 1e3 * statistics.median(v), "min": 1e3 * min(v), "max": 1e3 * max(v), "n": len(v)}
              for k, v in samples.items()}
     best = min(times, key=lambda k: times[k]["median"])
-    if best == "engine":
-        ops = runners[best].profile(example_input, max(3, repeats))
-    elif best == "layers":
-        ops = runners[best].table()
-    else:
-        ops = []
+    ops = runners[best].profile(example_input, max(3, repeats))
     return CompiledModel(runners[best], best, times, errors[best], skipped, list(example_input.shape), ops)
 
 
@@ -156,17 +158,26 @@ def load(out_dir: str | Path) -> nn.Module:
         return model
     try:
         plan = json.loads((out / "plan.json").read_text())
-        engine, shape = plan["engine"], [int(s) for s in plan["input_shape"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        engine, shape, options = plan["engine"], plan["input_shape"], plan.get("options", {})
+        if not isinstance(engine, str) or not isinstance(options, dict):
+            raise TypeError("'engine' must be a name and 'options' a mapping")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SparsearchError(f"{out}/plan.json is not a sparsearch plan ({type(exc).__name__}: {exc})") from None
+    check_input_shape(shape, f"{out}/plan.json")
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = reference_output(model, example)
-    net = _prepare(model, example)
-    reason = ""
-    for name in [engine] + [k for k in BUILDERS if k != engine]:
-        chunk = {"engine": {"chunk": plan["chunk"]}} if plan.get("chunk") else {}
-        runners, errors, skipped = _build([name], net, example, reference, 1e-4, chunk)
+    try:
+        with torch.no_grad():
+            reference = reference_output(model, example)
+    except RuntimeError as exc:
+        raise SparsearchError(f"{out}/plan.json: input shape {shape} does not fit the model "
+                              f"({str(exc).splitlines()[0]})") from None
+    net = prepare(model, example)
+    reason = "" if engine in BUILDERS else "not an engine of this version"
+    for name in ([engine] if engine in BUILDERS else []) + [k for k in BUILDERS if k != engine]:
+        try:
+            runners, errors, skipped = _build([name], net, example, reference, 1e-4, {engine: options})
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # options another version or a person wrote
+            raise SparsearchError(f"{out}/plan.json: its options do not fit engine {name} ({exc})") from None
         reason = reason or skipped.get(name, "")
         if name in runners:
             if name != engine:

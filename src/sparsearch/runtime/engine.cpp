@@ -11,6 +11,7 @@
 // R x TX / vector-width fused multiply-adds), and is stored once with bias, residual and ReLU applied.
 // Dense weights are the same loop with every tap present; depthwise and grouped layers differ only in which
 // input channel a weight reads, which the plan folds into each non-zero's offset.
+#include "sparsearch_layout.h"  // the record fields, generated from layout.py
 #include <omp.h>
 #include <stdint.h>
 #include <math.h>
@@ -18,12 +19,6 @@
 
 typedef int64_t i64;
 
-enum { CONV = 1, POOL = 2, EWISE = 3, GAP = 4 };
-enum { RECORD = 40 };
-
-// CONV fields
-enum { C_IN = 1, C_IN_IMG, C_IN_ROW, C_OUT, C_OUT_CH, C_OUT_IMG, C_OUT_ROW, C_O, C_N, C_OH, C_OW, C_S, C_INDPTR, C_OFF,
-       C_VAL, C_BIAS, C_RES, C_RES_CH, C_RES_IMG, C_RES_ROW, C_RELU, C_LO, C_HI, C_TX, C_R, C_IN_RELU, C_CHANS };
 
 static inline float clamp(float v, float lo, float hi) {  // plain compares: vectorised, unlike fminf / fmaxf
     v = v < lo ? lo : v;
@@ -171,8 +166,6 @@ static void conv(const i64* p) {
 
 // POOL fields: in (interior origin), in strides (ch, img, row), out, out strides, C, N, H, W, OH, OW, k, stride, pad,
 // mode (0 max, 1 average over the window's in-bounds part, 2 average over the whole window)
-enum { P_IN = 1, P_IN_CH, P_IN_IMG, P_IN_ROW, P_OUT, P_OUT_CH, P_OUT_IMG, P_OUT_ROW, P_C, P_N, P_H, P_W, P_OH, P_OW, P_K,
-       P_S, P_PAD, P_MODE };
 
 static void pool(const i64* p) {
     const float* in = (const float*)p[P_IN];
@@ -205,8 +198,6 @@ static void pool(const i64* p) {
 // EWISE fields: out[c, n, y, x] = clamp(scale[c] * (a[c, n, y, x] + b[c, n, y, x]) + shift[c]), each operand with
 // its own four strides (channel, image, row, column); b, scale, shift optional. Covers ReLU, add, copies into
 // slices, subsampling, flattening, the network's input and output, and BatchNorms that no convolution absorbed.
-enum { E_A = 1, E_A_CH, E_A_IMG, E_A_ROW, E_A_COL, E_B, E_B_CH, E_B_IMG, E_B_ROW, E_B_COL, E_OUT, E_OUT_CH, E_OUT_IMG,
-       E_OUT_ROW, E_OUT_COL, E_C, E_N, E_H, E_W, E_SCALE, E_SHIFT, E_ACT, E_LO, E_HI };
 
 static void ewise(const i64* p) {
     const float* a = (const float*)p[E_A];
@@ -248,7 +239,6 @@ static void ewise(const i64* p) {
 }
 
 // GAP fields: in (interior origin), in strides (ch, img, row), out, out strides (ch, img), C, N, H, W
-enum { G_IN = 1, G_IN_CH, G_IN_IMG, G_IN_ROW, G_OUT, G_OUT_CH, G_OUT_IMG, G_C, G_N, G_H, G_W };
 
 static void gap(const i64* p) {
     const float* in = (const float*)p[G_IN];
@@ -267,7 +257,7 @@ static void gap(const i64* p) {
 
 extern "C" {
 
-int sparsearch_record_size() { return RECORD; }
+const char* sparsearch_layout() { return SPARSEARCH_LAYOUT; }
 
 // Runs the plan's operations in order on `threads` threads; `seconds`, if given, receives each operation's
 // wall time (taken by thread 0 after the operation's closing barrier).

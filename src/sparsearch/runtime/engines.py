@@ -1,11 +1,14 @@
-"""The engines `runtime.compile` chooses between, each a callable from an input tensor to the output tensor:
+"""The engines `runtime.compile` chooses between. Each is built as `Engine(net, example, **options)` from the
+prepared network (`common.prepare`), is a callable from an input tensor to the output, and has `profile(x, repeats)`
+(rows of one schema: op, kind, ms, and shape / density where it has weights) and `options()` (what its saved plan
+needs to build it again without timing):
 
     engine        sparsearch's whole-network engine (`plan.py`): the sparse weights' non-zeros only, one native
                   call per batch; needs a C++ compiler (`native.py`) and a network `graph.lower` can trace
     onnxruntime   the dense network (zeros multiplied like any weight) in onnxruntime: the `onnx` extra
     openvino      the same ONNX graph in OpenVINO, where the `openvino` package is installed
     eager         the dense network in PyTorch eager mode (always there)
-    layers        the per-layer runtime (`layers.py`); a candidate only where `engine` is not
+    layers        the per-layer engine (`layers.py`); a candidate only where `engine` cannot run
 
 A builder raises `Unavailable` (with the reason) where its engine cannot run here.
 """
@@ -19,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .common import median_seconds
 from .graph import Unsupported, lower
-from .layers import median_seconds
+from .layers import Layers
 from .native import library
 from .plan import Plan
 
@@ -29,7 +33,17 @@ class Unavailable(Exception):
     """This engine cannot run the network here; the message says why."""
 
 
-class Native:
+class Engine:
+    """What the dense engines share: no per-operation table, nothing to save."""
+
+    def profile(self, x: torch.Tensor, repeats: int) -> list[dict]:
+        return []
+
+    def options(self) -> dict:
+        return {}
+
+
+class Native(Engine):
     """Runs a batch in chunks of `chunk` images, one plan per chunk shape: at batch 32 a deep network's activations
     do not fit in cache, a chunk's do. Without `chunk`, the fastest of a few sizes on `example` (measured)."""
 
@@ -65,6 +79,9 @@ class Native:
         x = x.detach().to(torch.float32).contiguous()
         return torch.cat([self.plan(tuple(part.shape)).run(part, threads) for part in x.split(n)])
 
+    def options(self) -> dict:
+        return {"chunk": self.chunk}
+
     def profile(self, x: torch.Tensor, repeats: int) -> list[dict]:
         """Per-operation wall time (ms per batch, mean of `repeats` runs), with what each operation is."""
         part = x[: self.chunk]
@@ -81,7 +98,7 @@ def _onnx_file(net: nn.Module, example: torch.Tensor, folder: str) -> str:
     return str(to_onnx(net, example, Path(folder) / "model.onnx"))
 
 
-class OnnxRuntime:
+class OnnxRuntime(Engine):
     name = "onnxruntime"
 
     def __init__(self, net: nn.Module, example: torch.Tensor):
@@ -100,7 +117,7 @@ class OnnxRuntime:
         return torch.from_numpy(self.session.run(None, {"input": x.detach().float().contiguous().numpy()})[0])
 
 
-class OpenVino:
+class OpenVino(Engine):
     name = "openvino"
 
     def __init__(self, net: nn.Module, example: torch.Tensor):
@@ -121,7 +138,7 @@ class OpenVino:
         return torch.from_numpy(np.array(next(iter(result.values()))))
 
 
-class Eager:
+class Eager(Engine):
     name = "eager"
 
     def __init__(self, net: nn.Module, example: torch.Tensor):
@@ -132,5 +149,5 @@ class Eager:
             return self.net(x)  # CompiledModel takes the logits from (logits, aux)
 
 
-BUILDERS = {"engine": Native, "onnxruntime": OnnxRuntime, "openvino": OpenVino, "eager": Eager}
+BUILDERS = {"engine": Native, "onnxruntime": OnnxRuntime, "openvino": OpenVino, "eager": Eager, "layers": Layers}
 DENSE = ("onnxruntime", "openvino", "eager")  # the dense engines a user would otherwise deploy with

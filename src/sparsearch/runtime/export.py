@@ -13,21 +13,19 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
 from .. import sparsity as sp
 from ..errors import SparsearchError
+from ..files import load_weights, save_weights, write_json
 from ..models import build_model
 
 
 def export(model: nn.Module, out_dir: str | Path, name: str, **kwargs: Any) -> Path:
     """Write `model` (built as `build_model(name, **kwargs)`) to `out_dir`; returns the directory."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in sp.squash(model).items()}
     densities = {row["name"]: row["density"] for row in sp.report(model) if "shape" in row}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "model.json").write_text(json.dumps({"model": name, "kwargs": kwargs, "densities": densities}, indent=2))
+    save_weights(out / "model.safetensors", sp.squash(model))
+    write_json(out / "model.json", {"model": name, "kwargs": kwargs, "densities": densities})
     return out
 
 
@@ -36,9 +34,19 @@ def load(out_dir: str | Path) -> nn.Module:
     out = Path(out_dir)
     if not (out / "model.json").exists() or not (out / "model.safetensors").exists():
         raise SparsearchError(f"{out} holds no exported model (model.json and model.safetensors)")
-    spec = json.loads((out / "model.json").read_text())
-    model = build_model(spec["model"], **spec["kwargs"])
-    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    try:
+        spec = json.loads((out / "model.json").read_text())
+        name, kwargs = spec["model"], spec["kwargs"]
+        if not isinstance(name, str) or not isinstance(kwargs, dict):
+            raise TypeError("'model' must be a name and 'kwargs' a mapping")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SparsearchError(f"{out}/model.json is not a sparsearch export ({type(exc).__name__}: {exc})") from None
+    model = build_model(name, **kwargs)
+    weights = load_weights(out / "model.safetensors")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise SparsearchError(f"{out}/model.safetensors does not fit model {name!r}: {str(exc).splitlines()[0]}") from None
     return model.eval()
 
 

@@ -3,9 +3,8 @@
 The model (masks baked in, BatchNorms folded) is traced with torch.fx and each node becomes one of four
 operations the engine runs (`conv`, `pool`, `ewise`, `gap`) or no operation at all: Identity, dropout, flatten of
 a 1 x 1 map, `0 + x` and spatial crops are views; `torch.cat` and channel zero-padding are placement (the
-inputs are written into channel slices of one buffer). Then ReLUs and residual adds are fused into the operation
-that produces their input (`fusion.py`). Anything else raises `Unsupported`, and `runtime.compile` keeps the model on its
-per-layer kernels.
+inputs are written into channel slices of one buffer). Anything else raises `Unsupported`, and `runtime.compile`
+keeps the model on another engine. The plan (`plan.Plan`) fuses the graph (`fusion.py`) before laying it out.
 """
 
 from __future__ import annotations
@@ -245,7 +244,4 @@ def lower(model: nn.Module, shape: tuple[int, ...]) -> Graph:
             g.output = out
         else:
             raise Unsupported(f"{node.name}: {node.op}")
-    from .fusion import fuse  # here: the passes work on this module's types
-
-    fuse(g)
     return g

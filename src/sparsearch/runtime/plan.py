@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .fusion import fuse
 from .graph import Graph, Op, Unsupported, Value
+from .layout import INDEX, RECORD, write
 from .native import library
 
-RECORD = 40
-KIND = {"conv": 1, "pool": 2, "ewise": 3, "gap": 4}
 GUARD = 4096  # floats after each buffer: tiles read up to one tile width past a row's end
 TILES = {64: 1, 32: 2, 16: 4, 8: 8, 4: 8, 1: 1}  # tile width -> rows per tile (<= 64 accumulators)
 
@@ -70,9 +70,11 @@ def _locate(v: Value) -> tuple[Value, int, int, int]:
 
 
 class Plan:
-    """One input shape's memory and records. Not re-entrant: one call at a time."""
+    """One input shape's memory and records, from a lowered graph it fuses first (ReLUs and residual adds into the
+    operations that produce their inputs: `fusion.fuse`). Not re-entrant: one call at a time."""
 
     def __init__(self, graph: Graph):
+        fuse(graph)
         self.graph, self.keep = graph, []
         self.buffers: dict[int, Buffer] = {}
         for v in graph.values:
@@ -181,60 +183,60 @@ class Plan:
             chans = np.flatnonzero(~a["skip"]).astype(np.int32)
             self.keep.append(chans)
             outs = len(chans)
-        r[:25] = [KIND["conv"], buf.address(c0, 0, y0 - ph, x0 - pw), img, row, ob.address(oc0, 0, oy0, ox0), ochs, oimg,
-                  orow, outs, N, OH, OW, s, indptr.ctypes.data, off.ctypes.data, val.ctypes.data,
-                  0 if bias is None else bias.ctypes.data, 0, 0, 0, 0, 0, 0, 0, 0]
+        write(r, "conv", **{"in": buf.address(c0, 0, y0 - ph, x0 - pw)}, in_img=img, in_row=row,
+              out=ob.address(oc0, 0, oy0, ox0), out_ch=ochs, out_img=oimg, out_row=orow, o=outs, n=N, oh=OH, ow=OW, s=s,
+              indptr=indptr.ctypes.data, off=off.ctypes.data, val=val.ctypes.data,
+              bias=0 if bias is None else bias.ctypes.data, tx=tx, r=rows, in_relu=int(a.get("in_relu", False)))
         if a["residual"] is not None:
             ptr, rch, rimg, rrow, _ = self._operand(a["residual"])
-            r[17:21] = [ptr, rch, rimg, rrow]
-        self._act(r, 21, a["act"])
-        r[24:27] = [tx, rows, int(a.get("in_relu", False))]
+            write(r, "conv", res=ptr, res_ch=rch, res_img=rimg, res_row=rrow)
+        self._act(r, "conv", "relu", a["act"])
         if a.get("skip") is not None:
-            r[27] = chans.ctypes.data
+            write(r, "conv", chans=chans.ctypes.data)
 
     @staticmethod
-    def _act(r: np.ndarray, at: int, act) -> None:
+    def _act(r: np.ndarray, kind: str, flag: str, act) -> None:
         if act is not None:
-            r[at:at + 3] = [1, _float_bits(act[0]), _float_bits(act[1])]
+            write(r, kind, **{flag: 1, "lo": _float_bits(act[0]), "hi": _float_bits(act[1])})
 
     def _pool(self, r: np.ndarray, op: Op) -> None:
         x, out, a = op.inputs[0], op.out, op.attrs
         ptr, ch, img, row, _ = self._operand(x)
         optr, och, oimg, orow, _ = self._operand(out)
-        r[:19] = [KIND["pool"], ptr, ch, img, row, optr, och, oimg, orow, x.C, x.N, x.H, x.W, out.H, out.W, a["k"],
-                  a["stride"], a["pad"], a["mode"]]
+        write(r, "pool", **{"in": ptr}, in_ch=ch, in_img=img, in_row=row, out=optr, out_ch=och, out_img=oimg, out_row=orow,
+              c=x.C, n=x.N, h=x.H, w=x.W, oh=out.H, ow=out.W, k=a["k"], s=a["stride"], pad=a["pad"], mode=a["mode"])
 
     def _ewise(self, r: np.ndarray, op: Op) -> None:
         a = op.attrs
-        r[0] = KIND["ewise"]
-        r[1:6] = self._operand(op.inputs[0], a["stride"])
+        operand = lambda name, v, stride=1: dict(zip((name, f"{name}_ch", f"{name}_img", f"{name}_row", f"{name}_col"),
+                                                     self._operand(v, stride)))
+        write(r, "ewise", **operand("a", op.inputs[0], a["stride"]), **operand("out", op.out))
         if len(op.inputs) > 1:
-            r[6:11] = self._operand(op.inputs[1], a["stride"])
-        r[11:16] = self._operand(op.out)
+            write(r, "ewise", **operand("b", op.inputs[1], a["stride"]))
         out = op.out
-        r[16:20] = [out.C, out.N, out.H, out.W]
+        write(r, "ewise", c=out.C, n=out.N, h=out.H, w=out.W)
         if a.get("flatten"):  # input position (c, y, x) -> output channel (c * H + y) * W + x
             x = op.inputs[0]
-            ch = r[12]
-            r[12:16] = [x.H * x.W * ch, r[13], x.W * ch, ch]
-            r[16:20] = [x.C, x.N, x.H, x.W]
-        for k, name in ((20, "scale"), (21, "shift")):
+            ch = int(r[INDEX["ewise"]["out_ch"]])
+            write(r, "ewise", out_ch=x.H * x.W * ch, out_row=x.W * ch, out_col=ch, c=x.C, n=x.N, h=x.H, w=x.W)
+        for name in ("scale", "shift"):
             if a.get(name) is not None:
                 arr = np.ascontiguousarray(a[name], np.float32)
                 self.keep.append(arr)
-                r[k] = arr.ctypes.data
-        self._act(r, 22, a["act"])
+                write(r, "ewise", **{name: arr.ctypes.data})
+        self._act(r, "ewise", "act", a["act"])
 
     def _gap(self, r: np.ndarray, op: Op) -> None:
         x, out = op.inputs[0], op.out
         ptr, ch, img, row, _ = self._operand(x)
         optr, och, oimg, _, _ = self._operand(out)
-        r[:12] = [KIND["gap"], ptr, ch, img, row, optr, och, oimg, x.C, x.N, x.H, x.W]
+        write(r, "gap", **{"in": ptr}, in_ch=ch, in_img=img, in_row=row, out=optr, out_ch=och, out_img=oimg, c=x.C, n=x.N,
+              h=x.H, w=x.W)
 
     def run(self, x: torch.Tensor, threads: int, seconds: np.ndarray | None = None) -> torch.Tensor:
         lib = library()
         x = x.detach().to(torch.float32).contiguous()
-        self.records[self.input_record, 1] = x.data_ptr()
+        self.records[self.input_record, INDEX["ewise"]["a"]] = x.data_ptr()
         lib.sparsearch_run(self.records.ctypes.data, len(self.records), threads,
                            None if seconds is None else seconds.ctypes.data)
         # always a copy: where the view happens to be contiguous, ascontiguousarray would hand out the engine's own

@@ -5,7 +5,7 @@ target sparsity on every parametric layer (scaled score init), scores trained wi
 updated on the masked supernet; (3) finetune: masks fixed, surviving weights trained, alpha updated.
 DARTS: the same supernet dense, one phase with the same total number of epochs.
 
-The three DASS phases are the HYDRA stages (`methods.hydra`) run on the supernet with an architect callback.
+The three DASS phases are the HYDRA stages (`train.stage`) run on the supernet with an architect callback.
 Each phase is a resumable Trainer run under `<search dir>/<phase>/`; a finished phase is skipped, and the
 next one starts from the previous phase's final state. Outputs: `genotype.json`, `alphas.jsonl`
 (softmax(alpha) and the derived genotype per epoch), `alphas.png` (heatmap), `cell_normal.png` and
@@ -29,9 +29,8 @@ from ..config import Config, SearchConfig
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config, split_train
 from ..errors import SparsearchError
 from ..files import write_json
-from ..methods.hydra import STAGES, StageKind, train_stage
 from ..models.genotypes import Genotype
-from ..train import Callback, MetricsLog, Trainer, autocast, claim_run_dir, resolve_device
+from ..train import STAGES, Callback, MetricsLog, StageKind, Trainer, autocast, claim_run_dir, resolve_device, train_stage
 from .architect import Architect
 from .supernet import SuperNet
 from .verdict import normalised_entropy, search_verdict
@@ -109,7 +108,7 @@ def search_loaders(cfg: Config, ds: Dataset) -> tuple[TensorLoader, TensorLoader
 def supernet_builder(cfg: Config, ds: Dataset):
     def build() -> SuperNet:
         torch.manual_seed(cfg.seed)
-        return SuperNet(cfg.search.channels, cfg.search.layers, ds.num_classes, ds.in_channels, fast=cfg.search.fast_ops)
+        return SuperNet(cfg.search.channels, cfg.search.layers, ds.num_classes, ds.in_channels)
 
     return build
 

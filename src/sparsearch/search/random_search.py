@@ -19,11 +19,10 @@ from .. import sparsity as sp
 from ..config import Config
 from ..data import dataset_from_config
 from ..executors import Failed, raise_failures
-from ..methods.stage import fit
 from ..models.darts import GenotypeNetwork
 from ..models.genotypes import Genotype
 from ..models.operations import PRIMITIVES
-from ..train import MetricsLog
+from ..train import MetricsLog, fit
 from .phases import search_loaders
 
 

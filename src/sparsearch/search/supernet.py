@@ -17,14 +17,13 @@ CONV_OPS = {"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"}
 
 
 class MixedOp(nn.Module):
-    """sum_k softmax(alpha)_k op_k(x), added to `into` (the node's running sum) when given. `fast` computes the
-    same function with less work: the `none` term (x * 0) is left out, the four convolutional operations share one
-    ReLU(x) instead of computing it each, and the weighted terms accumulate in place (one fused multiply-add each
-    instead of a product and a fresh sum)."""
+    """sum_k softmax(alpha)_k op_k(x), added to `into` (the node's running sum) when given. The `none` term (x * 0) is
+    left out, the four convolutional operations share one ReLU(x) instead of computing it each, and the weighted
+    terms accumulate in place (one fused multiply-add each instead of a product and a fresh sum): the same function
+    as the plain sum (`sparsearch.bench.plain`) with less work."""
 
-    def __init__(self, c: int, stride: int, fast: bool = True):
+    def __init__(self, c: int, stride: int):
         super().__init__()
-        self.fast = fast
         self.ops = nn.ModuleList()
         for name in PRIMITIVES:
             op = OPS[name](c, stride, False)
@@ -33,9 +32,6 @@ class MixedOp(nn.Module):
             self.ops.append(op)
 
     def forward(self, x, weights, into=None):
-        if not self.fast:
-            out = sum(w * op(x) for w, op in zip(weights, self.ops))
-            return out if into is None else into + out
         relu_x = F.relu(x)
         total = into
         for k, (name, op) in enumerate(zip(PRIMITIVES, self.ops)):
@@ -48,13 +44,13 @@ class MixedOp(nn.Module):
 
 class SearchCell(nn.Module):
     def __init__(self, steps: int, multiplier: int, c_prev_prev: int, c_prev: int, c: int,
-                 reduction: bool, reduction_prev: bool, fast: bool = True):
+                 reduction: bool, reduction_prev: bool):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.preprocess0 = (FactorizedReduce(c_prev_prev, c, affine=False) if reduction_prev
                             else ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False))
         self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
-        self.edges = nn.ModuleList(MixedOp(c, 2 if reduction and j < 2 else 1, fast)
+        self.edges = nn.ModuleList(MixedOp(c, 2 if reduction and j < 2 else 1)
                                    for i in range(steps) for j in range(2 + i))
 
     def forward(self, s0, s1, weights):
@@ -78,7 +74,7 @@ class ArchParameters(nn.Module):
 
 class SuperNet(nn.Module):
     def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
-                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, fast: bool = True):
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3):
         super().__init__()
         self.steps = steps
         c_curr = stem_multiplier * channels
@@ -90,7 +86,7 @@ class SuperNet(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 c_curr *= 2
-            self.cells.append(SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction, reduction_prev, fast))
+            self.cells.append(SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction, reduction_prev))
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)

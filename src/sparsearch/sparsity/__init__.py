@@ -32,20 +32,22 @@ from .masks import (
     attach_nm,
     bind_optimizer,
     check,
+    current_mask,
     current_masks,
     find_layers,
     freeze,
     load_masked_state_dict,
     masked_layers,
     masked_tensors,
-    print_report,
+    owns_parameters,
     remove,
-    report,
     squash,
+    state_masks,
     track_dense_grads,
     update,
     weight_param,
 )
+from .report import print_report, report
 from .select import (
     NM,
     Block,
@@ -62,10 +64,10 @@ from .select import (
 __all__ = [
     "NM", "Block", "Channel", "DynamicNM", "LearnedMask", "Mask", "SparsityError", "Unstructured",
     "allocate", "attach", "attach_channels", "attach_learned", "attach_nm", "bind_optimizer", "check", "compute_masks",
-    "configured_layers", "current_masks",
-    "find_layers", "freeze", "global_select", "keep_count", "lamp_scores", "load_masked_state_dict",
-    "masked_layers", "masked_tensors", "parse_kind", "print_report", "remove", "report", "select", "sparsify", "squash",
-    "topk_mask", "track_dense_grads", "update", "weight_param",
+    "configured_layers", "current_mask", "current_masks", "find_layers", "freeze", "global_select", "keep_count",
+    "lamp_scores", "load_masked_state_dict", "masked_layers", "masked_tensors", "owns_parameters", "parse_kind",
+    "print_report", "remove", "report", "select", "sparsify", "squash", "state_masks", "topk_mask",
+    "track_dense_grads", "update", "weight_param",
 ]
 
 

@@ -201,6 +201,21 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: _parametrization(m).current() for name, m in masked_layers(model).items()}
 
 
+def current_mask(module: nn.Module, tensor: str = "weight") -> torch.Tensor:
+    """The mask (bool) a masked layer applies to `tensor` now, whatever kind of mask it is."""
+    return _parametrization(module, tensor).current()
+
+
+def state_masks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fixed masks among a masked model's state_dict entries (by key), for code that holds only the state."""
+    return {k: v for k, v in state.items() if k.endswith(".mask")}
+
+
+def owns_parameters(module: nn.Module) -> bool:
+    """A layer whose parameters are its own: no children besides the masks of its parametrized tensors."""
+    return all(name == "parametrizations" for name, _ in module.named_children())
+
+
 def load_masked_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a state_dict saved from a masked model into a fresh (unmasked) model of the same architecture."""
     modules = dict(model.named_modules())
@@ -254,7 +269,7 @@ def bind_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer):
     return optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)
 
 
-# ------------------------------------------------------------------------------------- check and report
+# ------------------------------------------------------------------------------------------------ check
 
 @torch.no_grad()
 def check(model: nn.Module) -> list[str]:
@@ -278,36 +293,3 @@ def check(model: nn.Module) -> list[str]:
             if int(per_group.max()) > kind.n:
                 problems.append(f"{name}: an N:M group has {int(per_group.max())} non-zeros (> {kind.n})")
     return problems
-
-
-def report(model: nn.Module) -> list[dict]:
-    """One row per masked layer plus a total row: name, shape, kind, density, kept, numel."""
-    rows, kept_total, numel_total = [], 0, 0
-    for name, module in masked_layers(model).items():
-        p = _parametrization(module)
-        mask = p.current()
-        kept, numel = int(mask.sum()), mask.numel()
-        rows.append({"name": name, "shape": list(mask.shape), "kind": str(p.kind), "mask": type(p).__name__,
-                     "density": kept / numel, "kept": kept, "numel": numel})
-        kept_total += kept
-        numel_total += numel
-    all_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, MASKABLE))
-    dense_rest = all_weights - numel_total
-    rows.append({"name": "(masked layers)", "density": kept_total / max(1, numel_total), "kept": kept_total,
-                 "numel": numel_total})
-    rows.append({"name": "(all conv/linear weights)", "density": (kept_total + dense_rest) / max(1, all_weights),
-                 "kept": kept_total + dense_rest, "numel": all_weights})
-    return rows
-
-
-def print_report(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="per-layer sparsity")
-    for col in ("layer", "shape", "kind", "density", "kept", "numel"):
-        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
-    for r in rows:
-        table.add_row(r["name"], "x".join(map(str, r.get("shape", []))), r.get("kind", ""), f"{r['density']:.4f}",
-                      str(r["kept"]), str(r["numel"]))
-    Console().print(table)

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from .. import distributed
 from .. import sparsity as sp
 from ..data import TensorLoader
+from ..files import save_weights
 from ..models import split_logits
 
 
@@ -26,10 +26,9 @@ def resolve_device(name: str) -> torch.device:
 def save_final(model: nn.Module, out_dir: Path) -> None:
     """final.safetensors: vanilla weights (masked entries as exact zeros) that an unmodified model loads; and
     masks.safetensors when the model has masks."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in sp.squash(model).items()}, str(out_dir / "final.safetensors"))
+    save_weights(out_dir / "final.safetensors", sp.squash(model))
     if masks := sp.current_masks(model):
-        save_file({k: v.cpu().to(torch.uint8).contiguous() for k, v in masks.items()}, str(out_dir / "masks.safetensors"))
+        save_weights(out_dir / "masks.safetensors", {k: v.to(torch.uint8) for k, v in masks.items()})
 
 
 @torch.no_grad()

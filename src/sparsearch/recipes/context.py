@@ -1,10 +1,6 @@
-"""A stage: one resumable Trainer run in its own directory, and what every method is built from.
-
-`fit` adds the callbacks every stage needs (the sparsity binding and checks when the model has masks, the
-drop-path ramp when configured) and returns the model in its final state, also when the stage had finished
-in an earlier run and was skipped. `MethodContext` is what a method receives: config, a seeded model
-builder, loaders and where to write.
-"""
+"""What a recipe receives: the config, a seeded model builder, the loaders and where to write; and the stages it
+runs with them (`train`: one stage with a method object; `pretrain`: the dense training that train-then-prune
+recipes share)."""
 
 from __future__ import annotations
 
@@ -14,41 +10,11 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .. import sparsity as sp
 from ..config import Config, TrainConfig
 from ..data import TensorLoader
-from ..train import Callback, DropPathSchedule, MetricsLog, SparsityCallback, Trainer, load_checkpoint
-from .base import MethodCallback, SparseMethod
+from ..methods import MethodCallback, SparseMethod
+from ..train import MetricsLog, StageResult, fit
 from .checks import check_config
-
-
-@dataclasses.dataclass
-class StageResult:
-    model: nn.Module  # in its final state
-    summary: dict  # the stage's summary.json
-    out_dir: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.out_dir / "checkpoints" / "last.ckpt"
-
-
-def fit(model: nn.Module, out_dir: Path, cfg: TrainConfig, train_loader: TensorLoader, eval_loader: TensorLoader | None,
-        metrics: MetricsLog, *, callbacks: list[Callback] | None = None, params: list[nn.Parameter] | None = None,
-        show_progress: bool = True) -> StageResult:
-    """Train `model` (only `params` when given) as one stage; skipped when `out_dir` holds a finished run."""
-    extra = list(callbacks or [])
-    if sp.masked_layers(model):
-        extra.append(SparsityCallback(check=cfg.check_sparsity))
-    if cfg.drop_path:
-        extra.append(DropPathSchedule(cfg.drop_path))
-    groups = [{"params": params}] if params is not None else None
-    trainer = Trainer(model, train_loader, eval_loader, cfg, out_dir, callbacks=extra, param_groups=groups,
-                      metrics=metrics, show_progress=show_progress)
-    summary = trainer.fit()
-    # a stage finished in an earlier run returns at once: take its final state from the checkpoint
-    model.load_state_dict(load_checkpoint(trainer.checkpoint_path, map_location=trainer.device)["model"])
-    return StageResult(model, summary, trainer.out_dir)
 
 
 @dataclasses.dataclass

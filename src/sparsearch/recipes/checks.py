@@ -1,13 +1,14 @@
-"""What each method needs from the config, checked before anything is written (`MethodContext` checks on
-creation; `preflight` is what `sparsearch train` and `compare` check before they claim the run directory).
-The checks a method needs are named in its `MethodSpec`; the shared ones live here."""
+"""What each method needs from the config beyond the value ranges (`config/checks.py` holds those, in one table):
+rules across settings and sections, checked before anything is written (`MethodContext` checks on creation;
+`preflight` is what `sparsearch train` and `compare` check before they claim the run directory). The checks a
+method needs are named in its `MethodSpec`; the shared ones live here. All raise `ConfigError`."""
 
 from __future__ import annotations
 
 from .. import sparsity as sp
 from ..config import Config
 from ..data import Dataset, check_batches, dataset_from_config
-from ..errors import SparsearchError
+from ..errors import ConfigError
 from ..models import model_builder
 from .registry import REGISTRY
 
@@ -31,39 +32,33 @@ def preflight(cfg: Config, ds: Dataset | None = None) -> Dataset:
 def check_config(cfg: Config) -> None:
     s = cfg.sparsity
     if s.method not in REGISTRY:
-        raise SparsearchError(f"unknown sparsity.method '{s.method}' (use {', '.join(REGISTRY)}; `sparsearch methods` "
+        raise ConfigError(f"unknown sparsity.method '{s.method}' (use {', '.join(REGISTRY)}; `sparsearch methods` "
                               "says what each does)")
     spec = REGISTRY[s.method]
     if spec.needs_target and not 0 < s.sparsity < 1:
-        raise SparsearchError(f"sparsity.method {s.method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
+        raise ConfigError(f"sparsity.method {s.method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
     for check in spec.checks:
         check(cfg)
     if cfg.ift.family != "none" and not spec.takes_ift:
-        raise SparsearchError(f"ift.family {cfg.ift.family} trains a sparse network from scratch (with "
+        raise ConfigError(f"ift.family {cfg.ift.family} trains a sparse network from scratch (with "
                               f"{', '.join(n for n, m in REGISTRY.items() if m.takes_ift)}); not with sparsity.method "
                               f"{s.method}")
 
 
 def unstructured(cfg: Config) -> None:
     if not isinstance(sp.parse_kind(cfg.sparsity.kind), sp.Unstructured):
-        raise SparsearchError(f"sparsity.method {cfg.sparsity.method} supports sparsity.kind unstructured only, "
+        raise ConfigError(f"sparsity.method {cfg.sparsity.method} supports sparsity.kind unstructured only, "
                               f"got '{cfg.sparsity.kind}'")
 
 
 def gmp_schedule(cfg: Config) -> None:
     s, g = cfg.sparsity, cfg.gmp
     if s.criterion not in ("magnitude", "lamp"):
-        raise SparsearchError(f"{s.method} prunes by magnitude or lamp scores, not '{s.criterion}'")
-    if not 0 <= g.initial_sparsity <= s.sparsity or not 0 <= g.start <= g.end <= 1 or g.frequency < 1:
-        raise SparsearchError(f"{s.method} needs 0 <= gmp.initial_sparsity <= sparsity.sparsity, "
-                              "0 <= gmp.start <= gmp.end <= 1 and gmp.frequency >= 1")
-
-
-def dst_schedule(cfg: Config) -> None:
-    if cfg.dst.update_every < 1 or not 0 <= cfg.dst.drop_fraction <= 1:
-        raise SparsearchError("dynamic sparse training needs dst.update_every >= 1 and 0 <= dst.drop_fraction <= 1")
+        raise ConfigError(f"{s.method} prunes by magnitude or lamp scores, not '{s.criterion}'")
+    if g.initial_sparsity > s.sparsity or g.start > g.end:
+        raise ConfigError(f"{s.method} needs gmp.initial_sparsity <= sparsity.sparsity and gmp.start <= gmp.end")
 
 
 def per_layer_allocation(cfg: Config) -> None:
     if cfg.sparsity.allocation == "global":
-        raise SparsearchError(f"{cfg.sparsity.method} needs a per-layer allocation (uniform, er or erk), not global")
+        raise ConfigError(f"{cfg.sparsity.method} needs a per-layer allocation (uniform, er or erk), not global")

@@ -12,12 +12,8 @@ from .verdicts import Chapter, apart, by_rule, pct, seeds_text, table, verdict, 
 
 # ------------------------------------------------------------------------------------------------ the searches
 def _by_seed(search: dict) -> dict[tuple[str, float], dict]:
-    """Per (method, sparsity): mean, std, range and n over search seeds (older results: the single row)."""
-    if "by_seed" in search:
-        return {(r["method"], r["sparsity"]): r for r in search["by_seed"]}
-    return {(r["method"], r["sparsity"]): {"acc_mean": r["test_acc"], "acc_std": 0.0, "acc_min": r["test_acc"],
-                                           "acc_max": r["test_acc"], "n": 1, "dense_acc_mean": r.get("dense_test_acc")}
-            for r in search["rows"]}
+    """Per (method, sparsity): mean, std, range and n over search seeds."""
+    return {(r["method"], r["sparsity"]): r for r in search["by_seed"]}
 
 
 def run_seconds(rows: list[dict]) -> float:
@@ -146,7 +142,7 @@ def erk_vs_uniform(pruning: dict) -> Chapter:
         "between. The lower sparsities are reported, not judged.",
         table(["sparsity", "ERK % (seeds)", "uniform % (seeds)", "difference", "seed ranges disjoint"], rows)
         + f"\n{pruning['model']} at half width on a CIFAR-10 subset, trained from scratch with the random mask "
-        "(`configs/compare-cifar10.yaml`). Accuracy: mean ± sample std over seeds." + _dense_line(t) + "\n",
+        "(`book/configs/compare-cifar10.yaml`). Accuracy: mean ± sample std over seeds." + _dense_line(t) + "\n",
         verdict(ahead[-1] and disjoint[-1], not ahead[-1], f"ERK ahead at {100 * high:g}% with disjoint seed ranges",
                 f"ERK not ahead at {100 * high:g}%") + ("" if ahead[0] and disjoint[0] else
                                                          f"; at {100 * sparsities[0]:g}% the two are within noise"),
@@ -173,7 +169,7 @@ def rigl_set_static(st: dict) -> Chapter:
         "reproduced when it fails at every one, mixed otherwise.",
         table(["sparsity", "RigL % (seeds)", "SET % (seeds)", "static ERK % (seeds)"],
               [[f"{100 * s:g}%", *(seeds_text(t[n, s]) for n in order)] for s in sparsities])
-        + "\nSame budget for all three (`configs/sparse-training-cifar10.yaml`)." + _dense_line(t) + "\n",
+        + "\nSame budget for all three (`book/configs/sparse-training-cifar10.yaml`)." + _dense_line(t) + "\n",
         by_rule(sparsities, holds, fails, "RigL > SET > static beyond the seed spread",
                 "the means are not in the order RigL > SET > static"),
         compare_seconds(st, variants=set(order)), "sparse-training-accuracy.png")
@@ -226,11 +222,9 @@ PAPER_SPEEDUP = 3.87  # DASS's reported speedup of its sparse network
 
 
 def speedup(bench: dict) -> Chapter:
-    """Against the fastest dense engine a user would deploy with (eager, onnxruntime, OpenVINO), where the bench
-    measured it; older bench files had eager only."""
-    fastest = all("speedup_vs_fastest_dense" in r for r in bench["results"])
-    against = "the fastest dense engine (eager, onnxruntime or OpenVINO)" if fastest else "dense eager PyTorch"
-    results = [{**r, "speedup": r.get("speedup_vs_fastest_dense", r["speedup"])} for r in bench["results"]]
+    """Against the fastest dense engine a user would deploy with (eager, onnxruntime, OpenVINO)."""
+    against = "the fastest dense engine (eager, onnxruntime or OpenVINO)"
+    results = [{**r, "speedup": r["speedup_vs_fastest_dense"]} for r in bench["results"]]
     keys = sorted({(r["model"], r["batch"], r["threads"]) for r in results})
     sparsities = sorted({r["sparsity"] for r in results})
     by = {(r["model"], r["batch"], r["threads"], r["sparsity"]): r for r in results}
@@ -292,7 +286,7 @@ def sparse_ift(results: dict, inference: dict) -> Chapter:
             "how sparse that is: ERK gives the early, high-resolution layers more of the weights, where each weight "
             "costs the most MACs, so the iso-MAC masks are sparser than s and hold fewer non-zero weights than the "
             "dense network (the weight density and params columns). Same 8-epoch budget for all "
-            "(`configs/sparse-ift-cifar10.yaml`); masked training runs dense kernels, so on a CPU a Sparse Wide training "
+            "(`book/configs/sparse-ift-cifar10.yaml`); masked training runs dense kernels, so on a CPU a Sparse Wide training "
             "costs about 1/(1-s) dense ones.\n\n"
             "Inference of seed 0's networks, compiled (`sparsearch compile`: the fastest engine by measurement), ms per "
             "batch, against the compiled dense network:\n\n"

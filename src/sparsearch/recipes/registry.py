@@ -1,4 +1,4 @@
-"""The method registry. Each method module registers its recipe with a one-line summary, the config sections it
+"""The recipe registry. Each recipe module registers its recipe with a one-line summary, the config sections it
 reads beyond data, model, train and sparsity, and the checks its settings must pass; `check_config`, the CLI
 (`sparsearch methods`, `sparsearch train --method M --help`), `compare` and the written config.yaml read it.
 Adding a method is one module that calls `register`."""
@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    from ..config import Config
-    from .stage import MethodContext, StageResult
+from ..config import Config
+from ..train import StageResult
+
+Recipe = Callable[[Any], StageResult]  # a function of a `MethodContext` (context.py, which imports this module)
 
 BASE_SECTIONS = ("data", "model", "train", "sparsity")
 LAYERS = ("sparsity", "include", "exclude", "dense_first_last")  # the target and the layers it applies to
@@ -20,10 +21,10 @@ LAYERS = ("sparsity", "include", "exclude", "dense_first_last")  # the target an
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     name: str
-    recipe: Callable[[MethodContext], StageResult]
+    recipe: Recipe
     summary: str  # one line, for `sparsearch methods`
     sections: tuple[str, ...] = ()  # config sections it reads beyond BASE_SECTIONS
-    checks: tuple[Callable[[Config], None], ...] = ()  # each raises SparsearchError with a one-line reason
+    checks: tuple[Callable[[Config], None], ...] = ()  # each raises ConfigError with a one-line reason
     starts_from_dense: bool = False  # starts from the dense training (shared between such methods in a compare)
     needs_target: bool = True  # sparsity.sparsity must lie in (0, 1)
     takes_ift: bool = False  # trains from scratch, so it can train a Sparse-IFT network (`ift.family`)
@@ -36,7 +37,7 @@ REGISTRY: dict[str, MethodSpec] = {}
 class _Recipes(Mapping):
     """`METHODS[name]`: the recipe of the registered method `name`, methods registered later included."""
 
-    def __getitem__(self, name: str) -> Callable[[MethodContext], StageResult]:
+    def __getitem__(self, name: str) -> Recipe:
         return REGISTRY[name].recipe
 
     def __iter__(self) -> Iterator[str]:
@@ -65,8 +66,6 @@ def sections_used(methods: list[str], *extra: str) -> tuple[str, ...]:
 def describe(name: str) -> str:
     """`sparsearch train --method NAME --help`: the summary, then every option the method reads, with its
     default and help."""
-    from ..config import Config
-
     spec, cfg = REGISTRY[name], Config()
     rows = []
     for section in ("sparsity", *spec.sections):

@@ -18,7 +18,7 @@ from ..bench.common import machine
 from ..config import Config, load_config
 from ..errors import SparsearchError
 from ..executors import stop_ray
-from ..files import write_atomic
+from ..files import read_json, write_atomic
 from ..train import exclusive
 from .chapters import (
     compare_seconds,
@@ -34,24 +34,24 @@ from .chapters import (
 )
 from .verdicts import Chapter, hours
 
-# the searched cell (claims 1, 2): configs/cifar10-dass-cpu.yaml cut to a 4,000-image subset and 1 epoch per phase
+# the searched cell (claims 1, 2): configs/cifar10-dass-cpu.yaml (beside this module) cut to a 4,000-image subset and 1 epoch per phase
 SEARCH_SIZE = ["data.train_subset=4000", "train.epochs=3", "search.pretrain_epochs=1", "search.finetune_epochs=1",
                "search.random_samples=6", "search.random_epochs=3", "hydra.prune_epochs=1", "hydra.finetune_epochs=1"]
 # name: (command, config file, one list of overrides per invocation)
 SEEDS = "run.search_seeds=[0, 1, 2]"  # every claim on three seeds (claims 1, 2: search seeds, a search per sparsity)
 RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
-    "book-search": ("run", "configs/cifar10-dass-cpu.yaml", [["name=book-search", *SEARCH_SIZE, SEEDS]]),
+    "book-search": ("run", "cifar10-dass-cpu.yaml", [["name=book-search", *SEARCH_SIZE, SEEDS]]),
     # one random sample of the same space, trained the same way: a random sparse configuration (claim 2)
-    "book-random-configuration": ("run", "configs/cifar10-dass-cpu.yaml",
+    "book-random-configuration": ("run", "cifar10-dass-cpu.yaml",
                                   [["name=book-random-configuration", *SEARCH_SIZE, SEEDS, "run.methods=[random]",
                                     "search.random_samples=1"]]),
-    "compare-cifar10": ("compare", "configs/compare-cifar10.yaml", [[]]),
+    "compare-cifar10": ("compare", "compare-cifar10.yaml", [[]]),
     # the cheap variants (one training each) first, then IMP and soups (several trainings each), all on three seeds
-    "sparse-training-cifar10": ("compare", "configs/sparse-training-cifar10.yaml",
+    "sparse-training-cifar10": ("compare", "sparse-training-cifar10.yaml",
                                 [["compare.seeds=[0, 1, 2]", "compare.variants=[dense, static-erk, set, rigl, granet]"],
                                  ["compare.seeds=[0, 1, 2]"]]),
     # Sparse Wide at the dense network's MACs, 3 seeds (claim 8)
-    "sparse-ift-cifar10": ("compare", "configs/sparse-ift-cifar10.yaml", [[]]),
+    "sparse-ift-cifar10": ("compare", "sparse-ift-cifar10.yaml", [[]]),
 }
 INFERENCE_BATCHES = (1, 32)
 # `--scale gpu`: the same chapters at paper-like budgets on CUDA (full CIFAR-10 training set, full-width ResNet-20,
@@ -60,8 +60,8 @@ GPU = ["train.device=cuda", "train.amp=true", "train.channels_last=true", "train
 FULL = [*GPU, "model.kwargs={width: 16}", "train.epochs=160", "oneshot.finetune_epochs=40", "hydra.prune_epochs=20",
         "hydra.finetune_epochs=40", "gmp.frequency=100", "dst.update_every=100", "soup.retrain_epochs=40"]
 GPU_RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
-    "book-search": ("run", "configs/cifar10-dass-paper.yaml", [["name=book-search", SEEDS, *GPU]]),
-    "book-random-configuration": ("run", "configs/cifar10-dass-paper.yaml",
+    "book-search": ("run", "cifar10-dass-paper.yaml", [["name=book-search", SEEDS, *GPU]]),
+    "book-random-configuration": ("run", "cifar10-dass-paper.yaml",
                                   [["name=book-random-configuration", SEEDS, *GPU, "run.methods=[random]",
                                     "search.random_samples=1"]]),
     **{name: (command, config, [[*o, *FULL] for o in invocations])
@@ -73,16 +73,19 @@ BENCH_JSON = Path("book-runtime") / "runtime.json"  # under --out-dir
 INFERENCE_JSON = Path("sparse-ift-cifar10") / "inference.json"  # under --out-dir
 
 
+CONFIGS = Path(__file__).with_name("configs")  # the book's configs travel with the package, not the working folder
+
+
 def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None, scale: str = "cpu") -> list[Config]:
     _, config, invocations = SCALES[scale][name]
     extra = [f"out_dir={out_dir}", *executor] + ([f"data.path={data_path}"] if data_path else [])
-    return [load_config(config, [*overrides, *extra]) for overrides in invocations]
+    return [load_config(CONFIGS / config, [*overrides, *extra]) for overrides in invocations]
 
 
 def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool) -> None:
     from ..bench import runtime as runtime_bench
-    from .compare import run_compare
-    from .run import run_all
+    from ..pipeline.compare import run_compare
+    from ..pipeline.run import run_all
 
     for name, invocations in cfgs.items():
         for cfg in invocations:
@@ -98,11 +101,11 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
 def ift_inference(out_dir: Path) -> dict:
     """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
     network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it)."""
-    from .compile import run_compile
+    from ..pipeline.compile import run_compile
 
     out = out_dir / INFERENCE_JSON
     if out.exists():
-        return json.loads(out.read_text())
+        return read_json(out)
     stop_ray()
     result: dict = {}
     for where in sorted((out.parent / "compare" / "seed-0").iterdir()):
@@ -126,6 +129,9 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     cfgs = {name: _load(name, out_dir, trials, data_path, scale) for name in RUNS}  # all checked before any work
     started = time.time()
     command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
+    if not write_only and data_path is None:
+        raise SparsearchError("the book trains on CIFAR-10: give its path with --data-path (an image-folder archive "
+                              "such as ../shared/data/cifar10-images.tar.xz, or the python batches)")
     if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
         if not any((out_dir / name).is_dir() for name in RUNS):
             raise SparsearchError(f"{out_dir} holds none of the book's runs ({', '.join(RUNS)}): nothing to write from")
@@ -141,21 +147,25 @@ def _finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path) -> dict |
     path = out_dir / name / ("results.json" if command == "run" else "compare/results.json")
     if not path.exists():
         return None
-    results = json.loads(path.read_text())
+    results = read_json(path)
+    try:
+        keys = ("method", "search_seed") if command == "run" else ("variant", "seed")
+        done = {(r[keys[0]], r[keys[1]]) for r in results["rows"]}
+    except (KeyError, TypeError) as exc:
+        raise SparsearchError(f"{path} is not a sparsearch results file (no {exc} in its rows); delete it to "
+                              "recompute it") from None
     if command == "run":
-        done = {(r["method"], r["search_seed"]) for r in results["rows"]}
         wanted = {(m, s) for c in cfgs[name] for m in c.run.methods for s in (c.run.search_seeds or [c.seed])}
     else:
-        done = {(r["variant"], r["seed"]) for r in results["rows"]}
         wanted = {(v, s) for c in cfgs[name] for v in c.compare.variants for s in c.compare.seeds}
     return results if wanted <= done else None
 
 
 def _bench(out_dir: Path) -> dict | None:
-    """The runtime bench's results once it has finished (it writes its file as it goes; older files: finished)."""
+    """The runtime bench's results once it has finished (it writes its file as it goes, `complete` at the end)."""
     path = out_dir / BENCH_JSON
-    bench = json.loads(path.read_text()) if path.exists() else None
-    return bench if bench and bench.get("complete", True) else None
+    bench = read_json(path) if path.exists() else None
+    return bench if bench and bench.get("complete") else None
 
 
 def _chapters(cfgs: dict[str, list[Config]], out_dir: Path) -> tuple[list[Chapter | list[str]], float]:
@@ -163,7 +173,7 @@ def _chapters(cfgs: dict[str, list[Config]], out_dir: Path) -> tuple[list[Chapte
     done = {name: _finished(name, cfgs, out_dir) for name in RUNS}
     done["book-runtime"] = _bench(out_dir)
     ift_json = out_dir / INFERENCE_JSON
-    done["sparse-ift-inference"] = json.loads(ift_json.read_text()) if ift_json.exists() else None
+    done["sparse-ift-inference"] = read_json(ift_json) if ift_json.exists() else None
     st_dir = out_dir / "sparse-training-cifar10"
     if done["book-search"]:
         done["book-search"]["random_samples"] = cfgs["book-search"][0].search.random_samples

@@ -1,0 +1,33 @@
+"""The plain implementations of the search's training path, as wave 1 wrote them: each mixed edge sums every
+operation's term (`none` included), each computing its own ReLU; the operations run their plain layers (no
+`TrainingRewrites`). No product path uses them: the tests check the fast path against them, and
+`sparsearch bench search --implementations` times them as its baseline. `plain_layers()` swaps them in for the
+length of a `with` block (the classes are restored after it, also on an exception)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch.nn as nn
+
+from ..models.operations import DilConv, ReLUConvBN
+from ..search.supernet import MixedOp
+
+
+def _plain_mixed(self: MixedOp, x, weights, into=None):
+    out = sum(w * op(x) for w, op in zip(weights, self.ops))
+    return out if into is None else into + out
+
+
+@contextmanager
+def plain_layers() -> Iterator[None]:
+    swaps = [(MixedOp, _plain_mixed), (ReLUConvBN, nn.Sequential.forward), (DilConv, nn.Sequential.forward)]
+    saved = [(cls, cls.__dict__["forward"]) for cls, _ in swaps]
+    try:
+        for cls, forward in swaps:
+            cls.forward = forward
+        yield
+    finally:
+        for cls, forward in saved:
+            cls.forward = forward

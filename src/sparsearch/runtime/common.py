@@ -1,0 +1,75 @@
+"""What every engine and `compile` share: the network an engine runs (masks baked in, BatchNorms folded), the
+reference it must equal, the error measure, and one timer."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from .. import sparsity as sp
+from ..models import split_logits
+from ..models.tracing import conv_bn_pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Fold each BatchNorm that normalises a convolution's output into that convolution (eval statistics) and
+    replace it by an identity. Returns the folded BatchNorms' names."""
+    modules = dict(model.named_modules())
+    pairs = conv_bn_pairs(model, example, affine_only=False)
+    for bn_name, conv_name in pairs.items():
+        bn, conv = modules[bn_name], modules[conv_name]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias if bn.affine else torch.zeros_like(scale)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
+        conv.bias = nn.Parameter(shift + (bias - bn.running_mean) * scale)
+        replace_module(model, bn_name, nn.Identity())
+    return list(pairs)
+
+
+def prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The network every engine runs: a copy in eval mode, masks baked in as zeros, BatchNorms folded."""
+    net = copy.deepcopy(model).eval()
+    sp.remove(net)
+    fold_batchnorm(net, example)
+    return net
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def logits(output) -> torch.Tensor:
+    return split_logits(output)[0]
+
+
+def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits on x in eval mode (its mode is restored): what a compiled model must equal."""
+    was_training = model.training
+    model.eval()
+    try:
+        return logits(model(x))
+    finally:
+        model.train(was_training)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    # relative to the output's magnitude when that exceeds 1: summation order differs between kernels, and an
+    # untrained deep network's logits can be in the thousands
+    return float((got.reshape(want.shape) - want).abs().max()) / max(1.0, float(want.abs().max()))
+
+
+def median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
+    fn(x)  # warm-up (allocations, MKL handles)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
