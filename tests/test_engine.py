@@ -98,7 +98,7 @@ def _masked(name, kwargs, channels, sparsity, kind="unstructured"):
 
 
 @pytest.mark.parametrize("name,kwargs,channels,size", REGISTRY,
-                         ids=[f"{r[0]}-{r[1].get('genotype', '')}" if isinstance(r, tuple) else r.values[0] for r in REGISTRY])
+                         ids=[f"{v[0]}-{v[1].get('genotype', '')}" for v in (getattr(r, "values", r) for r in REGISTRY)])
 def test_engine_equals_the_masked_model_on_every_registry_model(name, kwargs, channels, size):
     for sparsity in (0.0, 0.5, 0.95, 0.99):
         model = _masked(name, kwargs, channels, sparsity)
@@ -171,7 +171,7 @@ def test_an_unwritable_cache_is_a_notice_not_a_crash(monkeypatch, capsys, tmp_pa
 
 def test_without_a_compiler_the_library_is_none_after_one_line(monkeypatch, capsys):
     native.library.cache_clear()
-    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setattr("sparsearch.native.compiler", lambda: None)
     try:
         assert native.library() is None
         err = capsys.readouterr().err.strip().splitlines()

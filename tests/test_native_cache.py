@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from floats import assert_same_sum
+from sparsearch.native import _digest
 from sparsearch.runtime import native
 
 PLANTED = r"""
@@ -71,7 +72,7 @@ def test_a_library_owned_by_another_user_is_not_loaded_but_rebuilt(cache, capfd,
     (so,) = cache.glob("engine-*.so")
     marker = tmp_path / "ran"
     _plant(so, marker)
-    so.with_name(so.name + ".sha256").write_text(native._digest(so) + "\n")  # even with a matching checksum
+    so.with_name(so.name + ".sha256").write_text(_digest(so) + "\n")  # even with a matching checksum
     os.chown(so, 65534, 65534)
     lib, err = _load(capfd)
     assert _works(lib) and len(err) == 1 and "not owned by this user" in err[0], err
@@ -81,10 +82,10 @@ def test_a_library_owned_by_another_user_is_not_loaded_but_rebuilt(cache, capfd,
 def test_a_planted_library_in_a_world_writable_cache_is_never_run(cache, capfd, tmp_path):
     cache.mkdir(parents=True)
     cache.chmod(0o777)
-    so = cache / native.library_name(native.compiler())
+    so = cache / native.library_file(native.compiler())
     marker = tmp_path / "ran"
     _plant(so, marker)
-    so.with_name(so.name + ".sha256").write_text(native._digest(so) + "\n")
+    so.with_name(so.name + ".sha256").write_text(_digest(so) + "\n")
     lib, err = _load(capfd)
     assert _works(lib) and len(err) == 1 and "is not private to this user" in err[0], err
     assert not marker.exists()
@@ -94,9 +95,9 @@ def test_a_library_without_the_engines_symbols_is_one_notice_and_compile_still_w
     from sparsearch.runtime import compile
 
     cache.mkdir(parents=True, mode=0o700)
-    so = cache / native.library_name(native.compiler())
+    so = cache / native.library_file(native.compiler())
     _plant(so, tmp_path / "ran")  # as if it were ours: our owner, our checksum, but not the engine
-    so.with_name(so.name + ".sha256").write_text(native._digest(so) + "\n")
+    so.with_name(so.name + ".sha256").write_text(_digest(so) + "\n")
     lib, err = _load(capfd)
     assert lib is None and len(err) == 1 and "is not the engine library" in err[0], err
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
@@ -109,11 +110,11 @@ def test_a_library_without_the_engines_symbols_is_one_notice_and_compile_still_w
 
 def test_a_library_of_another_record_layout_is_refused(cache, capfd, tmp_path):
     cache.mkdir(parents=True, mode=0o700)
-    so = cache / native.library_name(native.compiler())
+    so = cache / native.library_file(native.compiler())
     source = tmp_path / "old.cpp"  # an engine of another version: its symbols, another record table
     source.write_text('extern "C" { const char* sparsearch_layout() { return "0123456789abcdef"; }\n'
                       "void sparsearch_run(const long*, long, int, double*) {} }\n")
     subprocess.run([native.compiler(), "-shared", "-fPIC", str(source), "-o", str(so)], check=True)
-    so.with_name(so.name + ".sha256").write_text(native._digest(so) + "\n")
+    so.with_name(so.name + ".sha256").write_text(_digest(so) + "\n")
     lib, err = _load(capfd)
     assert lib is None and len(err) == 1 and "another record layout" in err[0], err
