@@ -121,6 +121,7 @@ def _rows(path: Path) -> list[tuple]:
                   for r in rows)
 
 
+@pytest.mark.slow
 def test_comparison_gives_the_same_results_locally_and_on_ray(tmp_path, cache_dir):
     pytest.importorskip("ray")
     from sparsearch.cli import main

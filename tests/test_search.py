@@ -179,8 +179,8 @@ def test_search_verdict_follows_its_rule():
     assert normalised_entropy([[1.0] + [0.0] * 7]) == 0
 
 
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("masked, channels_last", [(False, False), (True, True), pytest.param(True, False, marks=pytest.mark.slow),
+                                                    pytest.param(False, True, marks=pytest.mark.slow)])
 def test_the_fused_supernet_step_computes_the_plain_function(masked, channels_last):
     """One training forward and backward of the product's supernet (fused mixed edges, the operations' rewrites,
     the NHWC BatchNorm where channels-last) against wave 1's plain one: the same loss and gradients, up to the
@@ -188,8 +188,8 @@ def test_the_fused_supernet_step_computes_the_plain_function(masked, channels_la
     import copy
 
     import torch.nn.functional as F
-    from floats import assert_same_sum
 
+    from floats import assert_same_sum
     from sparsearch import sparsity as sp
     from sparsearch.bench.plain import plain_layers
     from sparsearch.search import SuperNet

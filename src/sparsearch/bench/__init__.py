@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 def main(which: str, argv: list[str]) -> int:
-    if which == "train":
+    if which == "train" and "--sparse" in argv:
+        from .sparse_train import main as run
+
+        argv = [a for a in argv if a != "--sparse"]
+    elif which == "train":
         from .train_loop import main as run
     elif which == "search":
         from .search import main as run

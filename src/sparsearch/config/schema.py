@@ -55,6 +55,9 @@ class TrainConfig:
     amp: bool = False  # mixed precision: autocast to `amp_dtype` for the forward pass and the loss
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 (CUDA only) adds a gradient scaler
     channels_last: bool = False  # model and batches in channels-last memory format (NHWC kernels)
+    # masked conv / linear layers with fixed masks: on the sparse training kernels (on), PyTorch's dense ones (off), or
+    # per layer whichever measured faster when its mask was set (auto; a timing, so not bit-reproducible run to run)
+    sparse_kernels: Literal["off", "on", "auto"] = "off"
     cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its convolution algorithms for the fixed shapes
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads (None: torch's default)

@@ -37,6 +37,7 @@ from .masks import (
     find_layers,
     freeze,
     load_masked_state_dict,
+    mask_parametrization,
     masked_layers,
     masked_tensors,
     owns_parameters,
@@ -65,7 +66,7 @@ __all__ = [
     "NM", "Block", "Channel", "DynamicNM", "LearnedMask", "Mask", "SparsityError", "Unstructured",
     "allocate", "attach", "attach_channels", "attach_learned", "attach_nm", "bind_optimizer", "check", "compute_masks",
     "configured_layers", "current_mask", "current_masks", "find_layers", "freeze", "global_select", "keep_count",
-    "lamp_scores", "load_masked_state_dict", "masked_layers", "masked_tensors", "owns_parameters", "parse_kind",
+    "lamp_scores", "load_masked_state_dict", "mask_parametrization", "masked_layers", "masked_tensors", "owns_parameters", "parse_kind",
     "print_report", "remove", "report", "select", "sparsify", "squash", "state_masks", "topk_mask",
     "track_dense_grads", "update", "weight_param",
 ]

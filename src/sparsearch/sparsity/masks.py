@@ -201,6 +201,11 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: _parametrization(m).current() for name, m in masked_layers(model).items()}
 
 
+def mask_parametrization(module: nn.Module, tensor: str = "weight") -> Mask | LearnedMask | DynamicNM | None:
+    """The mask object on `module`'s `tensor` (a fixed `Mask`, a `LearnedMask` or a `DynamicNM`), or None."""
+    return _parametrization(module, tensor)
+
+
 def current_mask(module: nn.Module, tensor: str = "weight") -> torch.Tensor:
     """The mask (bool) a masked layer applies to `tensor` now, whatever kind of mask it is."""
     return _parametrization(module, tensor).current()

@@ -24,6 +24,7 @@ from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkp
 from .metrics import MetricsLog, Reporter
 from .nhwc import nhwc_batchnorm
 from .schedule import build_optimizer, lr_at, set_lr
+from .sparse import sparse_kernels
 from .steps import autocast, evaluate, resolve_device, save_final
 
 
@@ -157,7 +158,7 @@ class Trainer:
         self._call("on_train_start")
         self.step_model = distributed.wrap(self.model)  # after callbacks that attach masks or scores
         try:
-            with nhwc_batchnorm(self.model, self.cfg.channels_last):
+            with nhwc_batchnorm(self.model, self.cfg.channels_last), sparse_kernels(self.model, self.cfg.sparse_kernels):
                 while self.epoch < self.cfg.epochs:
                     self._run_epoch()
         finally:

@@ -1,0 +1,170 @@
+"""`sparsearch bench train --sparse`: a training step (forward, backward, SGD with momentum) of a sparse network on
+the sparse kernels (`train.sparse`) against the dense step, side by side in one process.
+
+Full-width ResNet-20 on CIFAR-shaped batches of 128 with static ERK masks at each sparsity. Contenders, alternating
+within every trial: the masked network on PyTorch's dense kernels in fp32 (NCHW and channels-last: what every method
+paid before), and, where the CPU has bfloat16 units, with bf16 autocast; the sparse kernels ("on") and the per-layer
+choice ("auto"). Ratios are over the fastest dense fp32 configuration and over the fastest dense one in any precision.
+`--layers S` instead prints, at sparsity S, each convolution's forward, input-gradient and weight-gradient times,
+sparse against dense: where the step's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import sparsity as sp
+from ..models import build_model
+from ..train.sparse import Pattern, sparse_conv2d, sparse_kernels
+from .common import machine, print_table, stats, write_json
+
+
+def _model(sparsity: float, width: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=3, width=width)
+    if sparsity > 0:
+        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "random", "erk")
+        sp.attach(model, masks, densities=densities)
+    return model
+
+
+def _stepper(sparsity: float, width: int, batch: int, kernels: str, channels_last: bool, bf16: bool):
+    model = _model(sparsity, width)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if sparsity > 0:
+        sp.bind_optimizer(model, opt)
+    stack = contextlib.ExitStack()
+    stack.enter_context(sparse_kernels(model, kernels))
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+    step.close = stack.close
+    return step
+
+
+def _bf16_units() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def steps(args) -> dict:
+    dense = {"dense fp32 NCHW": ("off", False, False), "dense fp32 NHWC": ("off", True, False)}
+    if _bf16_units():
+        dense.update({"dense bf16 NCHW": ("off", False, True), "dense bf16 NHWC": ("off", True, True)})
+    sparse = {"sparse (on)": ("on", False, False), "sparse (auto)": ("auto", False, False)}
+    results, rows = [], []
+    for s in args.sparsities:
+        contenders = {**dense, **(sparse if s > 0 else {"sparse (auto)": ("auto", False, False)})}
+        fns = {k: _stepper(s, args.width, args.batch_size, *v) for k, v in contenders.items()}
+        times = {k: [] for k in fns}
+        for fn in fns.values():
+            fn(), fn()  # warm-up; "auto" measures its layers here
+        for trial in range(args.trials):
+            order = list(fns)[trial % len(fns):] + list(fns)[: trial % len(fns)]
+            for k in order:
+                times[k].append(statistics.median(fns[k]() for _ in range(args.steps)))
+        for fn in fns.values():
+            fn.close()
+        st = {k: stats(v) for k, v in times.items()}
+        fp32 = min((k for k in st if k.startswith("dense fp32")), key=lambda k: st[k]["median"])
+        anyp = min((k for k in st if k.startswith("dense")), key=lambda k: st[k]["median"])
+        best = min((k for k in st if k.startswith("sparse")), key=lambda k: st[k]["median"])
+        result = {"sparsity": s, "times_s": st, "fastest_dense_fp32": fp32, "fastest_dense": anyp, "fastest_sparse": best,
+                  "speedup_vs_dense_fp32": st[fp32]["median"] / st[best]["median"],
+                  "speedup_vs_fastest_dense": st[anyp]["median"] / st[best]["median"]}
+        results.append(result)
+        for k, v in st.items():
+            rows.append([f"{s:.0%}", k, f"{1e3 * v['median']:.1f}", f"{1e3 * v['min']:.1f}-{1e3 * v['max']:.1f}",
+                         f"{st[fp32]['median'] / v['median']:.2f}x", f"{st[anyp]['median'] / v['median']:.2f}x"])
+        print(f"  {s:.0%}: {best} {result['speedup_vs_dense_fp32']:.2f}x over {fp32}, "
+              f"{result['speedup_vs_fastest_dense']:.2f}x over {anyp}", flush=True)
+    info = machine()
+    print_table(f"training step, ResNet-20 (width {args.width}), batch {args.batch_size}, static ERK, ms (medians of "
+                f"{args.trials} trials of {args.steps} steps; {info['cpu']}, {info['threads']} threads)",
+                ["sparsity", "configuration", "median", "min-max", "vs dense fp32", "vs fastest dense"], rows)
+    return {"results": results}
+
+
+def layers(args) -> dict:
+    """Per convolution at one sparsity: forward, input gradient and weight gradient, sparse vs dense (ms)."""
+    model = _model(args.layers, args.width)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs.setdefault(n, a[0].detach()))
+             for n, m in sp.masked_layers(model).items() if isinstance(m, torch.nn.Conv2d)]
+    model(torch.randn(args.batch_size, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    rows, out = [], []
+    for name, x in inputs.items():
+        m = sp.masked_layers(model)[name]
+        w = m.parametrizations.weight.original.detach()
+        mask = sp.current_mask(m)
+        pattern = Pattern(mask, m.groups, m.in_channels)
+        timing = {}
+        for label in ("dense", "sparse"):
+            def run(need_x: bool, need_w: bool, label=label):
+                xs, ws = x.clone().requires_grad_(need_x), (w * mask if label == "dense" else w.clone()).requires_grad_(need_w)
+                if label == "dense":
+                    y = F.conv2d(xs, ws, None, m.stride, m.padding, m.dilation, m.groups)
+                else:
+                    y = sparse_conv2d(xs, ws, None, pattern, m.stride[0], m.padding, m.dilation)
+                if need_x or need_w:
+                    torch.autograd.grad(y, [t for t, need in ((xs, need_x), (ws, need_w)) if need], torch.ones_like(y))
+            forward = _ms(lambda: run(False, False), args.trials)
+            timing[label] = [forward, _ms(lambda: run(True, False), args.trials) - forward,
+                             _ms(lambda: run(False, True), args.trials) - forward]
+        out.append({"layer": name, "density": pattern.density, "shape": list(w.shape), "ms": timing})
+        rows.append([name, f"{pattern.density:.3f}", *(f"{timing['dense'][i]:.2f} / {timing['sparse'][i]:.2f}" for i in range(3))])
+    print_table(f"per convolution at {args.layers:.0%} (ERK), batch {args.batch_size}: dense / sparse ms",
+                ["layer", "density", "forward", "input grad", "weight grad"], rows)
+    return {"layers": out, "sparsity": args.layers}
+
+
+def _ms(fn, repeats: int) -> float:
+    fn()
+    samples = []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(samples)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="sparsearch bench train --sparse", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.9, 0.95, 0.98])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--width", type=int, default=16, help="ResNet-20's first width (16: the full network)")
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="steps per trial (their median is the trial's time)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--layers", type=float, default=None, help="per-convolution table at this sparsity instead")
+    ap.add_argument("--out", default="bench-results/sparse_train.json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    payload = layers(args) if args.layers is not None else steps(args)
+    write_json(args.out, {"machine": machine(), "args": vars(args), "seconds": time.time() - t0, **payload})
+    print(f"written to {args.out}")
+    return 0
