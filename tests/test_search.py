@@ -179,6 +179,23 @@ def test_search_verdict_follows_its_rule():
     assert normalised_entropy([[1.0] + [0.0] * 7]) == 0
 
 
+def _supernet_and_batch(masked: bool, channels_last: bool):
+    """A small seeded supernet (4 channels: the NHWC BatchNorm path; reductions: strided dilated convolutions), with
+    DASS's learned masks where `masked`, and one batch."""
+    from sparsearch import sparsity as sp
+    from sparsearch.search import SuperNet
+
+    torch.manual_seed(0)
+    net = SuperNet(4, 3, 10, 3)
+    if masked:
+        sp.attach_learned(net, {n: 0.2 for n in sp.find_layers(net, dense_first_last=False)})
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    return net, x, y
+
+
 @pytest.mark.parametrize("masked, channels_last", [(False, False), (True, True), pytest.param(True, False, marks=pytest.mark.slow),
                                                     pytest.param(False, True, marks=pytest.mark.slow)])
 def test_the_fused_supernet_step_computes_the_plain_function(masked, channels_last):
@@ -190,19 +207,10 @@ def test_the_fused_supernet_step_computes_the_plain_function(masked, channels_la
     import torch.nn.functional as F
 
     from floats import assert_same_sum
-    from sparsearch import sparsity as sp
     from sparsearch.bench.plain import plain_layers
-    from sparsearch.search import SuperNet
     from sparsearch.train.nhwc import nhwc_batchnorm
 
-    torch.manual_seed(0)
-    net = SuperNet(4, 3, 10, 3)
-    if masked:
-        sp.attach_learned(net, {n: 0.2 for n in sp.find_layers(net, dense_first_last=False)})
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-    if channels_last:
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    net, x, y = _supernet_and_batch(masked, channels_last)
     plain = copy.deepcopy(net)
     results = []
     for model, context in ((plain, plain_layers()), (net, nhwc_batchnorm(net, channels_last))):
@@ -225,21 +233,13 @@ def test_the_fast_supernet_computes_todays_function_over_20_steps():
     search steps, within float tolerance, dense and with DASS's learned masks."""
     import torch.nn.functional as F
 
-    from sparsearch import sparsity as sp
     from sparsearch.bench.plain import plain_layers
-    from sparsearch.search import Architect, SuperNet
+    from sparsearch.search import Architect
     from sparsearch.train.nhwc import nhwc_batchnorm
 
     def losses(fast: bool, channels_last: bool, masked: bool = False, kept: list | None = None,
                steps: int = 20) -> list[float]:
-        torch.manual_seed(0)
-        net = SuperNet(4, 3, 10, 3)  # 4 channels: the NHWC BatchNorm path; reductions: strided dil convs
-        if masked:
-            sp.attach_learned(net, {n: 0.2 for n in sp.find_layers(net, dense_first_last=False)})
-        gen = torch.Generator().manual_seed(1)
-        x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-        if channels_last:
-            net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        net, x, y = _supernet_and_batch(masked, channels_last)
         opt = torch.optim.SGD(net.weight_parameters(), lr=0.025)
         architect = Architect(net, net.arch_parameters(), lr=3e-3)
         out = []

@@ -1,13 +1,5 @@
-"""Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
-
-    level-0/            dense training; the weights at step `imp.rewind_step` are kept in rewind.ckpt
-    level-<L>/          global magnitude pruning of level L-1's final weights to density max(1 - s, (1 - f)^L),
-                        survivors rewound to rewind.ckpt, the whole schedule trained again
-    branch-reinit/      controls at the last level's masks: a fresh random initialisation instead of the
-    branch-random_mask/ rewound weights; or random masks at the same per-layer densities, rewound weights
-
-Each level and branch is its own resumable stage, so a re-run skips finished levels.
-"""
+"""Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020) as a driver around a
+user's training function; the CLI's recipe, with each level a resumable stage, is `recipes.imp`."""
 
 from __future__ import annotations
 
