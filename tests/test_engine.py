@@ -78,7 +78,7 @@ def test_fusions_cat_crops_and_pools_equal_torch():
 SLOW = pytest.mark.slow  # the same kinds of layer as a faster model in the list: in `make test-all`
 REGISTRY = [("resnet20", {}, 3, 15), pytest.param("resnet56", {}, 3, 16, marks=SLOW), pytest.param("vgg16", {}, 3, 32, marks=SLOW),
             ("mobilenetv2", {}, 3, 16),
-            ("wrn28-2", {}, 3, 16), ("cnn", {}, 1, 8), ("mlp", {"image_size": 8}, 1, 8),
+            pytest.param("wrn28-2", {}, 3, 16, marks=SLOW), ("cnn", {}, 1, 8), ("mlp", {"image_size": 8}, 1, 8),
             ("genotype", {"genotype": "DASS_95", "channels": 8, "layers": 5}, 3, 16),
             ("genotype", {"genotype": "DARTS_V2", "channels": 8, "layers": 5}, 3, 16)]
 

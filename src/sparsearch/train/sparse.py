@@ -111,15 +111,16 @@ class _Flat:
         self.s, self.hs, self.ws = s, -(-g.H // s), -(-g.W // s)
         self.top, self.left = max(0, -lo_y), max(0, -lo_x)
         self.w = self.left + max(self.ws, g.OW + max(hi_x, 0))
-        # and rows of zeros below each plane, which the last chunk of a plane reads: no read leaves the buffer
-        self.h = self.top + max(self.hs, g.OH + max(hi_y, 0)) + -(-chunk // self.w)
+        # and rows of zeros below each plane, which the last chunk of a plane reads (one more for a read that starts
+        # in a row's last columns): no read leaves the buffer
+        self.h = self.top + max(self.hs, g.OH + max(hi_y, 0)) + -(-chunk // self.w) + 1
         self.key = (ry * s + rx) * g.C + p.cin.long()  # the phase-stacked input channel each weight reads
         self.off = (self.key * self.h + qy + self.top) * self.w + qx + self.left
         self.length = _rounded(g.OH * self.w, chunk)
         # the input gradient: each phase plane of dx correlates dy (padded) with the taps of that phase
         self.dtop, self.dleft = max(0, hi_y), max(0, hi_x)
         self.dw = self.dleft + max(g.OW, self.ws - min(lo_x, 0))
-        self.dh = self.dtop + max(g.OH, self.hs - min(lo_y, 0)) + -(-chunk // self.dw)
+        self.dh = self.dtop + max(g.OH, self.hs - min(lo_y, 0)) + -(-chunk // self.dw) + 1
         self.order = torch.argsort(self.key, stable=True)
         self.cols = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(self.key, minlength=s * s * g.C).cumsum(0)])
         self.off_t = ((p.row_of * self.dh + self.dtop - qy) * self.dw + self.dleft - qx)[self.order].contiguous()
