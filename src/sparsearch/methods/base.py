@@ -19,6 +19,7 @@ forward pre-hook (training mode only) and the second from `step()`; the Trainer 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -39,9 +40,12 @@ class SparseMethod:
 
     def __init__(self, sparsity: float, *, total_steps: int | None = None, include: Iterable[str] = ("*",),
                  exclude: Iterable[str] = (), dense_first_last: bool = True, seed: int = 0):
-        if not 0 <= sparsity < 1:
-            raise SparsearchError(f"{type(self).__name__}: sparsity is the fraction of weights pruned, in [0, 1); "
-                                  f"got {sparsity}")
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise SparsearchError(f"{type(self).__name__}: sparsity is the fraction of weights pruned, a number in "
+                                  f"[0, 1); got {sparsity!r}")
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
+            raise SparsearchError(f"{type(self).__name__}: total_steps is the number of optimizer steps the loop will "
+                                  f"take, an int >= 1; got {total_steps!r}")
         self.sparsity, self.total_steps, self.seed = sparsity, total_steps, seed
         self.include, self.exclude, self.dense_first_last = tuple(include), tuple(exclude), dense_first_last
         self.model: nn.Module | None = None
@@ -49,6 +53,7 @@ class SparseMethod:
         self.layers: dict[str, nn.Module] = {}
         self.step_count = 0
         self._started: int | None = None  # the step whose start hook has run
+        self._stepping = False  # inside step(): the optimizer's step is the method's own
         self.log: Callable[[dict], None] = lambda record: None  # the Trainer points this at metrics.jsonl
 
     @staticmethod
@@ -65,8 +70,22 @@ class SparseMethod:
         if optimizer is not None:
             self.optimizer = optimizer
             sp.bind_optimizer(model, optimizer)
+            if self.acts_every_step():  # optimizer.step() in place of step() would skip the method silently
+                optimizer.register_step_pre_hook(self._only_through_step)
         model.register_forward_pre_hook(self._before_forward)
         return model
+
+    def acts_every_step(self) -> bool:
+        """Whether the method acts within steps (GMP prunes, RigL regrows, SR-STE adds a gradient term)."""
+        cls = type(self)
+        return (cls.on_step_start is not SparseMethod.on_step_start
+                or cls.before_optimizer_step is not SparseMethod.before_optimizer_step)
+
+    def _only_through_step(self, optimizer, args, kwargs) -> None:
+        if not self._stepping:
+            raise SparsearchError(f"optimizer.step() was called directly: with {type(self).__name__}, call "
+                                  "method.step() in its place (it runs the method's update, then optimizer.step(); "
+                                  "calling both would step the optimizer twice)")
 
     def _before_forward(self, module: nn.Module, args) -> None:
         if module.training:
@@ -74,20 +93,37 @@ class SparseMethod:
 
     def step(self) -> None:
         """After `loss.backward()`, in place of `optimizer.step()`."""
+        if self.optimizer is None:  # the weights would never change, and nothing would say so
+            raise SparsearchError(f"{type(self).__name__}.step() steps the optimizer it was prepared with: call "
+                                  "prepare(model, optimizer) first")
         self.before_optimizer_step()
-        if self.optimizer is not None:
+        self._stepping = True
+        try:
             self.optimizer.step()
+        finally:
+            self._stepping = False
         self.step_count += 1
 
     def squash(self) -> dict[str, torch.Tensor]:
         """The final weights as a state_dict an unmodified model loads."""
+        if self.model is None:
+            raise SparsearchError(f"{type(self).__name__}.squash(): nothing to squash before prepare(model)")
         self.finish()
         return sp.squash(self.model)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step_count, **self.extra_state()}
+        return {"step": self.step_count, "total_steps": self.total_steps, **self.extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        required = {"step", *self.extra_state()}
+        if not isinstance(state, dict) or not required <= set(state) <= required | {"total_steps"}:
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise SparsearchError(f"{type(self).__name__}.load_state_dict: not this method's state (keys {found}, "
+                                  f"expected {sorted(required)}); was it saved by another method?")
+        saved = state.get("total_steps")
+        if None not in (saved, self.total_steps) and saved != self.total_steps:  # its schedules would shift mid-run
+            raise SparsearchError(f"{type(self).__name__}: the state was saved by a run of {saved} steps; this one has "
+                                  f"total_steps={self.total_steps}")
         self.step_count, self._started = state["step"], None  # the start hook runs again at the next forward
         self.load_extra_state(state)
 
@@ -96,6 +132,11 @@ class SparseMethod:
         """Select the layers; subclasses then attach their masks."""
         self.model = model
         self.layers = sp.find_layers(model, self.include, self.exclude, self.dense_first_last)
+        if unmasked := [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+                        and m.in_proj_weight is not None]:
+            warnings.warn(f"{type(self).__name__}: the input projections of {', '.join(unmasked)} "
+                          "(nn.MultiheadAttention's in_proj_weight, a bare parameter) are not masked: the sparsity "
+                          "holds for the conv and linear layers only", stacklevel=3)
 
     def start_step(self) -> None:
         if self._started != self.step_count:

@@ -10,6 +10,7 @@ weights never changes, so the sparsity is exact after every update. GraNet adds 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -51,6 +52,10 @@ class SET(SparseMethod):
         masks, densities = sp.compute_masks(model, self.layers, self.start_sparsity(), "random", self.allocation,
                                             seed=self.seed)
         sp.attach(model, masks, densities=densities)
+        if self.total_steps is not None and self.updates.end * self.total_steps <= self.updates.every:
+            warnings.warn(f"{type(self).__name__}: {self.total_steps} steps with an update every {self.updates.every} "
+                          f"before {self.updates.end:.0%} of training make no topology update at all: this is static "
+                          "sparse training", stacklevel=3)
 
     def is_update(self) -> bool:
         return self.updates.is_update(self.step_count, self.steps)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .. import sparsity as sp
+from ..errors import SparsearchError
 from ..train import stage_parameters
 from .base import SparseMethod
 
@@ -25,6 +26,14 @@ class Hydra(SparseMethod):
         super().attach(model)
         sp.attach_learned(model, density_map(self.layers, self.sparsity, self.allocation))
         self.params = stage_parameters(model, "prune", list(model.parameters()))
+
+    def prepare(self, model: nn.Module, optimizer=None) -> nn.Module:
+        super().prepare(model, optimizer)
+        held = {id(p) for group in (optimizer.param_groups if optimizer is not None else []) for p in group["params"]}
+        if optimizer is not None and any(id(p) not in held for p in self.trainable()):
+            raise SparsearchError("Hydra: the optimizer does not hold the importance scores prepare() creates, so "
+                                  "nothing would train: build it over hydra.trainable() after hydra.prepare(model)")
+        return model
 
     def trainable(self) -> list[nn.Parameter]:
         return self.params

@@ -24,6 +24,9 @@ class NMMethod(SparseMethod):
     """`nm` ("2:4", or nm:2:4) masks, recomputed from the weights in every forward pass, on the selected layers."""
 
     def __init__(self, nm: str = "2:4", **common):
+        if not isinstance(nm, str):
+            raise SparsearchError(f"{type(self).__name__}'s first argument is an N:M pattern such as \"2:4\" (the "
+                                  f"sparsity follows from it), got {nm!r}")
         self.kind = sp.parse_kind(nm if nm.startswith("nm:") else f"nm:{nm}")
         if not isinstance(self.kind, sp.NM):
             raise SparsearchError(f"{type(self).__name__} needs an N:M pattern such as 2:4, got '{nm}'")
