@@ -222,3 +222,26 @@ def test_every_engines_saved_plan_reloads_to_the_same_engine_and_function(tmp_pa
     reloaded = load(tmp_path)
     assert reloaded.engine == engine and reloaded.table() == compiled.table()
     assert torch.equal(reloaded(x), compiled(x))
+
+
+def test_a_model_with_multihead_attention_compiles_to_a_working_callable_quietly(capfd):
+    """An engine that cannot build a model is skipped with its reason (the ONNX exporter's graph dump silenced)."""
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.attn, self.head = nn.Linear(16, 32), nn.MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 10)
+
+        def forward(self, x):
+            h = self.proj(x)
+            return self.head((h + self.attn(h, h, h)[0]).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Attention().eval(), torch.randn(2, 5, 16)
+    capfd.readouterr()
+    compiled = compile(model, x, repeats=1)
+    out, err = capfd.readouterr()
+    assert "graph" not in out + err and "Traceback" not in out + err, out + err
+    assert compiled.engine in compiled.times and "onnxruntime" in {**compiled.skipped, **compiled.times}
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x))

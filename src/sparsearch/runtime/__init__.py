@@ -92,6 +92,10 @@ def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor
         except Unavailable as exc:
             skipped[name] = str(exc)
             continue
+        except Exception as exc:  # noqa: BLE001 - an engine that cannot build this model is skipped, never fatal
+            first = (str(exc).strip().splitlines() or [""])[0][:300]  # exporters attach whole graph dumps
+            skipped[name] = f"could not build it ({type(exc).__name__}: {first})"
+            continue
         if error > tolerance:
             skipped[name] = f"differs from the masked model by {error:.2e} (> {tolerance:g})"
             continue

@@ -15,6 +15,8 @@ A builder raises `Unavailable` (with the reason) where its engine cannot run her
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -93,9 +95,24 @@ class Native(Engine):
 
 
 def _onnx_file(net: nn.Module, example: torch.Tensor, folder: str) -> str:
+    """The network as ONNX; a network the exporter cannot take is `Unavailable` with its first line (the exporter
+    prints its whole TorchScript graph to the process's stdout and stderr on failure: those are silenced here)."""
     from .export import to_onnx
 
-    return str(to_onnx(net, example, Path(folder) / "model.onnx"))
+    with tempfile.TemporaryFile() as sink:
+        saved = [os.dup(1), os.dup(2)]
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            return str(to_onnx(net, example, Path(folder) / "model.onnx"))
+        except Exception as exc:  # noqa: BLE001 - any exporter failure: this engine cannot run the network
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise Unavailable(f"the ONNX exporter cannot take this network ({type(exc).__name__}: {first})") from None
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 class OnnxRuntime(Engine):
