@@ -102,3 +102,36 @@ def test_the_right_loop_is_quiet():
             _backward(model)
             method.step()
     assert method.step_count == 3
+
+
+def test_an_export_that_load_could_not_rebuild_fails_at_export_and_a_user_class_loads(tmp_path):
+    from sparsearch.models import MODELS, register_model
+
+    model = _net()
+    sparsearch.Static(0.5).prepare(model)
+    with pytest.raises(SparsearchError, match="unknown model 'nobody-knows'"):
+        sparsearch.export(model, tmp_path / "a", "nobody-knows")
+    assert not (tmp_path / "a").exists()
+
+    class UserNet(nn.Module):  # takes neither num_classes nor in_channels
+        def __init__(self, width: int = 4):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, width, 3), nn.ReLU(), nn.Conv2d(width, 4, 3), nn.Flatten(),
+                                      nn.Linear(64, 10))
+
+        def forward(self, x):
+            return self.body(x)
+
+    register_model("test-misuse-usernet")(UserNet)
+    try:
+        torch.manual_seed(0)
+        mine = UserNet()
+        sparsearch.Static(0.5).prepare(mine)
+        with pytest.raises(SparsearchError, match="do not fit"):
+            sparsearch.export(mine, tmp_path / "b", "test-misuse-usernet", width=8)
+        sparsearch.export(mine, tmp_path / "c", "test-misuse-usernet")
+        x = torch.randn(2, 1, 8, 8)
+        with torch.no_grad():
+            assert torch.equal(sparsearch.load(tmp_path / "c")(x), mine.eval()(x))
+    finally:
+        MODELS.pop("test-misuse-usernet")

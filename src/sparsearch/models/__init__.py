@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -42,10 +43,18 @@ def multiplied(key: str, default: float) -> Callable[[dict, float], dict]:
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
+    """A registry model. `num_classes` and `in_channels` go to constructors that take them (every built-in one does;
+    a user's registered class may not)."""
     if name not in MODELS:
         raise SparsearchError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
     try:
-        return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+        params = inspect.signature(MODELS[name]).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: pass everything
+        params = {}
+    takes_any = not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if takes_any or k in params}
+    try:
+        return MODELS[name](**given, **kwargs)
     except (TypeError, ValueError, RuntimeError, KeyError, ZeroDivisionError) as exc:  # kwargs the model cannot take
         raise SparsearchError(f"bad arguments for model '{name}': {exc}") from None
 

@@ -21,10 +21,19 @@ from ..models import build_model
 
 
 def export(model: nn.Module, out_dir: str | Path, name: str, **kwargs: Any) -> Path:
-    """Write `model` (built as `build_model(name, **kwargs)`) to `out_dir`; returns the directory."""
+    """Write `model` (built as `build_model(name, **kwargs)`) to `out_dir`; returns the directory. What `load` will
+    do is done here first (build the model from `name` and `kwargs`, load the weights into it), so an export that
+    could not be loaded fails now, with the reason, rather than in the deploy process."""
     out = Path(out_dir)
     densities = {row["name"]: row["density"] for row in sp.report(model) if "shape" in row}
-    save_weights(out / "model.safetensors", sp.squash(model))
+    state = sp.squash(model)
+    rebuilt = build_model(name, **kwargs)  # a name no registry knows, or arguments it rejects: SparsearchError
+    try:
+        rebuilt.load_state_dict(state)
+    except RuntimeError as exc:
+        raise SparsearchError(f"export: build_model({name!r}, **{kwargs}) makes a model these weights do not fit, so "
+                              f"load would fail ({str(exc).splitlines()[0]}); pass the constructor's arguments") from None
+    save_weights(out / "model.safetensors", state)
     write_json(out / "model.json", {"model": name, "kwargs": kwargs, "densities": densities})
     return out
 
