@@ -55,12 +55,13 @@ def run(out_dir: str) -> dict[str, str]:
 
 
 def _tensors(path: Path) -> dict:
-    """Every tensor of a checkpoint's model and architecture state (not its timings or file offsets)."""
+    """Every tensor of a checkpoint's model and architecture state (not its timings or file offsets, nor a mask's
+    recorded kind and density: metadata, whose encoding may change)."""
     from sparsearch.train import load_checkpoint
 
     state = load_checkpoint(path)
     return {f"{part}.{k}": v for part in ("model", "arch", "optimizer") if isinstance(state.get(part), dict)
-            for k, v in state[part].items() if isinstance(v, torch.Tensor)}
+            for k, v in state[part].items() if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
 
 
 if __name__ == "__main__":

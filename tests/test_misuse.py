@@ -135,3 +135,17 @@ def test_an_export_that_load_could_not_rebuild_fails_at_export_and_a_user_class_
             assert torch.equal(sparsearch.load(tmp_path / "c")(x), mine.eval()(x))
     finally:
         MODELS.pop("test-misuse-usernet")
+
+
+def test_a_prepared_models_state_dict_saves_with_safetensors_and_loads_back(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sparsearch import sparsity as sp
+
+    model = _net()
+    sparsearch.Static(0.5, allocation="erk").prepare(model)
+    save_file(model.state_dict(), str(tmp_path / "state.safetensors"))  # every entry a tensor, masks' kinds too
+    fresh = _net()
+    sp.load_masked_state_dict(fresh, load_file(str(tmp_path / "state.safetensors")))
+    assert all(torch.equal(a, b) for a, b in zip(sp.current_masks(fresh).values(), sp.current_masks(model).values()))
+    assert [r.get("kind") for r in sp.report(fresh)] == [r.get("kind") for r in sp.report(model)]

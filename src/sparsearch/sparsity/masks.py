@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .parametrizations import DynamicNM, LearnedMask, Mask, SparsityError, unit_density
+from .parametrizations import DynamicNM, LearnedMask, Mask, SparsityError, decode_extra, unit_density
 from .select import NM, Channel, MaskKind, Unstructured, expected_kept, parse_kind
 
 MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -230,7 +230,7 @@ def load_masked_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
             continue
         name, tensor, what = found.groups()
         if _parametrization(modules[name], tensor) is None:
-            extra = state.get(f"{name}.parametrizations.{tensor}.0._extra_state", {})
+            extra = decode_extra(state.get(f"{name}.parametrizations.{tensor}.0._extra_state", {}))
             kind = parse_kind(extra.get("kind", "unstructured"))
             if what == "mask":
                 attach(model, {name: state[key].bool()}, kind, tensor=tensor)

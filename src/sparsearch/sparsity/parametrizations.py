@@ -4,6 +4,7 @@ and load with the model's state_dict. `masks.py` attaches, updates and checks th
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -24,6 +25,15 @@ def unit_density(mask: torch.Tensor, kind: MaskKind) -> float:
     return float((kind.units(mask.float()) > 0).float().mean())
 
 
+def encode_extra(info: dict) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(info, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_extra(state) -> dict:
+    """A mask's extra state: the tensor `get_extra_state` writes, or the dict older versions wrote."""
+    return state if isinstance(state, dict) else json.loads(bytes(state.tolist()).decode())
+
+
 class Mask(nn.Module):
     def __init__(self, mask: torch.Tensor, kind: MaskKind = Unstructured(), density: float | None = None):
         super().__init__()
@@ -42,10 +52,12 @@ class Mask(nn.Module):
     def current(self) -> torch.Tensor:
         return self.mask.bool()
 
-    def get_extra_state(self):
-        return {"kind": str(self.kind), "density": self.density}
+    def get_extra_state(self) -> torch.Tensor:
+        # a tensor (the JSON's bytes), so a masked model's state_dict saves with safetensors like any other
+        return encode_extra({"kind": str(self.kind), "density": self.density})
 
-    def set_extra_state(self, state):
+    def set_extra_state(self, state) -> None:
+        state = decode_extra(state)
         self.kind, self.density = parse_kind(state["kind"]), float(state["density"])
 
 
