@@ -223,3 +223,28 @@ def test_a_run_on_the_sparse_kernels_resumes_bit_identical(tmp_path):
     for name, value in ref.state_dict().items():  # a mask's kind and density are extra state (not tensors)
         other = got.state_dict()[name]
         assert torch.equal(value, other) if torch.is_tensor(value) else value == other, name
+
+
+def test_a_method_prepared_with_kernels_on_trains_on_them_in_a_users_loop():
+    import sparsearch
+
+    model = _masked("resnet20", width=8)
+    sp.remove(model)  # a plain network: the method attaches its own masks
+    twin = copy.deepcopy(model)
+    losses = []
+    for net, kernels in ((model, "off"), (twin, "on")):
+        method = sparsearch.Static(0.9, allocation="erk")
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        method.prepare(net, optimizer, kernels=kernels)
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(16, 3, 16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        method.step()
+        losses.append(loss.detach())
+        routed = ["forward" in vars(m) for m in sp.masked_layers(net).values()]
+        assert all(routed) if kernels == "on" else not any(routed)
+        method.squash()
+        assert not any("forward" in vars(m) for m in sp.masked_layers(net).values())  # squash() switched them off
+    assert_same_sum(losses[1], losses[0], 2 * 20 * (64 * 9 + 16 * 16 * 16))

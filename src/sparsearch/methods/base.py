@@ -19,6 +19,7 @@ forward pre-hook (training mode only) and the second from `step()`; the Trainer 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -31,7 +32,7 @@ from .. import sparsity as sp
 from ..config import Config
 from ..errors import SparsearchError
 from ..files import write_json
-from ..train import Callback
+from ..train import Callback, sparse_kernels
 
 
 class SparseMethod:
@@ -54,6 +55,7 @@ class SparseMethod:
         self.step_count = 0
         self._started: int | None = None  # the step whose start hook has run
         self._stepping = False  # inside step(): the optimizer's step is the method's own
+        self._kernels = contextlib.ExitStack()  # the sparse training kernels, where prepare() switched them on
         self.log: Callable[[dict], None] = lambda record: None  # the Trainer points this at metrics.jsonl
 
     @staticmethod
@@ -63,10 +65,13 @@ class SparseMethod:
         return {"include": s.include, "exclude": s.exclude, "dense_first_last": s.dense_first_last, "seed": cfg.seed}
 
     # ------------------------------------------------------------------------------------ a user's loop
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, kernels: str = "off") -> nn.Module:
         """Attach the masks to `model` and bind `optimizer` (built before or after: the parameters are the same
-        objects) so masked entries stay exactly zero through its steps."""
+        objects) so masked entries stay exactly zero through its steps. `kernels` "on" (or "auto") trains the masked
+        layers on the sparse training kernels (`train.sparse_kernels`) until `squash()`."""
         self.attach(model)
+        if kernels != "off":
+            self._kernels.enter_context(sparse_kernels(model, kernels))
         if optimizer is not None:
             self.optimizer = optimizer
             sp.bind_optimizer(model, optimizer)
@@ -108,6 +113,7 @@ class SparseMethod:
         """The final weights as a state_dict an unmodified model loads."""
         if self.model is None:
             raise SparsearchError(f"{type(self).__name__}.squash(): nothing to squash before prepare(model)")
+        self._kernels.close()
         self.finish()
         return sp.squash(self.model)
 
