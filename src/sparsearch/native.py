@@ -35,7 +35,7 @@ def compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -109,7 +109,7 @@ def library_name(name: str, source: Path, headers: dict[str, str], cxx: str) -> 
     """The cached library's file name, keyed by the source and headers, the compiler, the flags and the CPU."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     parts = [source.read_bytes(), *(t.encode() for t in headers.values()), version.encode(), " ".join(FLAGS).encode(),
-             _cpu_flags().encode()]
+             cpu_flags().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     return f"{name}-{key}.so"
 

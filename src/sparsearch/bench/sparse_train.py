@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from .. import sparsity as sp
 from ..models import build_model
+from ..native import cpu_flags
+from ..runtime.common import median_seconds
 from ..train.sparse import Pattern, sparse_conv2d, sparse_kernels
 from .common import machine, print_table, stats, write_json
 
@@ -59,10 +61,7 @@ def _stepper(sparsity: float, width: int, batch: int, kernels: str, channels_las
 
 
 def _bf16_units() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    flags = cpu_flags().split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -140,13 +139,7 @@ def layers(args) -> dict:
 
 
 def _ms(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(max(3, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(samples)
+    return 1e3 * median_seconds(lambda _: fn(), None, max(3, repeats))
 
 
 def main(argv: list[str]) -> int:

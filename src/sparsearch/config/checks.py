@@ -35,8 +35,9 @@ def machine_cores() -> int:
 
 
 def check_threads(value: int | None, what: str) -> None:
-    if value is not None and not 1 <= value <= machine_cores():
-        raise ConfigError(f"{what} must be {THREADS[1]}, got {value}")
+    ok, must = THREADS
+    if not ok(value):
+        raise ConfigError(f"{what} must be {must}, got {value}")
 
 
 THREADS = ((lambda v: v is None or 1 <= v <= machine_cores()), f"in [1, {machine_cores()}] (this machine's cores)")

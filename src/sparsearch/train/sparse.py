@@ -70,6 +70,14 @@ class Pattern:
         self.cin, self.ky, self.kx = cin.int(), ky.int(), kx.int()
         self.row_of = o
         self.density = float(mask.float().mean())
+        self._flats: dict[tuple, _Flat] = {}
+
+    def flat(self, g: Geometry, chunk: int) -> _Flat:
+        """Where the kept weights read for this input geometry, made once: a layer sees one shape per batch size."""
+        key = tuple(getattr(g, name) for name, _ in Geometry._fields_)
+        if key not in self._flats:
+            self._flats[key] = _Flat(self, g, chunk)
+        return self._flats[key]
 
 
 def _pad(t: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
@@ -161,7 +169,7 @@ class _SparseConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, pattern: Pattern, g: Geometry, threads: int):
         lib, values = library(), weight.detach().reshape(-1)[pattern.at].contiguous()
         b = None if bias is None else bias.detach().contiguous()
-        flat = _Flat(pattern, g, lib.sparsearch_training_chunk())
+        flat = pattern.flat(g, lib.sparsearch_training_chunk())
         src = flat.phases(x.detach())
         out = src.new_empty(g.N * g.O * flat.length)
         lib.flat_correlate(g.N, g.O, flat.length, g.S * g.S * g.C * flat.h * flat.w, _ptr(src), _ptr(pattern.rows),
@@ -230,11 +238,12 @@ class _Layer:
         if not (self.module.training and isinstance(p, sp.Mask) and p.grad_sink is None and x.device.type == "cpu"
                 and torch.is_grad_enabled() and x.dtype == torch.float32 and not torch.jit.is_tracing()):
             return False
-        if self.pattern is None or not torch.equal(self.pattern.mask, p.current().reshape(self.pattern.mask.shape)):
+        mask = p.current()
+        if self.pattern is None or not torch.equal(self.pattern.mask, mask.reshape(self.pattern.mask.shape)):
             m = self.module
             groups, cin = (m.groups, m.in_channels) if isinstance(m, nn.Conv2d) else (1, m.in_features)
-            changed = self.pattern is None or abs(self.pattern.density - float(p.current().float().mean())) > 1e-6
-            self.pattern = Pattern(p.current(), groups, cin)
+            changed = self.pattern is None or abs(self.pattern.density - float(mask.float().mean())) > 1e-6
+            self.pattern = Pattern(mask, groups, cin)
             if self.mode == "auto" and changed:
                 self.sparse = self._sparse_is_faster(x)
         return self.sparse
