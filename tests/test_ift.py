@@ -15,7 +15,8 @@ from sparsearch.models import MODELS, WIDEN, build_model
 from sparsearch.models.flops import count_flops
 from sparsearch.models.ift import ParallelBranches, iso_sparsity, layer_macs, sparse_parallel, sparse_wide
 
-SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "vgg16": (3, 32, 32)}  # VGG pools 5 times; the rest take 8x8 RGB (cheap)
+SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "vgg16": (3, 32, 32), "vit": (3, 32, 32)}  # VGG pools 5 times, the ViT
+# has its 32x32 position table; the rest take 8x8 RGB (cheap)
 
 
 def _shape(name):
@@ -50,7 +51,8 @@ def test_every_registry_model_transforms_at_the_dense_models_macs(name):
     parallel = sparse_parallel(_build(name), 0.5, torch.zeros(2, *shape))
     assert any(isinstance(m, ParallelBranches) for m in parallel.modules())
     s, macs = _iso(parallel, dense_macs, shape)
-    assert s > 0.4 and macs == pytest.approx(dense_macs, rel=0.01)
+    # the ViT's attention projections are not branched (the block calls them as weights), so less to take back
+    assert s > (0.3 if name == "vit" else 0.4) and macs == pytest.approx(dense_macs, rel=0.01)
 
 
 def test_iso_sparsity_follows_the_allocation_and_keeps_the_stem_dense():

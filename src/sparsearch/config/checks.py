@@ -53,7 +53,7 @@ RULES: list[tuple[str, tuple[Callable[[Any], bool], str]]] = [
     ("train.label_smoothing", FRACTION), ("train.aux_weight", NONNEGATIVE), ("train.drop_path", FRACTION),
     ("train.threads", THREADS), ("train.log_every", NONNEGATIVE), ("train.eval_every", NONNEGATIVE),
     ("train.checkpoint_every", NONNEGATIVE),
-    ("sparsity.sparsity", FRACTION), ("sparsity.snip_batches", COUNT), ("ift.sparsity", ((lambda v: v is None or 0 < v < 1), "in (0, 1)")),
+    ("sparsity.sparsity", FRACTION), ("sparsity.calibration_batches", COUNT), ("ift.sparsity", ((lambda v: v is None or 0 < v < 1), "in (0, 1)")),
     ("hydra.prune_epochs", COUNT), ("hydra.finetune_epochs", COUNT), ("hydra.score_lr", POSITIVE),
     ("hydra.finetune_lr", POSITIVE),
     ("oneshot.finetune_epochs", COUNT), ("oneshot.finetune_lr", POSITIVE),

@@ -122,12 +122,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 # keys older versions wrote into a run's config.yaml that no longer change what runs: read and dropped
 RETIRED = {"search.fast_ops"}  # the plain supernet became a test oracle; the fast one is the only product path
+# keys older versions wrote under another name: read under the new one
+RENAMED = {"sparsity.snip_batches": "calibration_batches"}
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    data = {k: v for k, v in data.items() if prefix + k not in RETIRED}
+    data = {RENAMED.get(prefix + k, k): v for k, v in data.items() if prefix + k not in RETIRED}
     for key in data:
         if key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")

@@ -73,18 +73,31 @@ class TrainConfig:
 
 
 @dataclass
+class LayerOverride:
+    """Another sparsity or mask kind for the layers whose names match one of `layers` (globs), as torch.ao's config
+    list allows; the first override that matches a layer applies to it."""
+
+    layers: list[str] = field(default_factory=list)
+    sparsity: float | None = None
+    kind: str | None = None
+
+
+@dataclass
 class SparsityConfig:
     # checked against the method registry (sparsearch.recipes.registry), where each method says what it reads
     method: str = opt("static", "how the sparse network is obtained (`sparsearch methods` lists them)")
     sparsity: float = opt(0.0, 'fraction of prunable weights set to zero (0 = dense; maskspar: fraction of channels)')
     kind: str = opt("unstructured", 'unstructured | nm:N:M | block:BH:BW | channel')
-    criterion: Literal["magnitude", "random", "lamp", "snip"] = opt("magnitude", 'scores the masks keep the largest of')
+    criterion: Literal["magnitude", "random", "lamp", "snip", "wanda"] = opt(
+        "magnitude", 'scores the masks keep the largest of (snip and wanda read calibration batches)')
     allocation: Literal["uniform", "er", "erk", "global"] = opt(
         "erk", "how the overall sparsity splits over layers: uniform | er | erk | global (one threshold)")
-    snip_batches: int = opt(1, 'training batches the snip criterion sums its sensitivities over')
+    calibration_batches: int = opt(1, 'training batches the snip and wanda criteria score on')
     include: list[str] = opt(factory=lambda: ["*"], help='name globs of the conv / linear layers to mask')
     exclude: list[str] = opt(factory=list, help='name globs of layers to keep dense')
     dense_first_last: bool = opt(True, 'keep the first conv and the final classifier dense')
+    overrides: list[LayerOverride] = opt(factory=list, help="per-layer settings, [{layers: [globs], sparsity: S, kind: "
+                                         "K}]: the first match wins; the other layers share sparsity.sparsity")
 
 
 @dataclass

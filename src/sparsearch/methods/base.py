@@ -37,10 +37,13 @@ from ..train import Callback, sparse_kernels
 
 class SparseMethod:
     """The shared part: which layers (`include` / `exclude` name globs; the first conv and the classifier stay
-    dense unless `dense_first_last` is False), the step count, the optimizer binding, squash and state."""
+    dense unless `dense_first_last` is False), the step count, the optimizer binding, squash and state. `overrides`
+    give named layers another sparsity or kind (`sparsity.overrides`), where a method says it can (`overridable`)."""
+
+    overridable: tuple[str, ...] = ()  # what a per-layer override may change for this method: "sparsity", "kind"
 
     def __init__(self, sparsity: float, *, total_steps: int | None = None, include: Iterable[str] = ("*",),
-                 exclude: Iterable[str] = (), dense_first_last: bool = True, seed: int = 0):
+                 exclude: Iterable[str] = (), dense_first_last: bool = True, seed: int = 0, overrides: Iterable = ()):
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
             raise SparsearchError(f"{type(self).__name__}: sparsity is the fraction of weights pruned, a number in "
                                   f"[0, 1); got {sparsity!r}")
@@ -48,6 +51,7 @@ class SparseMethod:
             raise SparsearchError(f"{type(self).__name__}: total_steps is the number of optimizer steps the loop will "
                                   f"take, an int >= 1; got {total_steps!r}")
         self.sparsity, self.total_steps, self.seed = sparsity, total_steps, seed
+        self.overrides = sp.parse_overrides(overrides, type(self).__name__, self.overridable)
         self.include, self.exclude, self.dense_first_last = tuple(include), tuple(exclude), dense_first_last
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -62,7 +66,8 @@ class SparseMethod:
     def common(cfg: Config) -> dict[str, Any]:
         """The constructor arguments every method takes, from a run's config."""
         s = cfg.sparsity
-        return {"include": s.include, "exclude": s.exclude, "dense_first_last": s.dense_first_last, "seed": cfg.seed}
+        return {"include": s.include, "exclude": s.exclude, "dense_first_last": s.dense_first_last, "seed": cfg.seed,
+                "overrides": s.overrides}
 
     # ------------------------------------------------------------------------------------ a user's loop
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, kernels: str = "off") -> nn.Module:
@@ -139,10 +144,10 @@ class SparseMethod:
         self.model = model
         self.layers = sp.find_layers(model, self.include, self.exclude, self.dense_first_last)
         if unmasked := [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-                        and m.in_proj_weight is not None]:
+                        and not m._qkv_same_embed_dim]:
             warnings.warn(f"{type(self).__name__}: the input projections of {', '.join(unmasked)} "
-                          "(nn.MultiheadAttention's in_proj_weight, a bare parameter) are not masked: the sparsity "
-                          "holds for the conv and linear layers only", stacklevel=3)
+                          "(nn.MultiheadAttention with kdim / vdim of their own: three separate bare parameters) are "
+                          "not masked: the sparsity holds for the other layers only", stacklevel=3)
 
     def start_step(self) -> None:
         if self._started != self.step_count:

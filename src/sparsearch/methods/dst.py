@@ -26,9 +26,11 @@ from .schedules import Constant, CosineDecay, Cubic, Periodic
 
 class SET(SparseMethod):
     """A random sparse start (`allocation`: erk, er or uniform), magnitude drop, random regrowth at a constant
-    fraction. Records every update's churn (`churn.json` under the Trainer)."""
+    fraction. Records every update's churn (`churn.json` under the Trainer). A per-layer override sets a layer's
+    sparsity, which its updates then keep."""
 
     default_drop: type = Constant
+    overridable = ("sparsity",)
 
     def __init__(self, sparsity: float, *, allocation: str = "erk", updates: Periodic = Periodic(),
                  drop: Constant | CosineDecay | None = None, **common):
@@ -50,7 +52,7 @@ class SET(SparseMethod):
     def attach(self, model: nn.Module) -> None:
         super().attach(model)
         masks, densities = sp.compute_masks(model, self.layers, self.start_sparsity(), "random", self.allocation,
-                                            seed=self.seed)
+                                            overrides=self.overrides, seed=self.seed)
         sp.attach(model, masks, densities=densities)
         if self.total_steps is not None and self.updates.end * self.total_steps <= self.updates.every:
             warnings.warn(f"{type(self).__name__}: {self.total_steps} steps with an update every {self.updates.every} "
@@ -126,6 +128,8 @@ class RigL(SET):
 class GraNet(RigL):
     """RigL regrowth on top of gradual magnitude pruning: a random start at `pruning.initial` sparsity, masks
     tightened along the cubic `pruning` schedule by `criterion` scores with `prune_allocation`."""
+
+    overridable = ()  # its pruning schedule tightens every layer toward the one target
 
     def __init__(self, sparsity: float, *, pruning: Cubic = Cubic(initial=0.5), criterion: str = "magnitude",
                  prune_allocation: str = "erk", **kwargs):

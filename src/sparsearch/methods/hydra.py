@@ -51,4 +51,4 @@ def density_map(layers: dict[str, nn.Module], sparsity: float, allocation: str) 
     """Per-layer densities for learned masks at overall `sparsity` (global allocation is not defined for HYDRA)."""
     if allocation == "global":
         raise sp.SparsityError("HYDRA needs a per-layer allocation (uniform, er or erk), not global")
-    return sp.allocate({n: m.weight.shape for n, m in layers.items()}, sparsity, allocation)
+    return sp.allocate({n: sp.layer_weight(m).shape for n, m in layers.items()}, sparsity, allocation)

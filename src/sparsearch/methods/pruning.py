@@ -3,6 +3,7 @@ recipes `sparsearch train` runs with them are in `recipes.pruning`)."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .. import sparsity as sp
@@ -14,7 +15,10 @@ from .schedules import Cubic
 class OneShot(SparseMethod):
     """Masks computed once, when prepared, from `criterion` scores of the weights as they are (magnitude, lamp,
     random, or snip over `batches`), at the overall `sparsity` split by `allocation` (uniform, er, erk, or one
-    global threshold) in units of `kind` (unstructured, nm:N:M, block:BH:BW, channel); fixed afterwards."""
+    global threshold) in units of `kind` (unstructured, nm:N:M, block:BH:BW, channel); fixed afterwards. `overrides`
+    may give named layers another sparsity and kind."""
+
+    overridable = ("sparsity", "kind")
 
     def __init__(self, sparsity: float, *, criterion: str = "magnitude", allocation: str = "erk",
                  kind: str = "unstructured", batches: list | None = None, **common):
@@ -30,8 +34,8 @@ class OneShot(SparseMethod):
     def attach(self, model: nn.Module) -> None:
         super().attach(model)
         masks, densities = sp.compute_masks(model, self.layers, self.sparsity, self.criterion, self.allocation,
-                                            self.kind, seed=self.seed, batches=self.batches)
-        sp.attach(model, masks, sp.parse_kind(self.kind), densities)
+                                            self.kind, self.overrides, seed=self.seed, batches=self.batches)
+        sp.attach(model, masks, sp.layer_kinds(self.layers, self.kind, self.overrides), densities)
 
 
 class Static(OneShot):
@@ -51,7 +55,7 @@ def prune_to(method: SparseMethod, target: float, criterion: str, allocation: st
 
 
 def _attach_dense(method: SparseMethod) -> None:
-    sp.attach(method.model, {n: m.weight.new_ones(m.weight.shape, dtype=bool) for n, m in method.layers.items()},
+    sp.attach(method.model, {n: torch.ones_like(sp.layer_weight(m), dtype=torch.bool) for n, m in method.layers.items()},
               densities={n: 1.0 for n in method.layers})
 
 

@@ -71,7 +71,7 @@ def model_kwargs(cfg: Config, ds: Dataset, **overrides: Any) -> dict[str, Any]:
     if taken := sorted({"num_classes", "in_channels"} & set(kwargs)):
         raise SparsearchError(f"model.kwargs sets {', '.join(taken)}, which the dataset decides ({ds.name}: "
                               f"{ds.in_channels} channels, {ds.num_classes} classes)")
-    if cfg.model.name == "mlp":
+    if cfg.model.name in ("mlp", "vit"):  # sized to the dataset's images unless set
         kwargs.setdefault("image_size", ds.image_size[0])
     if cfg.ift.family == "wide":  # Sparse-IFT: the widened constructor arguments
         from .ift import transform_sparsity, wide_factor
@@ -114,7 +114,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import darts, mobilenet, resnet, small, vgg, wideresnet  # noqa: E402,F401  (registration side effects)
+from . import darts, mobilenet, resnet, small, vgg, vit, wideresnet  # noqa: E402,F401  (registration side effects)
 
 __all__ = [
     "MODELS", "WIDEN", "build_model", "count_parameters", "model_builder", "model_kwargs",

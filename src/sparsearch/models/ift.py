@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .. import sparsity as sp
 from ..errors import SparsearchError
+from .flops import weight_uses
 from .tracing import conv_bn_pairs
 
 if TYPE_CHECKING:
@@ -72,7 +73,11 @@ def sparse_parallel(model: nn.Module, sparsity: float, example: torch.Tensor, in
     `example`)."""
     k = branches(sparsity)
     bn_of = {conv: bn for bn, conv in conv_bn_pairs(model, example).items()}
+    # an attention block uses its projections as weights, not as modules: it stays as it is (masked like the rest)
+    attention = {id(p) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for p in (m, m.out_proj)}
     for name, layer in sp.find_layers(model, include, exclude, dense_first_last).items():
+        if id(layer) in attention:
+            continue
         bn = model.get_submodule(bn_of[name]) if name in bn_of else None
         parts = []
         for i in range(k):
@@ -88,17 +93,20 @@ def sparse_parallel(model: nn.Module, sparsity: float, example: torch.Tensor, in
 
 @torch.no_grad()
 def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Dense multiply-accumulates of each conv / linear layer for one example (eval mode)."""
+    """Dense multiply-accumulates of each maskable layer for one example (eval mode)."""
     macs: dict[str, int] = {}
 
     def hook(name):
-        def record(module, inputs, output):
-            positions = output[0, 0].numel() if isinstance(module, (nn.Conv1d, nn.Conv2d)) else 1
-            macs.setdefault(name, module.weight.numel() * positions)
+        def record(module, args, kwargs, output):
+            this_call: dict[str, int] = {}  # a layer called twice (shared) counts once, as the engine runs it
+            for suffix, weight, uses, _ in weight_uses(module, args, kwargs, output):
+                this_call[name + suffix] = this_call.get(name + suffix, 0) + weight.numel() * uses
+            for key, value in this_call.items():
+                macs.setdefault(key, value)
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in model.named_modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.MultiheadAttention))]
     was_training = model.training
     model.eval()
     try:
@@ -117,7 +125,7 @@ def iso_sparsity(model: nn.Module, target_macs: float, input_shape: tuple[int, .
     if allocation == "global":
         raise SparsearchError("Sparse-IFT solves per-layer densities: use allocation uniform, er or erk, not global")
     macs = layer_macs(model, input_shape)
-    masked = {n: m.weight.shape for n, m in sp.find_layers(model, include, exclude, dense_first_last).items() if n in macs}
+    masked = {n: sp.layer_weight(m).shape for n, m in sp.find_layers(model, include, exclude, dense_first_last).items() if n in macs}
     fixed = sum(v for n, v in macs.items() if n not in masked)
 
     def effective(s: float) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .. import sparsity as sp
 from ..config import Config
 from ..data import Dataset, check_batches, dataset_from_config
-from ..errors import ConfigError
+from ..errors import ConfigError, SparsearchError
 from ..models import model_builder
 from .registry import REGISTRY
 
@@ -22,10 +22,15 @@ def preflight(cfg: Config, ds: Dataset | None = None) -> Dataset:
     model = model_builder(cfg, ds)()
     s = cfg.sparsity
     if s.method != "dense" and s.sparsity > 0 and s.method != "maskspar":
-        kind = sp.parse_kind(s.kind)
-        for layer in sp.configured_layers(model, s).values():
-            if isinstance(kind, sp.NM):
-                kind.groups(layer.weight.detach())  # raises where the input dimension does not split into groups
+        layers = sp.configured_layers(model, s)
+        overrides = sp.parse_overrides(s.overrides, "sparsity.overrides")
+        for _, kind, names in sp.group_layers(layers, s.sparsity, s.kind, overrides):  # an override matching nothing raises
+            for name in names:
+                if isinstance(kind, sp.NM):
+                    try:
+                        kind.groups(sp.layer_weight(layers[name]).detach())
+                    except SparsearchError as exc:
+                        raise ConfigError(f"layer '{name}': {exc}; exclude it (sparsity.exclude)") from None
     return ds
 
 
@@ -39,6 +44,14 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"sparsity.method {s.method} needs a target: sparsity.sparsity in (0, 1), got {s.sparsity}")
     for check in spec.checks:
         check(cfg)
+    if s.overrides:
+        if "overrides" not in spec.reads:
+            raise ConfigError(f"sparsity.method {s.method} takes no per-layer overrides (sparsity.overrides; these "
+                              f"do: {', '.join(n for n, m in REGISTRY.items() if 'overrides' in m.reads)})")
+        try:
+            sp.parse_overrides(s.overrides, "sparsity.overrides", ("sparsity", "kind") if "kind" in spec.reads else ("sparsity",))
+        except SparsearchError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.ift.family != "none" and not spec.takes_ift:
         raise ConfigError(f"ift.family {cfg.ift.family} trains a sparse network from scratch (with "
                               f"{', '.join(n for n, m in REGISTRY.items() if m.takes_ift)}); not with sparsity.method "

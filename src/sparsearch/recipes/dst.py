@@ -20,9 +20,9 @@ def _train(cls):
 set_, rigl, granet = _train(SET), _train(RigL), _train(GraNet)
 
 register(MethodSpec("set", set_, "SET: random sparse start, magnitude drop, random regrowth", sections=("dst",),
-                    checks=(unstructured,), takes_ift=True))
+                    checks=(unstructured,), takes_ift=True, reads=LAYERS + ("allocation", "overrides")))
 register(MethodSpec("rigl", rigl, "RigL: random sparse start, magnitude drop, regrowth by dense gradient, cosine decay",
-                    sections=("dst",), checks=(unstructured,), takes_ift=True))
+                    sections=("dst",), checks=(unstructured,), takes_ift=True, reads=LAYERS + ("allocation", "overrides")))
 register(MethodSpec("granet", granet, "GraNet: gradual magnitude pruning from a denser start with RigL regrowth",
                     sections=("dst", "gmp"), checks=(unstructured, gmp_schedule),
                     reads=LAYERS + ("allocation", "criterion"), takes_ift=True))

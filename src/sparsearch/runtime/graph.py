@@ -10,7 +10,9 @@ keeps the model on another engine. The plan (`plan.Plan`) fuses the graph (`fusi
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -212,10 +214,28 @@ def _method(g: Graph, method: str, args, kwargs, name: str):
     raise Unsupported(f"{name}: .{method}()")
 
 
+def _where(node: fx.Node, model: nn.Module) -> str:
+    """Where the user wrote a node's operation: the module it ran in and the line of their code."""
+    path, cls = list(node.meta["nn_module_stack"].values())[-1] if node.meta.get("nn_module_stack") else ("", type(model))
+    found = f" in {path or 'the model'} ({getattr(cls, '__name__', cls)})"
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', node.meta.get("stack_trace") or "")
+    if mine := [f for f in frames if not f[0].startswith(TORCH_DIR)]:
+        file, line, code = mine[-1]
+        found += f", {Path(file).name}:{line} `{code.strip()}`"
+    return found
+
+
+TORCH_DIR = str(Path(torch.__file__).parent)
+
+
 def lower(model: nn.Module, shape: tuple[int, ...]) -> Graph:
-    """`model` (eval mode, plain layers) traced for inputs of `shape` (N, C, H, W)."""
+    """`model` (eval mode, plain layers) traced for inputs of `shape` (N, C, H, W). A refusal names the operation,
+    the module it runs in and the user's line of code."""
     try:
-        traced = fx.symbolic_trace(model)
+        tracer = fx.Tracer()
+        tracer.record_stack_traces = True
+        graph = tracer.trace(model)
+        traced = fx.GraphModule(tracer.root, graph)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: not for this engine
         raise Unsupported(f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if len(shape) != 4:
@@ -228,20 +248,27 @@ def lower(model: nn.Module, shape: tuple[int, ...]) -> Graph:
         return fx.node.map_arg(a, lambda n: env[n])
 
     for node in traced.graph.nodes:
-        args, kwargs = arg(node.args), arg(node.kwargs)
-        if node.op == "placeholder":
-            env[node] = _ewise(g, [g.value(shape[1], shape[2], shape[3], external="input")], "input")
-        elif node.op == "call_module":
-            env[node] = _module(g, modules[node.target], args, node.target)
-        elif node.op == "call_function":
-            env[node] = _function(g, node.target, args, kwargs, node.name)
-        elif node.op == "call_method":
-            env[node] = _method(g, node.target, args, kwargs, node.name)
-        elif node.op == "output":
-            out = args[0]
-            if not isinstance(out, Value):
-                raise Unsupported("the model returns more than one tensor")
-            g.output = out
-        else:
-            raise Unsupported(f"{node.name}: {node.op}")
+        try:
+            _lower_node(g, node, arg(node.args), arg(node.kwargs), env, modules, shape)
+        except Unsupported as exc:
+            raise Unsupported(f"{exc}{_where(node, model)}") from None
     return g
+
+
+def _lower_node(g: Graph, node: fx.Node, args, kwargs, env: dict, modules: dict, shape) -> None:
+    """One traced node as the engine's operations (its output in `env`)."""
+    if node.op == "placeholder":
+        env[node] = _ewise(g, [g.value(shape[1], shape[2], shape[3], external="input")], "input")
+    elif node.op == "call_module":
+        env[node] = _module(g, modules[node.target], args, node.target)
+    elif node.op == "call_function":
+        env[node] = _function(g, node.target, args, kwargs, node.name)
+    elif node.op == "call_method":
+        env[node] = _method(g, node.target, args, kwargs, node.name)
+    elif node.op == "output":
+        out = args[0]
+        if not isinstance(out, Value):
+            raise Unsupported("the model returns more than one tensor")
+        g.output = out
+    else:
+        raise Unsupported(f"{node.name}: {node.op}")

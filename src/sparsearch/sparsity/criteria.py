@@ -11,16 +11,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import SparsearchError
-from .masks import weight_param
+from .layers import layer_weight, weight_param
 
 
 def magnitude(layers: dict[str, nn.Module], **_) -> dict[str, torch.Tensor]:
-    return {name: m.weight.detach().abs() for name, m in layers.items()}
+    return {name: layer_weight(m).detach().abs() for name, m in layers.items()}
 
 
 def random(layers: dict[str, nn.Module], seed: int = 0, **_) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return {name: torch.rand(m.weight.shape, generator=gen).to(m.weight.device) for name, m in layers.items()}
+    return {name: torch.rand(layer_weight(m).shape, generator=gen).to(layer_weight(m).device) for name, m in layers.items()}
 
 
 def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
 
 
 def lamp(layers: dict[str, nn.Module], **_) -> dict[str, torch.Tensor]:
-    return {name: lamp_scores(m.weight) for name, m in layers.items()}
+    return {name: lamp_scores(layer_weight(m)) for name, m in layers.items()}
 
 
 def snip(layers: dict[str, nn.Module], model: nn.Module | None = None,
@@ -52,7 +52,7 @@ def snip(layers: dict[str, nn.Module], model: nn.Module | None = None,
         out = model(xb)
         F.cross_entropy(out[0] if isinstance(out, (tuple, list)) else out, yb).backward()
         for name, m in layers.items():
-            scores[name] += (m.weight.detach() * params[name].grad).abs()
+            scores[name] += (layer_weight(m).detach() * params[name].grad).abs()
         n += 1
     model.zero_grad(set_to_none=True)
     model.train(was_training)
@@ -61,6 +61,91 @@ def snip(layers: dict[str, nn.Module], model: nn.Module | None = None,
     return scores
 
 
+def _input_norms(model: nn.Module, layers: dict[str, nn.Module], batches) -> dict[str, list[torch.Tensor]]:
+    """Per layer, the squared L2 norm of each input feature (channel) over the batches; an attention block's three
+    (query, key, value)."""
+    sums: dict[str, list[torch.Tensor]] = {}
+    names = {id(m): n for n, m in model.named_modules() if n in layers}
+
+    def add(name: str, inputs: list[torch.Tensor], axis: int) -> None:
+        sq = [x.detach().float().movedim(axis, -1).pow(2).reshape(-1, x.shape[axis]).sum(0) for x in inputs]
+        sums[name] = [a + b for a, b in zip(sums[name], sq)] if name in sums else sq
+
+    def record(module, args, kwargs):
+        if not isinstance(module, nn.MultiheadAttention):  # features: channels (dim 1) of a conv, last of a linear
+            add(names[id(module)], [args[0]], 1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1)
+            return
+        call = {**dict(zip(MHA_ARGUMENTS, args)), **kwargs}
+        qkv = [call["query"], call["key"], call["value"]]
+        if id(module) in names:
+            add(names[id(module)], qkv, -1)
+        if id(module.out_proj) in names:  # the block calls its output projection's weight, not the module
+            add(names[id(module.out_proj)], [_attention_values(module, qkv, call)], -1)
+
+    handles = [m.register_forward_pre_hook(record, with_kwargs=True)
+               for m in model.modules() if id(m) in names or id(getattr(m, "out_proj", None)) in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for xb, _ in batches:
+                model(xb)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sums
+
+
+MHA_ARGUMENTS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+                 "is_causal")
+
+
+def _attention_values(mha: nn.MultiheadAttention, qkv: list[torch.Tensor], call: dict) -> torch.Tensor:
+    """What an attention block feeds its output projection: its own forward with that projection as the identity."""
+    if mha.batch_first:
+        qkv = [x.transpose(0, 1) for x in qkv]
+    dim = mha.embed_dim
+    values, _ = F.multi_head_attention_forward(
+        *qkv, dim, mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.bias_k, mha.bias_v, mha.add_zero_attn, 0.0,
+        torch.eye(dim, dtype=qkv[0].dtype, device=qkv[0].device), None, training=False, need_weights=False,
+        key_padding_mask=call.get("key_padding_mask"), attn_mask=call.get("attn_mask"), is_causal=call.get("is_causal", False))
+    return values.transpose(0, 1) if mha.batch_first else values
+
+
+def _per_input(module: nn.Module, norms: list[torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    """The input norms laid out like the weight (shape (out, in_per_group, *kernel)): each weight gets the norm of
+    the input feature it multiplies."""
+    if isinstance(module, nn.MultiheadAttention):  # rows: q, k and v projections in turn
+        return torch.cat([n.expand(shape[0] // 3, -1) for n in norms])
+    (norm,), groups = norms, getattr(module, "groups", 1)
+    per_row = norm.view(groups, 1, -1).expand(-1, shape[0] // groups, -1).reshape(shape[0], -1)  # (out, in / groups)
+    return per_row.view(*per_row.shape, *([1] * (len(shape) - 2))).expand(shape)
+
+
+def wanda(layers: dict[str, nn.Module], model: nn.Module | None = None,
+          batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, **_) -> dict[str, torch.Tensor]:
+    """Wanda (Sun et al. 2024): |W_ij| * ||X_j||_2, the weight's magnitude times the L2 norm of the input feature it
+    multiplies over calibration batches (a convolution's: its input channel over all positions), compared within
+    each output row. The returned scores are ranks within the row scaled to (0, 1], so a layer's top-k keeps the same
+    number in every row (to within one) and N:M groups choose as by the raw products."""
+    if model is None or batches is None:
+        raise SparsearchError("the wanda criterion needs the model and at least one calibration batch")
+    norms = _input_norms(model, layers, batches)
+    if not norms:
+        raise SparsearchError("the wanda criterion got no batches")
+    scores = {}
+    for name, m in layers.items():
+        w = layer_weight(m).detach()
+        products = (w.abs() * _per_input(m, [n.sqrt() for n in norms[name]], w.shape).to(w.device)).reshape(w.shape[0], -1)
+        order = torch.argsort(products, dim=1, descending=True, stable=True)  # ties: the lower index ranks first
+        ranks = torch.empty_like(order).scatter_(1, order, torch.arange(products.shape[1]).expand_as(order))
+        scores[name] = (1 - ranks.float() / products.shape[1]).view(w.shape)
+    return scores
+
+
 CRITERIA: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
-    "magnitude": magnitude, "random": random, "lamp": lamp, "snip": snip,
+    "magnitude": magnitude, "random": random, "lamp": lamp, "snip": snip, "wanda": wanda,
 }
+# criteria whose scores depend on data: they need the model and calibration batches
+NEEDS_BATCHES = ("snip", "wanda")

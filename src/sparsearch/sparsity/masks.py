@@ -14,7 +14,6 @@ state_dict and `check` can verify the exact counts.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Iterable
 
@@ -22,83 +21,30 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from ..errors import SparsearchError
+from .layers import _parametrization, is_maskable, layer_weight, masked_layers, masked_tensors, weight_name, weight_param
 from .parametrizations import DynamicNM, LearnedMask, Mask, SparsityError, decode_extra, unit_density
 from .select import NM, Channel, MaskKind, Unstructured, expected_kept, parse_kind
 
-MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
-
-
-# ------------------------------------------------------------------------------------------ selection
-
-def _parametrization(module: nn.Module, tensor: str = "weight") -> Mask | LearnedMask | DynamicNM | None:
-    if parametrize.is_parametrized(module, tensor):
-        for p in module.parametrizations[tensor]:
-            if isinstance(p, (Mask, LearnedMask, DynamicNM)):
-                return p
-    return None
-
-
-def masked_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, Mask | LearnedMask]]:
-    """(module name, module, tensor name, mask) for every masked tensor: conv/linear weights, and the BatchNorm
-    affine parameters of pruned channels (`attach_channels`)."""
-    out = []
-    for name, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            for tensor in module.parametrizations:
-                if (p := _parametrization(module, tensor)) is not None:
-                    out.append((name, module, tensor, p))
-    return out
-
-
-def find_layers(model: nn.Module, include: Iterable[str] = ("*",), exclude: Iterable[str] = (),
-                dense_first_last: bool = True) -> dict[str, nn.Module]:
-    """Conv1d/Conv2d/Linear layers by fully-qualified-name globs, in registration order.
-
-    By the field's convention the first convolution and the last Linear (the classifier) stay dense
-    unless `dense_first_last=False`.
-    """
-    found = {name: m for name, m in model.named_modules() if isinstance(m, MASKABLE)}
-    if dense_first_last and found:
-        first_conv = next((n for n, m in found.items() if isinstance(m, (nn.Conv1d, nn.Conv2d))), None)
-        last_linear = next((n for n, m in reversed(found.items()) if isinstance(m, nn.Linear)), None)
-        found = {n: m for n, m in found.items() if n not in (first_conv, last_linear)}
-    include, exclude = list(include), list(exclude)
-    chosen = {n: m for n, m in found.items()
-              if any(fnmatch.fnmatchcase(n, g) for g in include) and not any(fnmatch.fnmatchcase(n, g) for g in exclude)}
-    if not chosen:
-        raise SparsityError(f"no maskable layers match include={include} exclude={exclude}")
-    return chosen
-
-
-def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv/linear layers with a masked weight: what sparsity is measured, checked and reported over."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, MASKABLE) and _parametrization(m) is not None}
-
-
-def weight_param(module: nn.Module) -> nn.Parameter:
-    """The stored (leaf) weight: the parametrization's `original` when masked, else `weight`."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
-
-
 # ------------------------------------------------------------------------------- attach / update / remove
 
-def attach(model: nn.Module, masks: dict[str, torch.Tensor], kind: MaskKind = Unstructured(),
-           densities: dict[str, float] | None = None, tensor: str = "weight") -> None:
-    """Register a fixed `Mask` on each named layer's `tensor` and zero the masked stored entries."""
+def attach(model: nn.Module, masks: dict[str, torch.Tensor], kind: MaskKind | dict[str, MaskKind] = Unstructured(),
+           densities: dict[str, float] | None = None, tensor: str | None = None) -> None:
+    """Register a fixed `Mask` on each named layer's `tensor` (default: its maskable one, `weight_name`) and zero
+    the masked stored entries. `kind` is one for all layers, or one per layer (`layer_kinds`)."""
     modules = dict(model.named_modules())
     for name, mask in masks.items():
         module = modules[name]
-        if _parametrization(module, tensor) is not None:
+        name_of = tensor or weight_name(module)
+        if _parametrization(module, name_of) is not None:
             raise SparsityError(f"layer '{name}' already has a mask; use update() or remove() first")
-        target = getattr(module, tensor)
+        target = getattr(module, name_of)
         if mask.shape != target.shape:
-            raise SparsityError(f"mask for '{name}' has shape {tuple(mask.shape)}, {tensor} has {tuple(target.shape)}")
+            raise SparsityError(f"mask for '{name}' has shape {tuple(mask.shape)}, {name_of} has {tuple(target.shape)}")
         density = (densities or {}).get(name)
         with torch.no_grad():
             target.mul_(mask.to(target.dtype))
-        parametrize.register_parametrization(module, tensor, Mask(mask.to(target.device), kind, density), unsafe=True)
+        parametrize.register_parametrization(module, name_of, Mask(mask.to(target.device), kind[name] if isinstance(kind, dict) else kind, density), unsafe=True)
 
 
 def attach_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
@@ -108,8 +54,8 @@ def attach_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
     modules = dict(model.named_modules())
     for name, channels in keep.items():
         module = modules[name]
-        if isinstance(module, MASKABLE):
-            attach(model, {name: Channel().expand(channels, module.weight.shape)}, Channel())
+        if is_maskable(module):
+            attach(model, {name: Channel().expand(channels, layer_weight(module).shape)}, Channel())
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             for tensor in ("weight", "bias"):
                 attach(model, {name: channels}, Channel(), tensor=tensor)
@@ -124,7 +70,8 @@ def attach_learned(model: nn.Module, densities: dict[str, float], kind: MaskKind
         module = modules[name]
         if _parametrization(module) is not None:
             raise SparsityError(f"layer '{name}' already has a mask")
-        parametrize.register_parametrization(module, "weight", LearnedMask(module.weight.detach(), density, kind),
+        tensor = weight_name(module)
+        parametrize.register_parametrization(module, tensor, LearnedMask(getattr(module, tensor).detach(), density, kind),
                                              unsafe=True)
 
 
@@ -135,8 +82,12 @@ def attach_nm(model: nn.Module, layers: Iterable[str], kind: NM) -> None:
         module = modules[name]
         if _parametrization(module) is not None:
             raise SparsityError(f"layer '{name}' already has a mask")
-        kind.groups(module.weight)  # fails with a clear message when the input dimension does not divide by M
-        parametrize.register_parametrization(module, "weight", DynamicNM(module.weight, kind), unsafe=True)
+        tensor = weight_name(module)
+        try:
+            kind.groups(getattr(module, tensor))
+        except SparsearchError as exc:
+            raise SparsityError(f"layer '{name}': {exc}; exclude it (sparsity.exclude / exclude=[...])") from None
+        parametrize.register_parametrization(module, tensor, DynamicNM(getattr(module, tensor), kind), unsafe=True)
 
 
 @torch.no_grad()
@@ -159,7 +110,7 @@ def freeze(model: nn.Module) -> None:
     """Turn learned score masks into fixed masks at their current top-k (HYDRA: prune -> finetune).
     The parametrization is swapped in place: the stored weight and its optimiser entry stay the same."""
     for module in masked_layers(model).values():
-        plist = module.parametrizations.weight
+        plist = module.parametrizations[weight_name(module)]
         for i, p in enumerate(plist):
             if isinstance(p, LearnedMask):
                 mask = p.current()
@@ -190,25 +141,11 @@ def squash(model: nn.Module) -> dict[str, torch.Tensor]:
     """A vanilla state_dict (masked entries as exact zeros, no mask entries) that an unmodified model loads."""
     state = model.state_dict()
     for name, module, tensor, _ in masked_tensors(model):
-        prefix = f"{name}.parametrizations.{tensor}."
-        for key in [k for k in state if k.startswith(prefix)]:
+        owner = f"{name}." if name else ""  # the model itself may be the masked layer
+        for key in [k for k in state if k.startswith(f"{owner}parametrizations.{tensor}.")]:
             del state[key]
-        state[f"{name}.{tensor}"] = getattr(module, tensor).detach().clone()
+        state[f"{owner}{tensor}"] = getattr(module, tensor).detach().clone()
     return state
-
-
-def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: _parametrization(m).current() for name, m in masked_layers(model).items()}
-
-
-def mask_parametrization(module: nn.Module, tensor: str = "weight") -> Mask | LearnedMask | DynamicNM | None:
-    """The mask object on `module`'s `tensor` (a fixed `Mask`, a `LearnedMask` or a `DynamicNM`), or None."""
-    return _parametrization(module, tensor)
-
-
-def current_mask(module: nn.Module, tensor: str = "weight") -> torch.Tensor:
-    """The mask (bool) a masked layer applies to `tensor` now, whatever kind of mask it is."""
-    return _parametrization(module, tensor).current()
 
 
 def state_masks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -216,21 +153,17 @@ def state_masks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.endswith(".mask")}
 
 
-def owns_parameters(module: nn.Module) -> bool:
-    """A layer whose parameters are its own: no children besides the masks of its parametrized tensors."""
-    return all(name == "parametrizations" for name, _ in module.named_children())
-
-
 def load_masked_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a state_dict saved from a masked model into a fresh (unmasked) model of the same architecture."""
     modules = dict(model.named_modules())
     for key in state:
-        found = re.fullmatch(r"(.*)\.parametrizations\.(\w+)\.0\.(mask|scores)", key)
+        found = re.fullmatch(r"(?:(.*)\.)?parametrizations\.(\w+)\.0\.(mask|scores)", key)
         if found is None:
             continue
         name, tensor, what = found.groups()
+        name = name or ""
         if _parametrization(modules[name], tensor) is None:
-            extra = decode_extra(state.get(f"{name}.parametrizations.{tensor}.0._extra_state", {}))
+            extra = decode_extra(state.get(key.rsplit(".", 1)[0] + "._extra_state", {}))
             kind = parse_kind(extra.get("kind", "unstructured"))
             if what == "mask":
                 attach(model, {name: state[key].bool()}, kind, tensor=tensor)

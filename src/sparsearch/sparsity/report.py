@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .masks import MASKABLE, _parametrization, masked_layers
+from .layers import _parametrization, is_maskable, layer_weight, masked_layers
 
 
 def report(model: nn.Module) -> list[dict]:
@@ -18,11 +18,11 @@ def report(model: nn.Module) -> list[dict]:
                      "density": kept / numel, "kept": kept, "numel": numel})
         kept_total += kept
         numel_total += numel
-    all_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, MASKABLE))
+    all_weights = sum(layer_weight(m).numel() for m in model.modules() if is_maskable(m))
     dense_rest = all_weights - numel_total
     rows.append({"name": "(masked layers)", "density": kept_total / max(1, numel_total), "kept": kept_total,
                  "numel": numel_total})
-    rows.append({"name": "(all conv/linear weights)", "density": (kept_total + dense_rest) / max(1, all_weights),
+    rows.append({"name": "(all maskable weights)", "density": (kept_total + dense_rest) / max(1, all_weights),
                  "kept": kept_total + dense_rest, "numel": all_weights})
     return rows
 

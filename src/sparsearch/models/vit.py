@@ -1,0 +1,77 @@
+"""A Vision Transformer for small images (Dosovitskiy et al. 2021, at CIFAR scale: patch 4 on 32x32 gives 64
+tokens). Attention is `nn.MultiheadAttention` (attention="torch"; its packed q/k/v projection is masked like any
+linear layer) or a hand-written one (attention="manual": a q/k/v Linear and scaled dot-product attention), so both
+ways users write attention are tested with every method."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import register_model, scaled
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out: one Linear for q, k and v, one for the output."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + MLP(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.torch_attention = attention == "torch"
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True) if self.torch_attention else SelfAttention(dim, heads)
+        hidden = round(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + (self.attn(y, y, y, need_weights=False)[0] if self.torch_attention else self.attn(y))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, patch: int = 4,
+                 dim: int = 192, depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0, attention: str = "torch"):
+        super().__init__()
+        if attention not in ("torch", "manual"):
+            raise ValueError(f"attention must be 'torch' (nn.MultiheadAttention) or 'manual', got {attention!r}")
+        if image_size % patch or dim % heads:
+            raise ValueError(f"image_size {image_size} must divide by patch {patch}, and dim {dim} by heads {heads}")
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (image_size // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio, attention) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+@register_model("vit", widen=scaled("dim", 192, multiple=12))
+def vit(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, patch: int = 4, dim: int = 192,
+        depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0, attention: str = "torch") -> nn.Module:
+    """ViT for 32x32 images by default (64 patches of 4x4 plus a class token; dim 192, depth 6, 3 heads: ~1.9M
+    parameters). For digits (8x8): image_size=8, patch=2."""
+    return ViT(num_classes, in_channels, image_size, patch, dim, depth, heads, mlp_ratio, attention)
