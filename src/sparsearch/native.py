@@ -28,6 +28,22 @@ from .files import write_atomic
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC", "-std=c++17"]
 
 
+def shared_headers() -> dict[str, str]:
+    """Headers more than one library includes (name -> text): the convolution tile."""
+    return {"conv_tile.h": Path(__file__).with_name("conv_tile.h").read_text()}
+
+
+TILES = {64: 1, 32: 2, 16: 4, 8: 8, 4: 8, 1: 1}  # conv_tile.h's shapes: tile width -> rows per tile (<= 64 accumulators)
+
+
+def tile_shape(rows: int, cols: int) -> tuple[int, int]:
+    """The (rows, width) of the conv_tile.h tile for output planes of rows x cols: the narrowest width that covers a
+    row (64 for wider ones), as many rows as its accumulators allow, a power of two."""
+    tx = next(t for t in (1, 4, 8, 16, 32, 64) if t >= cols) if cols <= 64 else 64
+    r = min(TILES[tx], rows)
+    return 1 << (r.bit_length() - 1), tx
+
+
 def compiler() -> str | None:
     for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
         if name and shutil.which(name):

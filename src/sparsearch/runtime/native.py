@@ -9,7 +9,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from ..native import compiler, library_name, load
+from ..native import compiler, library_name, load, shared_headers
 from .layout import DIGEST, header
 
 SOURCE = Path(__file__).with_name("engine.cpp")
@@ -19,7 +19,11 @@ __all__ = ["DIGEST", "SOURCE", "compiler", "library", "library_file"]
 
 def library_file(cxx: str) -> str:
     """The engine library's file name in the cache (tests plant files there)."""
-    return library_name("engine", SOURCE, {"sparsearch_layout.h": header()}, cxx)
+    return library_name("engine", SOURCE, _headers(), cxx)
+
+
+def _headers() -> dict[str, str]:
+    return {"sparsearch_layout.h": header(), **shared_headers()}
 
 
 @lru_cache(maxsize=1)
@@ -27,7 +31,7 @@ def library() -> ctypes.CDLL | None:
     """The loaded engine library, building it if needed; None (after a one-line notice) where it cannot be built."""
     if os.environ.get("SPARSEARCH_NO_NATIVE"):
         return None
-    lib = load("engine", SOURCE, {"sparsearch_layout.h": header()}, INSTEAD)
+    lib = load("engine", SOURCE, _headers(), INSTEAD)
     if lib is None:
         return None
     try:

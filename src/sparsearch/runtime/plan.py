@@ -21,10 +21,10 @@ import torch
 from .fusion import fuse
 from .graph import Graph, Op, Unsupported, Value
 from .layout import INDEX, RECORD, write
+from ..native import tile_shape
 from .native import library
 
 GUARD = 4096  # floats after each buffer: tiles read up to one tile width past a row's end
-TILES = {64: 1, 32: 2, 16: 4, 8: 8, 4: 8, 1: 1}  # tile width -> rows per tile (<= 64 accumulators)
 
 
 def _float_bits(x: float) -> int:
@@ -175,9 +175,7 @@ class Plan:
                 and (y0, x0, x.H, x.W) == (0, 0, buf.H, buf.W) and (oy0, ox0, OH, OW) == (0, 0, ob.H, ob.W))
         if flat:  # a pointwise layer over unpadded maps: all images' positions are one contiguous row
             N, OH, OW = 1, 1, N * OH * OW
-        tx = next(t for t in (1, 4, 8, 16, 32, 64) if t >= OW) if OW <= 64 else 64
-        rows = min(TILES[tx], OH)
-        rows = 1 << (rows.bit_length() - 1)
+        rows, tx = tile_shape(OH, OW)
         self.keep += [indptr, off, val, bias]
         if a.get("skip") is not None:  # output channels known to be zero that no one reads
             chans = np.flatnonzero(~a["skip"]).astype(np.int32)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .. import sparsity as sp
-from ..native import load
+from ..native import load, shared_headers, tile_shape
 
 SOURCE = Path(__file__).with_name("sparse_kernels.cpp")
 Mode = Literal["off", "on", "auto"]
@@ -37,16 +37,13 @@ class Geometry(ctypes.Structure):
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    lib = load("training", SOURCE, instead="training runs PyTorch's dense kernels")
+    lib = load("training", SOURCE, shared_headers(), instead="training runs PyTorch's dense kernels")
     if lib is not None:
-        for fn in (lib.flat_correlate, lib.flat_dot):
-            fn.restype = None
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.flat_correlate.argtypes = [i64] * 4 + [ptr] * 6 + [ctypes.c_int]
-        lib.flat_dot.argtypes = [i64] * 5 + [ptr] * 4 + [i64, ptr, ctypes.c_int]
-        lib.pad_planes.argtypes = [i64] * 3 + [ptr] + [i64] * 4 + [ptr, ctypes.c_int]
-        lib.crop_planes.argtypes = [i64] * 3 + [ptr, i64, i64, ptr, ctypes.c_int]
-        lib.pad_planes.restype = lib.crop_planes.restype = None
+        i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        lib.tile_correlate.argtypes = [i64] * 6 + [ptr] * 6 + [c_int] * 3
+        lib.flat_dot.argtypes = [i64] * 5 + [ptr] * 4 + [i64, ptr, c_int]
+        lib.pad_planes.argtypes = [i64] * 3 + [ptr] + [i64] * 4 + [ptr, c_int]
+        lib.tile_correlate.restype = lib.flat_dot.restype = lib.pad_planes.restype = None
     return lib
 
 
@@ -89,20 +86,15 @@ def _pad(t: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
     return out
 
 
-def _crop(flat: torch.Tensor, n: int, c: int, rows: int, cols: int, stride: int, plane: int) -> torch.Tensor:
-    """The first rows x cols of each of n x c planes laid out `plane` floats apart with rows `stride` apart."""
-    out = flat.new_empty(n, c, rows, cols)
-    library().crop_planes(n * c, rows, cols, _ptr(flat), stride, plane, _ptr(out), torch.get_num_threads())
-    return out
-
-
-def _rounded(n: int, chunk: int) -> int:
-    return -(-n // chunk) * chunk
-
-
 def _floor_split(reach: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
     """reach = s * q + r with 0 <= r < s: the phase r and the phase-plane shift q of an input offset."""
     return torch.remainder(reach, s), torch.div(reach, s, rounding_mode="floor")
+
+
+def _int32(t: torch.Tensor) -> torch.Tensor:
+    if len(t) and (int(t.max()) >= 2**31 or int(t.min()) < -(2**31)):
+        raise OverflowError("a layer this large does not fit the sparse kernels' 32-bit offsets")
+    return t.to(torch.int32)
 
 
 class _Flat:
@@ -119,20 +111,21 @@ class _Flat:
         self.s, self.hs, self.ws = s, -(-g.H // s), -(-g.W // s)
         self.top, self.left = max(0, -lo_y), max(0, -lo_x)
         self.w = self.left + max(self.ws, g.OW + max(hi_x, 0))
-        # and rows of zeros below each plane, which the last chunk of a plane reads (one more for a read that starts
-        # in a row's last columns): no read leaves the buffer
+        # and rows of zeros below each plane, which reads past a row's end (a tile's last columns, the weight
+        # gradient's last vector; at most `chunk` floats) may reach: no read leaves the buffer
         self.h = self.top + max(self.hs, g.OH + max(hi_y, 0)) + -(-chunk // self.w) + 1
         self.key = (ry * s + rx) * g.C + p.cin.long()  # the phase-stacked input channel each weight reads
         self.off = (self.key * self.h + qy + self.top) * self.w + qx + self.left
-        self.length = _rounded(g.OH * self.w, chunk)
+        self.off32 = _int32(self.off)  # the tiles' offsets
+        self.tile = tile_shape(g.OH, g.OW)
         # the input gradient: each phase plane of dx correlates dy (padded) with the taps of that phase
         self.dtop, self.dleft = max(0, hi_y), max(0, hi_x)
         self.dw = self.dleft + max(g.OW, self.ws - min(lo_x, 0))
         self.dh = self.dtop + max(g.OH, self.hs - min(lo_y, 0)) + -(-chunk // self.dw) + 1
         self.order = torch.argsort(self.key, stable=True)
         self.cols = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(self.key, minlength=s * s * g.C).cumsum(0)])
-        self.off_t = ((p.row_of * self.dh + self.dtop - qy) * self.dw + self.dleft - qx)[self.order].contiguous()
-        self.length_t = _rounded(self.hs * self.dw, chunk)
+        self.off_t = _int32((p.row_of * self.dh + self.dtop - qy) * self.dw + self.dleft - qx)[self.order].contiguous()
+        self.tile_t = tile_shape(self.hs, self.ws)
 
     def phases(self, x: torch.Tensor) -> torch.Tensor:
         """x as the flat buffer of its zero-padded phase planes."""
@@ -151,12 +144,13 @@ class _Flat:
         """dy zero-padded for the input gradient, flat."""
         return _pad(grad, self.dtop, self.dleft, self.dh, self.dw)
 
-    def unphase(self, flat: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
+    def unphase(self, planes: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
+        """The input gradient from its phase planes (n, s * s * c, hs, ws): itself where the stride is 1."""
         s = self.s
         if s == 1:
-            return _crop(flat, n, c, h, w, self.dw, self.length_t)
-        planes = flat.view(n, s * s, c, self.length_t)[..., : self.hs * self.dw].view(n, s * s, c, self.hs, self.dw)
-        out = flat.new_empty(n, c, h, w)
+            return planes
+        planes = planes.view(n, s * s, c, self.hs, self.ws)
+        out = planes.new_empty(n, c, h, w)
         for a in range(s):
             for b in range(s):
                 rows, cols = len(range(a, h, s)), len(range(b, w, s))
@@ -171,13 +165,13 @@ class _SparseConv(torch.autograd.Function):
         b = None if bias is None else bias.detach().contiguous()
         flat = pattern.flat(g, lib.sparsearch_training_chunk())
         src = flat.phases(x.detach())
-        out = src.new_empty(g.N * g.O * flat.length)
-        lib.flat_correlate(g.N, g.O, flat.length, g.S * g.S * g.C * flat.h * flat.w, _ptr(src), _ptr(pattern.rows),
-                           _ptr(flat.off), _ptr(values), _ptr(b), _ptr(out), threads)
+        out = src.new_empty(g.N, g.O, g.OH, g.OW)
+        lib.tile_correlate(g.N, g.O, g.OH, g.OW, g.S * g.S * g.C * flat.h * flat.w, flat.w, _ptr(src), _ptr(pattern.rows),
+                           _ptr(flat.off32), _ptr(values), _ptr(b), _ptr(out), *flat.tile, threads)
         ctx.save_for_backward(src, values)
         ctx.flat, ctx.pattern, ctx.geometry, ctx.threads, ctx.weight_shape = flat, pattern, g, threads, weight.shape
         ctx.has_bias = bias is not None
-        return _crop(out, g.N, g.O, g.OH, g.OW, flat.w, flat.length)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -188,9 +182,9 @@ class _SparseConv(torch.autograd.Function):
         padded = f.padded(grad) if ctx.needs_input_grad[0] or f.dw == f.w else None
         if ctx.needs_input_grad[0]:
             by_key = values[f.order].contiguous()  # named: alive during the call
-            out = grad.new_empty(g.N * g.S * g.S * g.C * f.length_t)
-            lib.flat_correlate(g.N, g.S * g.S * g.C, f.length_t, g.O * f.dh * f.dw, _ptr(padded), _ptr(f.cols),
-                               _ptr(f.off_t), _ptr(by_key), _ptr(None), _ptr(out), threads)
+            out = grad.new_empty(g.N, g.S * g.S * g.C, f.hs, f.ws)
+            lib.tile_correlate(g.N, g.S * g.S * g.C, f.hs, f.ws, g.O * f.dh * f.dw, f.dw, _ptr(padded), _ptr(f.cols),
+                               _ptr(f.off_t), _ptr(by_key), _ptr(None), _ptr(out), *f.tile_t, threads)
             grad_x = f.unphase(out, g.N, g.C, g.H, g.W)
         if ctx.needs_input_grad[1]:  # dy at the phase planes' width with zeros in the extra columns: the padded dy
             if f.dw == f.w:  # itself where its width is that (a "same" convolution), else a copy

@@ -2,21 +2,20 @@
 // positions are the batch's rows): the forward, the gradient with respect to the input and the gradient with respect
 // to the kept weights, each doing the work of the non-zero weights only. train/sparse.py lays the tensors out.
 //
-// Two kernels do all three. On an input padded once (and split into its stride's phase planes, so every convolution
-// is a stride-1 one), an output row laid out at the padded input's width makes each kept weight one contiguous
-// shifted read of the whole plane: `flat_correlate` sums weight x shifted plane in vector registers with no bounds
-// at all (the columns past the output's width are computed and dropped), and `flat_dot` dots a gradient plane (zeros
-// in those columns) with each shifted plane. A kernel gets the kept weights grouped by the plane they write (`rows`:
-// output channels for the forward and the weight gradient, input channels for the input gradient) with each one's
-// offset into the flat source. Each parallelises over planes it alone writes (an output channel of one image; for
-// the weight gradient, images, with one accumulator row per thread), so no two threads write one float and the
+// Every convolution is made a stride-1 one over an input padded once (and split into its stride's phase planes).
+// The forward and the input gradient are then the inference engine's tile (conv_tile.h): `tile_correlate` keeps R
+// output rows x TX columns of one output plane in registers while each kept weight adds weight x its shifted read,
+// and stores the tile straight into the dense output. The weight gradient, `flat_dot`, lays each output row at the
+// padded input's width, so a kept weight's gradient is one dot product of the gradient plane (zeros in the extra
+// columns) with one contiguous shifted read of the input plane; kept weights of one output channel go in blocks that
+// share each load of the gradient. Each kernel parallelises over planes it alone writes (an output plane of one image;
+// for the weight gradient, images, with one accumulator row per thread), so no two threads write one float and the
 // sums' order is fixed by the thread count alone.
+#include "conv_tile.h"
 #include <omp.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <vector>
-
-typedef int64_t i64;
 
 #if defined(__AVX512F__)
 enum { V = 16 };
@@ -25,17 +24,50 @@ enum { V = 8 };
 #else
 enum { V = 4 };
 #endif
-enum { CHUNK = 4 * V };  // floats a plane is processed in: four vector registers of accumulators
+enum { CHUNK = 4 * V };  // the slack (floats) a flat read may run past a plane's last row
 typedef float vec __attribute__((vector_size(4 * V), aligned(4)));
 static inline vec load(const float* p) { return *(const vec*)p; }
+
+static inline float hsum(vec a) {
+    float s = 0.0f;
+    for (int i = 0; i < V; ++i) s += a[i];
+    return s;
+}
+
+// B kept weights of one output channel at once: each load of the gradient plane serves B products
+template <int B>
+static inline void dot_block(const float* grad, const float* base, const i64* off, i64 L, float* acc) {
+    vec a[B][2];
+    const float* s[B];
+    for (int b = 0; b < B; ++b) a[b][0] = a[b][1] = (vec){}, s[b] = base + off[b];
+    i64 p = 0;
+    for (; p + 2 * V <= L; p += 2 * V) {
+        const vec g0 = load(grad + p), g1 = load(grad + p + V);
+        for (int b = 0; b < B; ++b) {
+            a[b][0] += g0 * load(s[b] + p);
+            a[b][1] += g1 * load(s[b] + p + V);
+        }
+    }
+    if (p + V <= L) {
+        const vec g0 = load(grad + p);
+        for (int b = 0; b < B; ++b) a[b][0] += g0 * load(s[b] + p);
+        p += V;
+    }
+    for (int b = 0; b < B; ++b) {
+        float sum = hsum(a[b][0] + a[b][1]);
+        for (i64 q = p; q < L; ++q) sum += grad[q] * s[b][q];
+        acc[b] += sum;
+    }
+}
+
+enum { BLOCK = V == 16 ? 8 : 4 };  // accumulators: 2 x BLOCK vector registers of the 32 (AVX-512) or 16
 
 extern "C" {
 
 int sparsearch_training_chunk() { return CHUNK; }
 
-// The layout moves around the kernels, in one parallel pass each: `planes` planes of H x W into planes of h x w at
-// (top, left) with zeros around them, and back (the first `rows` x `cols` of planes `plane` floats apart whose rows
-// are `stride` apart).
+// The layout the kernels read, in one parallel pass: `planes` planes of H x W into planes of h x w at (top, left)
+// with zeros around them.
 void pad_planes(i64 planes, i64 H, i64 W, const float* src, i64 top, i64 left, i64 h, i64 w, float* dst, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (i64 q = 0; q < planes; ++q) {
@@ -55,38 +87,32 @@ void pad_planes(i64 planes, i64 H, i64 W, const float* src, i64 top, i64 left, i
     }
 }
 
-void crop_planes(i64 planes, i64 rows, i64 cols, const float* src, i64 stride, i64 plane, float* dst, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (i64 q = 0; q < planes; ++q)
-        for (i64 y = 0; y < rows; ++y)
-            for (i64 x = 0; x < cols; ++x) dst[(q * rows + y) * cols + x] = src[q * plane + y * stride + x];
-}
-
-// out[n, o, p] = bias[o] + sum over kept k of row o: val[k] * src[n, p + off[k]], for p in [0, L) rounded up to CHUNK;
-// planes of `out` are `L` apart (a multiple of CHUNK), images of `src` `src_img` apart, with slack past the end
-void flat_correlate(i64 N, i64 O, i64 L, i64 src_img, const float* src, const i64* rows, const i64* off,
-                    const float* val, const float* bias, float* out, int threads) {
+// out[n, o, y, x] (dense planes of OH x OW) = bias[o] + sum over kept k of row o: val[k] * src[n, y * src_row + x +
+// off[k]], images of `src` `src_img` apart, in tiles of R x TX (a shape conv_tile.h compiles)
+void tile_correlate(i64 N, i64 O, i64 OH, i64 OW, i64 src_img, i64 src_row, const float* src, const i64* rows,
+                    const int32_t* off, const float* val, const float* bias, float* out, int R, int TX, int threads) {
+    const tile_fn full = pick<1, false>(R, TX), row = pick<1, false>(1, TX);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
     for (i64 n = 0; n < N; ++n)
         for (i64 o = 0; o < O; ++o) {
+            const float b = bias ? bias[o] : 0.0f;
+            const i64 k0 = rows[o];
+            const int nnz = (int)(rows[o + 1] - k0);
             const float* base = src + n * src_img;
-            float* dst = out + (n * O + o) * L;
-            const vec b = (vec){} + (bias ? bias[o] : 0.0f);
-            for (i64 p0 = 0; p0 < L; p0 += CHUNK) {
-                vec a0 = b, a1 = b, a2 = b, a3 = b;
-                for (i64 k = rows[o]; k < rows[o + 1]; ++k) {
-                    const float* s = base + off[k] + p0;
-                    const vec w = (vec){} + val[k];
-                    a0 += w * load(s);
-                    a1 += w * load(s + V);
-                    a2 += w * load(s + 2 * V);
-                    a3 += w * load(s + 3 * V);
+            float* plane = out + (n * O + o) * OH * OW;
+            for (i64 y0 = 0; y0 < OH; y0 += R)
+                for (i64 x0 = 0; x0 < OW; x0 += TX) {
+                    const int nx = (int)(OW - x0 < TX ? OW - x0 : TX);
+                    const float* s = base + y0 * src_row + x0;
+                    float* d = plane + y0 * OW + x0;
+                    if (y0 + R <= OH) {
+                        full(s, src_row, off + k0, val + k0, nnz, b, nullptr, 0, 0, 0.0f, 0.0f, d, OW, nx);
+                    } else {
+                        for (i64 r = 0; y0 + r < OH; ++r)
+                            row(s + r * src_row, src_row, off + k0, val + k0, nnz, b, nullptr, 0, 0, 0.0f, 0.0f,
+                                d + r * OW, OW, nx);
+                    }
                 }
-                *(vec*)(dst + p0) = a0;
-                *(vec*)(dst + p0 + V) = a1;
-                *(vec*)(dst + p0 + 2 * V) = a2;
-                *(vec*)(dst + p0 + 3 * V) = a3;
-            }
         }
 }
 
@@ -104,23 +130,9 @@ void flat_dot(i64 N, i64 O, i64 L, i64 g_plane, i64 src_img, const float* g, con
             for (i64 o = 0; o < O; ++o) {
                 const float* grad = g + (n * O + o) * g_plane;
                 const float* base = src + n * src_img;
-                for (i64 k = rows[o]; k < rows[o + 1]; ++k) {
-                    const float* s = base + off[k];
-                    vec a0 = (vec){}, a1 = (vec){}, a2 = (vec){}, a3 = (vec){};
-                    i64 p0 = 0;
-                    for (; p0 + CHUNK <= L; p0 += CHUNK) {
-                        a0 += load(grad + p0) * load(s + p0);
-                        a1 += load(grad + p0 + V) * load(s + p0 + V);
-                        a2 += load(grad + p0 + 2 * V) * load(s + p0 + 2 * V);
-                        a3 += load(grad + p0 + 3 * V) * load(s + p0 + 3 * V);
-                    }
-                    for (; p0 + V <= L; p0 += V) a0 += load(grad + p0) * load(s + p0);
-                    const vec a = (a0 + a1) + (a2 + a3);
-                    float sum = 0.0f;
-                    for (int i = 0; i < V; ++i) sum += a[i];
-                    for (; p0 < L; ++p0) sum += grad[p0] * s[p0];
-                    mine[k] += sum;
-                }
+                i64 k = rows[o];
+                for (; k + BLOCK <= rows[o + 1]; k += BLOCK) dot_block<BLOCK>(grad, base, off + k, L, mine + k);
+                for (; k < rows[o + 1]; ++k) dot_block<1>(grad, base, off + k, L, mine + k);
             }
     }
     for (i64 k = 0; k < nnz; ++k) {

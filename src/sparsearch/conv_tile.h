@@ -1,0 +1,104 @@
+// The convolution tile both native libraries run (the inference engine, runtime/engine.cpp, and the sparse training
+// kernels, train/sparse_kernels.cpp; `native.shared_headers` puts this file beside each when it is built): output-stationary, a tile of R output rows x TX columns of one output channel
+// in registers while every kept weight adds weight x the shifted input (one broadcast and R x TX / vector-width fused
+// multiply-adds), stored once with bias, residual and activation applied. `pick` returns the compiled tile shapes.
+#pragma once
+#include <stdint.h>
+
+typedef int64_t i64;
+
+static inline float clamp(float v, float lo, float hi) {  // plain compares: vectorised, unlike fminf / fmaxf
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+// Explicit vectors (GCC/Clang vector extensions; unaligned: rows start anywhere): the tile's shape is fixed at
+// compile time, so its accumulators are registers whatever the auto-vectoriser would have done.
+#if defined(__AVX512F__)
+enum { WIDEST = 16 };
+#elif defined(__AVX__)
+enum { WIDEST = 8 };
+#else
+enum { WIDEST = 4 };
+#endif
+template <int V> struct Vec;
+template <> struct Vec<16> { typedef float type __attribute__((vector_size(64), aligned(4))); };
+template <> struct Vec<8> { typedef float type __attribute__((vector_size(32), aligned(4))); };
+template <> struct Vec<4> { typedef float type __attribute__((vector_size(16), aligned(4))); };
+template <> struct Vec<1> { typedef float type; };
+
+template <int V, int S> struct Load {  // V lanes from p, p + S, p + 2S, ...
+    static inline typename Vec<V>::type at(const float* p) { return *(const typename Vec<V>::type*)p; }
+};
+template <> struct Load<1, 2> { static inline float at(const float* p) { return *p; } };
+template <> struct Load<4, 2> {
+    static inline Vec<4>::type at(const float* p) {
+        Vec<4>::type a = Load<4, 1>::at(p), b = Load<4, 1>::at(p + 4);
+        return __builtin_shufflevector(a, b, 0, 2, 4, 6);
+    }
+};
+template <> struct Load<8, 2> {
+    static inline Vec<8>::type at(const float* p) {
+        Vec<8>::type a = Load<8, 1>::at(p), b = Load<8, 1>::at(p + 8);
+        return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+    }
+};
+template <> struct Load<16, 2> {
+    static inline Vec<16>::type at(const float* p) {
+        Vec<16>::type a = Load<16, 1>::at(p), b = Load<16, 1>::at(p + 16);
+        return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    }
+};
+
+template <int R, int TX, int S, bool IN_RELU>
+static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __restrict off, const float* __restrict val,
+                      int nnz, float bias, const float* __restrict res, i64 rrow, int act, float lo, float hi,
+                      float* __restrict out, i64 orow, int nx) {
+    constexpr int V = TX < WIDEST ? TX : WIDEST, J = TX / V;
+    typedef typename Vec<V>::type vec;
+    vec acc[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) acc[r][j] = (vec){} + bias;
+    for (int k = 0; k < nnz; ++k) {
+        const vec w = (vec){} + val[k];
+        const float* src = in + off[k];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < J; ++j) {
+                vec x = Load<V, S>::at(src + r * S * irow + j * V * S);
+                if (IN_RELU) x = x < 0 ? (vec){} : x;  // the ReLU a DARTS operation starts with, applied as it reads
+                acc[r][j] += w * x;
+            }
+    }
+    const vec lov = (vec){} + lo, hiv = (vec){} + hi;
+    for (int r = 0; r < R; ++r) {
+        float* o = out + r * orow;
+        for (int j = 0; j < J; ++j) {
+            vec v = acc[r][j];
+            if (res) v += Load<V, 1>::at(res + r * rrow + j * V);
+            if (act) {
+                v = v < lov ? lov : v;
+                v = v > hiv ? hiv : v;
+            }
+            if (nx == TX) {
+                *(vec*)(o + j * V) = v;
+            } else {
+                float lanes[V];
+                __builtin_memcpy(lanes, &v, sizeof lanes);
+                for (int x = j * V; x < nx && x < (j + 1) * V; ++x) o[x] = lanes[x - j * V];
+            }
+        }
+    }
+}
+
+typedef void (*tile_fn)(const float*, i64, const int32_t*, const float*, int, float, const float*, i64, int, float, float,
+                        float*, i64, int);
+
+template <int S, bool IN_RELU>
+static tile_fn pick(int r, int tx) {
+#define CASE(RR, TT) if (r == RR && tx == TT) return conv_tile<RR, TT, S, IN_RELU>;
+    CASE(1, 64) CASE(2, 32) CASE(1, 32) CASE(4, 16) CASE(2, 16) CASE(1, 16) CASE(8, 8) CASE(4, 8) CASE(2, 8) CASE(1, 8)
+    CASE(8, 4) CASE(4, 4) CASE(2, 4) CASE(1, 4) CASE(1, 1)
+#undef CASE
+    return nullptr;
+}
+
