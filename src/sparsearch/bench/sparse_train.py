@@ -6,14 +6,19 @@ within every trial: the masked network on PyTorch's dense kernels in fp32 (NCHW 
 paid before), and, where the CPU has bfloat16 units, with bf16 autocast; the sparse kernels ("on") and the per-layer
 choice ("auto"). Ratios are over the fastest dense fp32 configuration and over the fastest dense one in any precision.
 `--layers S` instead prints, at sparsity S, each convolution's forward, input-gradient and weight-gradient times,
-sparse against dense: where the step's time goes.
+sparse against dense: where the step's time goes. `--memory` instead measures each configuration's peak memory: in
+a process of its own, the peak resident set over three steps less the resident set before the first.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -65,15 +70,52 @@ def _bf16_units() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def steps(args) -> dict:
+def _contenders(sparsity: float) -> dict[str, tuple[str, bool, bool]]:
+    """name -> (kernels, channels_last, bf16)"""
     dense = {"dense fp32 NCHW": ("off", False, False), "dense fp32 NHWC": ("off", True, False)}
     if _bf16_units():
         dense.update({"dense bf16 NCHW": ("off", False, True), "dense bf16 NHWC": ("off", True, True)})
     sparse = {"sparse (on)": ("on", False, False), "sparse (auto)": ("auto", False, False)}
+    return {**dense, **(sparse if sparsity > 0 else {"sparse (auto)": ("auto", False, False)})}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+PEAK = """
+import json, resource, sys
+from sparsearch.bench.sparse_train import _rss_mib, _stepper
+s, width, batch, kernels, nhwc, bf16 = json.loads(sys.argv[1])
+step = _stepper(s, width, batch, kernels, nhwc, bf16)
+before = _rss_mib()
+for _ in range(3):
+    step()
+print(json.dumps({"before": before, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def memory(args) -> dict:
+    """Peak memory of each configuration's step, each in a process of its own."""
     results, rows = [], []
     for s in args.sparsities:
-        contenders = {**dense, **(sparse if s > 0 else {"sparse (auto)": ("auto", False, False)})}
-        fns = {k: _stepper(s, args.width, args.batch_size, *v) for k, v in contenders.items()}
+        for name, (kernels, nhwc, bf16) in _contenders(s).items():
+            spec = json.dumps([s, args.width, args.batch_size, kernels, nhwc, bf16])
+            out = subprocess.run([sys.executable, "-c", PEAK, spec], capture_output=True, text=True, check=True)
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append({"sparsity": s, "configuration": name, "peak_mib": m["peak"], "before_mib": m["before"],
+                            "step_peak_mib": m["peak"] - m["before"]})
+            rows.append([f"{s:.0%}", name, f"{m['peak'] - m['before']:.0f}", f"{m['peak']:.0f}"])
+    print_table(f"peak memory of a training step, ResNet-20 (width {args.width}), batch {args.batch_size}, MiB",
+                ["sparsity", "configuration", "step (peak - before)", "process peak"], rows)
+    return {"memory": results}
+
+
+def steps(args) -> dict:
+    results, rows = [], []
+    for s in args.sparsities:
+        fns = {k: _stepper(s, args.width, args.batch_size, *v) for k, v in _contenders(s).items()}
         times = {k: [] for k in fns}
         for fn in fns.values():
             fn(), fn()  # warm-up; "auto" measures its layers here
@@ -152,12 +194,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--steps", type=int, default=3, help="steps per trial (their median is the trial's time)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--layers", type=float, default=None, help="per-convolution table at this sparsity instead")
+    ap.add_argument("--memory", action="store_true", help="peak memory per configuration instead (see above)")
     ap.add_argument("--out", default="bench-results/sparse_train.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    payload = layers(args) if args.layers is not None else steps(args)
+    payload = layers(args) if args.layers is not None else memory(args) if args.memory else steps(args)
     write_json(args.out, {"machine": machine(), "args": vars(args), "seconds": time.time() - t0, **payload})
     print(f"written to {args.out}")
     return 0

@@ -54,7 +54,10 @@ class TrainConfig:
     drop_path: float = 0.0  # drop-path probability for genotype networks, ramped linearly from 0 over the epochs
     amp: bool = False  # mixed precision: autocast to `amp_dtype` for the forward pass and the loss
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 (CUDA only) adds a gradient scaler
-    channels_last: bool = False  # model and batches in channels-last memory format (NHWC kernels)
+    # model and batches in channels-last memory format (NHWC kernels); null: the faster layout for the job, NHWC for the
+    # DASS / DARTS search on the CPU (1.2-2x per step, `sparsearch bench search`), NCHW for training (where a user's
+    # NCHW loop is bit-identical to `sparsearch train`)
+    channels_last: bool | None = None
     # masked conv / linear layers with fixed masks: on the sparse training kernels (on), PyTorch's dense ones (off), or
     # per layer whichever measured faster when its mask was set (auto; a timing, so not bit-reproducible run to run)
     sparse_kernels: Literal["off", "on", "auto"] = "off"

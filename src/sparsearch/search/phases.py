@@ -78,9 +78,10 @@ class ArchitectCallback(Callback):
 
 
 def _phase_train_cfg(cfg: Config, epochs: int, lr: float):
-    s = cfg.search
-    return cfg.train.stage(epochs, lr, momentum=s.momentum, weight_decay=s.weight_decay, schedule="cosine",
-                           min_lr=s.min_lr, warmup_epochs=0.0, grad_clip=s.grad_clip, optimizer="sgd", drop_path=0.0)
+    s, t = cfg.search, cfg.train
+    nhwc = t.channels_last if t.channels_last is not None else resolve_device(t.device).type == "cpu"
+    return t.stage(epochs, lr, momentum=s.momentum, weight_decay=s.weight_decay, schedule="cosine", min_lr=s.min_lr,
+                   warmup_epochs=0.0, grad_clip=s.grad_clip, optimizer="sgd", drop_path=0.0, channels_last=nhwc)
 
 
 def phases(s: SearchConfig) -> list[tuple[str, StageKind]]:
