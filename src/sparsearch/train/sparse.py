@@ -17,39 +17,21 @@ import ctypes
 import statistics
 import time
 from contextlib import contextmanager
-from functools import lru_cache
-from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
 import torch.nn as nn
 
 from .. import sparsity as sp
-from ..native import load, shared_headers, tile_shape
+from ..native import tile_shape
+from .batchnorm import native_batchnorm
+from .kernels import _ptr, library
 
-SOURCE = Path(__file__).with_name("sparse_kernels.cpp")
 Mode = Literal["off", "on", "auto"]
 
 
 class Geometry(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("N", "C", "H", "W", "O", "OH", "OW", "S", "P_H", "P_W", "D_H", "D_W")]
-
-
-@lru_cache(maxsize=1)
-def library() -> ctypes.CDLL | None:
-    lib = load("training", SOURCE, shared_headers(), instead="training runs PyTorch's dense kernels")
-    if lib is not None:
-        i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-        lib.tile_correlate.argtypes = [i64] * 6 + [ptr] * 6 + [c_int] * 3
-        lib.flat_dot.argtypes = [i64] * 5 + [ptr] * 4 + [i64, ptr, c_int]
-        lib.pad_planes.argtypes = [i64] * 3 + [ptr] + [i64] * 4 + [ptr, c_int]
-        lib.tile_correlate.restype = lib.flat_dot.restype = lib.pad_planes.restype = None
-    return lib
-
-
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-    # the caller keeps `t` alive until the native call returns: a temporary freed here would leave a dangling pointer
-    return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
 class Pattern:
@@ -272,8 +254,9 @@ def _supported(module: nn.Module) -> bool:
 @contextmanager
 def sparse_kernels(model: nn.Module, mode: Mode = "auto") -> Iterator[dict[str, _Layer]]:
     """Within the block, `model`'s masked conv and linear layers train on the sparse kernels ("on"), or each on
-    whichever of sparse and dense it measured faster when its mask was set ("auto"); "off" changes nothing, nor does
-    a machine where the kernels cannot be built (after one line saying so)."""
+    whichever of sparse and dense it measured faster when its mask was set ("auto"), and its BatchNorms on the
+    activations those leave NCHW on the native BatchNorm (`batchnorm.py`); "off" changes nothing, nor does a machine
+    where the kernels cannot be built (after one line saying so)."""
     layers: dict[str, _Layer] = {}
     if mode != "off" and library() is not None:
         for name, module in sp.masked_layers(model).items():
@@ -281,7 +264,8 @@ def sparse_kernels(model: nn.Module, mode: Mode = "auto") -> Iterator[dict[str, 
                 layers[name] = _Layer(module, mode)
                 module.forward = _routed(layers[name])
     try:
-        yield layers
+        with native_batchnorm(model, mode != "off"):
+            yield layers
     finally:
         for name in layers:
             del model.get_submodule(name).forward  # the class's own forward again

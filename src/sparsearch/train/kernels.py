@@ -1,0 +1,34 @@
+"""The training kernels' library (`sparse_kernels.cpp`: the sparse convolution's three products and BatchNorm on
+NCHW planes), built and loaded by `sparsearch.native`, with its functions' argument types."""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..native import load, shared_headers
+
+SOURCE = Path(__file__).with_name("sparse_kernels.cpp")
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    lib = load("training", SOURCE, shared_headers(), instead="training runs PyTorch's dense kernels")
+    if lib is not None:
+        i64, ptr, c_int, c_float = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+        lib.tile_correlate.argtypes = [i64] * 6 + [ptr] * 6 + [c_int] * 3
+        lib.flat_dot.argtypes = [i64] * 5 + [ptr] * 4 + [i64, ptr, c_int]
+        lib.pad_planes.argtypes = [i64] * 3 + [ptr] + [i64] * 4 + [ptr, c_int]
+        lib.batchnorm_forward.argtypes = [i64] * 3 + [ptr] * 3 + [c_float] + [ptr] * 4 + [c_int]
+        lib.batchnorm_backward.argtypes = [i64] * 3 + [ptr] * 8 + [c_int]
+        for fn in (lib.tile_correlate, lib.flat_dot, lib.pad_planes, lib.batchnorm_forward, lib.batchnorm_backward):
+            fn.restype = None
+    return lib
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    # the caller keeps `t` alive until the native call returns: a temporary freed here would leave a dangling pointer
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
