@@ -248,3 +248,41 @@ def test_a_method_prepared_with_kernels_on_trains_on_them_in_a_users_loop():
         method.squash()
         assert not any("forward" in vars(m) for m in sp.masked_layers(net).values())  # squash() switched them off
     assert_same_sum(losses[1], losses[0], 2 * 20 * (64 * 9 + 16 * 16 * 16))
+
+
+@pytest.mark.parametrize("affine, momentum", [(True, 0.1), (False, None), (True, None)])
+def test_the_native_batchnorm_is_torchs_in_training_mode(affine, momentum):
+    """Output, the three gradients and the running statistics against nn.BatchNorm2d over three steps. Tolerance: the
+    statistics are sums over M = N x H x W values, and the gradients two more such sums; scale: the largest |x - mean|
+    in units of the standard deviation, times |gamma| (the output's magnitude before the shift)."""
+    from sparsearch.train.batchnorm import native_batchnorm
+
+    torch.manual_seed(0)
+    ours = nn.BatchNorm2d(8, affine=affine, momentum=momentum)
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5), ours.bias.normal_()
+    torchs = copy.deepcopy(ours)
+    for _ in range(3):
+        x, dy = torch.randn(16, 8, 5, 7) * 3 + 2, torch.randn(16, 8, 5, 7)
+        m = x.numel() // 8
+        params = lambda bn: [bn.weight, bn.bias] if affine else []  # noqa: E731
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        want = torchs(xa)
+        with native_batchnorm(ours) as routed:
+            assert routed
+            got = ours(xb)
+        spread = float(((x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)).abs().max())
+        gamma = float(ours.weight.detach().abs().max()) if affine else 1.0
+        assert_same_sum(got, want, 2 * m, scale=spread * gamma + (float(ours.bias.detach().abs().max()) if affine else 0.0))
+        for a, b in zip(torch.autograd.grad(got, [xb, *params(ours)], dy), torch.autograd.grad(want, [xa, *params(torchs)], dy)):
+            assert_same_sum(a, b, 3 * m, scale=float(b.abs().max()) + float(dy.abs().max()) * spread * gamma)
+        assert_same_sum(ours.running_mean, torchs.running_mean, m, scale=float(x.abs().max()))
+        assert_same_sum(ours.running_var, torchs.running_var, 2 * m, scale=float((x - 2).pow(2).max()))
+        assert int(ours.num_batches_tracked) == int(torchs.num_batches_tracked)
+    twin = copy.deepcopy(ours)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    with native_batchnorm(ours):  # a channels-last input, and evaluation, run torch's own forward
+        assert torch.equal(ours(nhwc), nn.BatchNorm2d.forward(twin, nhwc))
+        ours.eval(), twin.eval()
+        assert torch.equal(ours(x), nn.BatchNorm2d.forward(twin, x))
