@@ -19,15 +19,8 @@
 #include <stdint.h>
 #include <vector>
 
-#if defined(__AVX512F__)
-enum { V = 16 };
-#elif defined(__AVX__)
-enum { V = 8 };
-#else
-enum { V = 4 };
-#endif
-enum { CHUNK = 4 * V };  // the slack (floats) a flat read may run past a plane's last row
-typedef float vec __attribute__((vector_size(4 * V), aligned(4)));
+enum { V = WIDEST, CHUNK = 4 * V };  // CHUNK: the slack (floats) a flat read may run past a plane's last row
+typedef Vec<V>::type vec;
 static inline vec load(const float* p) { return *(const vec*)p; }
 
 static inline float hsum(vec a) {
