@@ -28,6 +28,7 @@ from .batchnorm import native_batchnorm
 from .kernels import _ptr, library
 
 Mode = Literal["off", "on", "auto"]
+SLACK = 64  # floats a read may run past a row's end: the widest tile's (conv_tile.h) last columns
 
 
 class Geometry(ctypes.Structure):
@@ -51,11 +52,11 @@ class Pattern:
         self.density = float(mask.float().mean())
         self._flats: dict[tuple, _Flat] = {}
 
-    def flat(self, g: Geometry, chunk: int) -> _Flat:
+    def flat(self, g: Geometry) -> _Flat:
         """Where the kept weights read for this input geometry, made once: a layer sees one shape per batch size."""
         key = tuple(getattr(g, name) for name, _ in Geometry._fields_)
         if key not in self._flats:
-            self._flats[key] = _Flat(self, g, chunk)
+            self._flats[key] = _Flat(self, g)
         return self._flats[key]
 
 
@@ -84,7 +85,7 @@ class _Flat:
     each zero-padded so that every read of every output position lands inside it: a strided convolution is then a
     stride-1 one over phase-stacked channels, and each kept weight a fixed offset `off` into one flat buffer."""
 
-    def __init__(self, p: Pattern, g: Geometry, chunk: int):
+    def __init__(self, p: Pattern, g: Geometry):
         s = g.S
         ry, qy = _floor_split(p.ky.long() * g.D_H - g.P_H, s)
         rx, qx = _floor_split(p.kx.long() * g.D_W - g.P_W, s)
@@ -93,9 +94,9 @@ class _Flat:
         self.s, self.hs, self.ws = s, -(-g.H // s), -(-g.W // s)
         self.top, self.left = max(0, -lo_y), max(0, -lo_x)
         self.w = self.left + max(self.ws, g.OW + max(hi_x, 0))
-        # and rows of zeros below each plane, which reads past a row's end (a tile's last columns, the weight
-        # gradient's last vector; at most `chunk` floats) may reach: no read leaves the buffer
-        self.h = self.top + max(self.hs, g.OH + max(hi_y, 0)) + -(-chunk // self.w) + 1
+        # and rows of zeros below each plane, which reads past a row's end (a tile's last columns, at most SLACK
+        # floats) may reach: no read leaves the buffer
+        self.h = self.top + max(self.hs, g.OH + max(hi_y, 0)) + -(-SLACK // self.w) + 1
         self.key = (ry * s + rx) * g.C + p.cin.long()  # the phase-stacked input channel each weight reads
         self.off = (self.key * self.h + qy + self.top) * self.w + qx + self.left
         self.off32 = _int32(self.off)  # the tiles' offsets
@@ -103,7 +104,7 @@ class _Flat:
         # the input gradient: each phase plane of dx correlates dy (padded) with the taps of that phase
         self.dtop, self.dleft = max(0, hi_y), max(0, hi_x)
         self.dw = self.dleft + max(g.OW, self.ws - min(lo_x, 0))
-        self.dh = self.dtop + max(g.OH, self.hs - min(lo_y, 0)) + -(-chunk // self.dw) + 1
+        self.dh = self.dtop + max(g.OH, self.hs - min(lo_y, 0)) + -(-SLACK // self.dw) + 1
         self.order = torch.argsort(self.key, stable=True)
         self.cols = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(self.key, minlength=s * s * g.C).cumsum(0)])
         self.off_t = _int32((p.row_of * self.dh + self.dtop - qy) * self.dw + self.dleft - qx)[self.order].contiguous()
@@ -145,7 +146,7 @@ class _SparseConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, pattern: Pattern, g: Geometry, threads: int):
         lib, values = library(), weight.detach().reshape(-1)[pattern.at].contiguous()
         b = None if bias is None else bias.detach().contiguous()
-        flat = pattern.flat(g, lib.sparsearch_training_chunk())
+        flat = pattern.flat(g)
         src = flat.phases(x.detach())
         out = src.new_empty(g.N, g.O, g.OH, g.OW)
         lib.tile_correlate(g.N, g.O, g.OH, g.OW, g.S * g.S * g.C * flat.h * flat.w, flat.w, _ptr(src), _ptr(pattern.rows),

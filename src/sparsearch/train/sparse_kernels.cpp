@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <vector>
 
-enum { V = WIDEST, CHUNK = 4 * V };  // CHUNK: the slack (floats) a flat read may run past a plane's last row
+enum { V = WIDEST };
 typedef Vec<V>::type vec;
 static inline vec load(const float* p) { return *(const vec*)p; }
 
@@ -58,8 +58,6 @@ static inline void dot_block(const float* grad, const float* base, const i64* of
 enum { BLOCK = V == 16 ? 8 : 4 };  // accumulators: 2 x BLOCK vector registers of the 32 (AVX-512) or 16
 
 extern "C" {
-
-int sparsearch_training_chunk() { return CHUNK; }
 
 // The layout the kernels read, in one parallel pass: `planes` planes of H x W into planes of h x w at (top, left)
 // with zeros around them.
