@@ -20,7 +20,7 @@ from sparsearch import sparsity as sp
 from sparsearch.cli import main
 from sparsearch.config import from_dict
 from sparsearch.data import build_loaders, dataset_from_config
-from sparsearch.methods import FlowDecay, Periodic
+from sparsearch.methods import Cubic, FlowDecay, Periodic
 from sparsearch.models import build_model
 from sparsearch.sparsity.criteria import _attention_values, wanda
 
@@ -51,6 +51,8 @@ METHODS = {
     "gmp": lambda: sparsearch.GMP(0.9, total_steps=4),
     "set": lambda: sparsearch.SET(0.9, updates=Periodic(every=2, end=0.75), total_steps=4),
     "rigl": lambda: sparsearch.RigL(0.9, updates=Periodic(every=2, end=0.75), total_steps=4),
+    "granet": lambda: sparsearch.GraNet(0.9, pruning=Cubic(initial=0.5, start=0.0, end=0.5, every=1),
+                                        updates=Periodic(every=2, end=0.75), total_steps=4),
     "srste-1:4": lambda: sparsearch.SRSTE("1:4", total_steps=4),
     "srste-1:8": lambda: sparsearch.SRSTE("1:8", total_steps=4),
     "decay-1:16": lambda: sparsearch.MaskDecay("1:16", decay=FlowDecay("exp", rate=0.5), total_steps=4),
