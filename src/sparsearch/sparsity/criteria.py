@@ -134,6 +134,9 @@ def wanda(layers: dict[str, nn.Module], model: nn.Module | None = None,
     norms = _input_norms(model, layers, batches)
     if not norms:
         raise SparsearchError("the wanda criterion got no batches")
+    if idle := [n for n in layers if n not in norms]:
+        raise SparsearchError(f"wanda: layers {idle[:4]} did not run in the eval-mode forward pass of the calibration "
+                              "batches, so they have no input norms; exclude them")
     scores = {}
     for name, m in layers.items():
         w = layer_weight(m).detach()
