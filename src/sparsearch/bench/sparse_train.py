@@ -30,6 +30,7 @@ from ..native import cpu_flags
 from ..runtime.common import median_seconds
 from ..train.sparse import Pattern, sparse_conv2d, sparse_kernels
 from .common import machine, print_table, stats, write_json
+from .sparse_cases import CASES
 
 
 def _model(sparsity: float, width: int) -> torch.nn.Module:
@@ -195,12 +196,18 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--layers", type=float, default=None, help="per-convolution table at this sparsity instead")
     ap.add_argument("--memory", action="store_true", help="peak memory per configuration instead (see above)")
+    ap.add_argument("--case", choices=sorted(CASES), default=None,
+                    help="instead, mlp: a ViT-sized MLP stack at 90%%; rigl: RigL's amortised speedup (bench/sparse_cases.py)")
+    ap.add_argument("--rigl-steps", type=int, default=200, help="steps of each RigL run (--case rigl)")
     ap.add_argument("--out", default="bench-results/sparse_train.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    payload = layers(args) if args.layers is not None else memory(args) if args.memory else steps(args)
+    if args.case is not None:
+        payload = CASES[args.case](args)
+    else:
+        payload = layers(args) if args.layers is not None else memory(args) if args.memory else steps(args)
     write_json(args.out, {"machine": machine(), "args": vars(args), "seconds": time.time() - t0, **payload})
     print(f"written to {args.out}")
     return 0
