@@ -151,14 +151,14 @@ class _SparseConv(torch.autograd.Function):
         out = src.new_empty(g.N, g.O, g.OH, g.OW)
         lib.tile_correlate(g.N, g.O, g.OH, g.OW, g.S * g.S * g.C * flat.h * flat.w, flat.w, _ptr(src), _ptr(pattern.rows),
                            _ptr(flat.off32), _ptr(values), _ptr(b), _ptr(out), *flat.tile, threads)
-        ctx.save_for_backward(src, values)
+        ctx.save_for_backward(x, values)  # not `src`: x is kept alive anyway (by the ReLU before it, say)
         ctx.flat, ctx.pattern, ctx.geometry, ctx.threads, ctx.weight_shape = flat, pattern, g, threads, weight.shape
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        src, values = ctx.saved_tensors
+        x, values = ctx.saved_tensors
         p, g, f, lib, threads = ctx.pattern, ctx.geometry, ctx.flat, library(), ctx.threads
         grad = grad.contiguous()
         grad_x = grad_w = grad_b = None
@@ -170,6 +170,7 @@ class _SparseConv(torch.autograd.Function):
                                _ptr(f.off_t), _ptr(by_key), _ptr(None), _ptr(out), *f.tile_t, threads)
             grad_x = f.unphase(out, g.N, g.C, g.H, g.W)
         if ctx.needs_input_grad[1]:  # dy at the phase planes' width with zeros in the extra columns: the padded dy
+            src = f.phases(x)  # padded again rather than saved: the step's peak memory stays the dense step's
             if f.dw == f.w:  # itself where its width is that (a "same" convolution), else a copy
                 dy, plane, start = padded, f.dh * f.dw, f.dtop * f.dw + f.dleft
             else:
