@@ -221,7 +221,28 @@ def test_every_engines_saved_plan_reloads_to_the_same_engine_and_function(tmp_pa
     compiled.save(tmp_path)
     reloaded = load(tmp_path)
     assert reloaded.engine == engine and reloaded.table() == compiled.table()
+    assert reloaded.runner.options() == compiled.runner.options()  # the engine's chunk and threads, the kernels
     assert torch.equal(reloaded(x), compiled(x))
+
+
+def test_the_engine_runs_on_the_threads_it_measured_faster_and_computes_the_same_on_any():
+    from sparsearch.runtime.common import prepare
+    from sparsearch.runtime.engines import Native, Unavailable
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=3, width=8)
+    masks, densities = sp.compute_masks(model, sp.find_layers(model), 0.9, "magnitude", "erk")
+    sp.attach(model, masks, densities=densities)
+    x = torch.randn(1, 3, 32, 32)
+    net = prepare(model, x)
+    try:
+        chosen = Native(net, x)
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    assert chosen.options()["threads"] in (1, torch.get_num_threads())
+    one, most = Native(net, x, threads=1), Native(net, x, threads=torch.get_num_threads())
+    assert one.options() == {"chunk": 1, "threads": 1}
+    assert torch.equal(one(x), most(x))  # each output is one thread's sum, whatever the thread count
 
 
 def test_a_model_with_multihead_attention_compiles_to_a_working_callable_quietly(capfd):

@@ -47,22 +47,26 @@ class Engine:
 
 class Native(Engine):
     """Runs a batch in chunks of `chunk` images, one plan per chunk shape: at batch 32 a deep network's activations
-    do not fit in cache, a chunk's do. Without `chunk`, the fastest of a few sizes on `example` (measured)."""
+    do not fit in cache, a chunk's do. Without `chunk`, the fastest of a few sizes on `example` (measured). On at most
+    `threads` threads: without it, one thread where that measured faster than all of torch's (a small batch's
+    operations are too short to share), else all."""
 
     name = "engine"
 
-    def __init__(self, net: nn.Module, example: torch.Tensor, chunk: int | None = None):
+    def __init__(self, net: nn.Module, example: torch.Tensor, chunk: int | None = None, threads: int | None = None):
         if library() is None:
             raise Unavailable("the native library could not be built (no C++ compiler?)")
         self.net, self.plans = net, {}
-        batch = example.shape[0]
-        self.chunk = chunk or batch
+        batch, most = example.shape[0], torch.get_num_threads()
+        self.chunk, self.threads = chunk or batch, threads or most
         self.plan(tuple(example.shape))
         if chunk is None and batch > 1:
             self.chunk = min([batch] + [c for c in (16, 8, 4, 2, 1) if c < batch], key=lambda c: self._seconds(example, c))
+        if threads is None and most > 1:
+            self.threads = min((most, 1), key=lambda t: self._seconds(example, self.chunk, t))
 
-    def _seconds(self, x: torch.Tensor, chunk: int) -> float:
-        self.chunk = chunk
+    def _seconds(self, x: torch.Tensor, chunk: int, threads: int | None = None) -> float:
+        self.chunk, self.threads = chunk, threads or self.threads
         return median_seconds(self, x, repeats=3)
 
     def plan(self, shape: tuple[int, ...]) -> Plan:
@@ -75,14 +79,14 @@ class Native(Engine):
         return self.plans[shape]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        threads, n = torch.get_num_threads(), self.chunk
+        threads, n = min(self.threads, torch.get_num_threads()), self.chunk
         if x.shape[0] <= n:
             return self.plan(tuple(x.shape)).run(x, threads)
         x = x.detach().to(torch.float32).contiguous()
         return torch.cat([self.plan(tuple(part.shape)).run(part, threads) for part in x.split(n)])
 
     def options(self) -> dict:
-        return {"chunk": self.chunk}
+        return {"chunk": self.chunk, "threads": self.threads}
 
     def profile(self, x: torch.Tensor, repeats: int) -> list[dict]:
         """Per-operation wall time (ms per batch, mean of `repeats` runs), with what each operation is."""
@@ -90,7 +94,7 @@ class Native(Engine):
         plan = self.plan(tuple(part.shape))
         seconds = np.zeros(len(plan.records))
         for _ in range(repeats):
-            plan.run(part, torch.get_num_threads(), seconds)
+            plan.run(part, min(self.threads, torch.get_num_threads()), seconds)
         return plan.table(seconds * (x.shape[0] / part.shape[0]) / repeats)
 
 
