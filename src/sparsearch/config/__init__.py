@@ -28,7 +28,7 @@ from .schema import (
 )
 
 __all__ = [
-    "CompareConfig", "Config", "ConfigError", "DSTConfig", "DataConfig", "GMPConfig", "HydraConfig", "IMPConfig", "LayerOverride",
-    "MaskSparConfig", "ModelConfig", "NMConfig", "OneShotConfig", "RunConfig", "SearchConfig", "SoupConfig",
+    "CompareConfig", "Config", "ConfigError", "DSTConfig", "DataConfig", "GMPConfig", "HydraConfig", "IMPConfig",
+    "LayerOverride", "MaskSparConfig", "ModelConfig", "NMConfig", "OneShotConfig", "RunConfig", "SearchConfig", "SoupConfig",
     "SparsityConfig", "TrainConfig", "dump_yaml", "from_dict", "load_config", "parse_override", "parse_yaml", "to_dict",
 ]

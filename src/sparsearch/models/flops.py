@@ -1,8 +1,8 @@
 """Parameters and multiply-accumulates of one inference forward pass, dense and effective.
 
 Effective counts skip zero weights: a conv weight entry contributes H_out * W_out MACs per image when it is
-nonzero, a linear weight entry one per token (`weight_uses`). Masked layers are counted through their masked `weight`, so this
-works on a model with masks attached and on a squashed one alike. Only modules the eval-mode forward pass
+nonzero, a linear weight entry one per token (`weight_uses`). Masked layers are counted through their masked
+weight, so this works on a model with masks attached and on a squashed one alike. Only modules the eval-mode forward pass
 runs are counted (an auxiliary head is training-only). Normalisation and activations are left out of the
 MACs, as is usual; their parameters are counted.
 
@@ -46,7 +46,7 @@ def weight_uses(module: nn.Module, args: tuple, kwargs: dict, output) -> list[tu
     if isinstance(module, nn.Linear):
         return [("", module.weight, output[0].numel() // module.out_features, args[0])]
     if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
-        call = {**dict(zip(("query", "key", "value"), args)), **kwargs}
+        call = sp.attention_call(args, kwargs)
         qkv = [call[k] for k in ("query", "key", "value")]
         tokens = [x.shape[1 if module.batch_first and x.dim() == 3 else 0] for x in qkv]
         rows = module.in_proj_weight.chunk(3)

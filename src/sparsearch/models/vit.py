@@ -44,7 +44,11 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@register_model("vit", widen=scaled("dim", 192, multiple=12))
 class ViT(nn.Module):
+    """ViT for 32x32 images by default (64 patches of 4x4 plus a class token; dim 192, depth 6, 3 heads: 1.8M
+    parameters). For digits (8x8): image_size=8, patch=2."""
+
     def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, patch: int = 4,
                  dim: int = 192, depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0, attention: str = "torch"):
         super().__init__()
@@ -67,11 +71,3 @@ class ViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.head(self.norm(self.blocks(x))[:, 0])
-
-
-@register_model("vit", widen=scaled("dim", 192, multiple=12))
-def vit(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, patch: int = 4, dim: int = 192,
-        depth: int = 6, heads: int = 3, mlp_ratio: float = 2.0, attention: str = "torch") -> nn.Module:
-    """ViT for 32x32 images by default (64 patches of 4x4 plus a class token; dim 192, depth 6, 3 heads: ~1.9M
-    parameters). For digits (8x8): image_size=8, patch=2."""
-    return ViT(num_classes, in_channels, image_size, patch, dim, depth, heads, mlp_ratio, attention)

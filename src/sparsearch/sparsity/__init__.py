@@ -22,6 +22,7 @@ from ..config import LayerOverride, SparsityConfig
 from ..errors import SparsearchError
 from .criteria import CRITERIA, lamp_scores
 from .layers import (
+    attention_call,
     current_mask,
     current_masks,
     find_layers,
@@ -66,10 +67,10 @@ from .select import (
 
 __all__ = [
     "NM", "Block", "Channel", "DynamicNM", "LearnedMask", "Mask", "SparsityError", "Unstructured",
-    "allocate", "attach", "attach_channels", "attach_learned", "attach_nm", "bind_optimizer", "check", "compute_masks",
-    "configured_layers", "current_mask", "group_layers", "layer_kinds", "parse_overrides", "current_masks", "find_layers", "freeze", "global_select", "keep_count",
-    "layer_weight",
-    "lamp_scores", "load_masked_state_dict", "mask_parametrization", "masked_layers", "masked_tensors", "owns_parameters", "parse_kind",
+    "allocate", "attach", "attach_channels", "attach_learned", "attach_nm", "attention_call", "bind_optimizer", "check",
+    "compute_masks", "configured_layers", "current_mask", "current_masks", "find_layers", "freeze", "global_select",
+    "group_layers", "keep_count", "lamp_scores", "layer_kinds", "layer_weight", "load_masked_state_dict",
+    "mask_parametrization", "masked_layers", "masked_tensors", "owns_parameters", "parse_kind", "parse_overrides",
     "print_report", "remove", "report", "select", "sparsify", "squash", "state_masks", "topk_mask",
     "track_dense_grads", "update", "weight_name", "weight_param",
 ]

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import SparsearchError
-from .layers import layer_weight, weight_param
+from .layers import attention_call, layer_weight, weight_param
 
 
 def magnitude(layers: dict[str, nn.Module], **_) -> dict[str, torch.Tensor]:
@@ -20,7 +20,8 @@ def magnitude(layers: dict[str, nn.Module], **_) -> dict[str, torch.Tensor]:
 
 def random(layers: dict[str, nn.Module], seed: int = 0, **_) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return {name: torch.rand(layer_weight(m).shape, generator=gen).to(layer_weight(m).device) for name, m in layers.items()}
+    weights = {name: layer_weight(m) for name, m in layers.items()}
+    return {name: torch.rand(w.shape, generator=gen).to(w.device) for name, w in weights.items()}
 
 
 def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,7 @@ def _input_norms(model: nn.Module, layers: dict[str, nn.Module], batches) -> dic
         if not isinstance(module, nn.MultiheadAttention):  # features: channels (dim 1) of a conv, last of a linear
             add(names[id(module)], [args[0]], 1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1)
             return
-        call = {**dict(zip(MHA_ARGUMENTS, args)), **kwargs}
+        call = attention_call(args, kwargs)
         qkv = [call["query"], call["key"], call["value"]]
         if id(module) in names:
             add(names[id(module)], qkv, -1)
@@ -95,10 +96,6 @@ def _input_norms(model: nn.Module, layers: dict[str, nn.Module], batches) -> dic
             h.remove()
         model.train(was_training)
     return sums
-
-
-MHA_ARGUMENTS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
-                 "is_causal")
 
 
 def _attention_values(mha: nn.MultiheadAttention, qkv: list[torch.Tensor], call: dict) -> torch.Tensor:

@@ -35,6 +35,15 @@ def is_maskable(module: nn.Module) -> bool:
                                              or module._qkv_same_embed_dim)
 
 
+MHA_ARGUMENTS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+                 "is_causal")
+
+
+def attention_call(args: tuple, kwargs: dict) -> dict:
+    """An nn.MultiheadAttention call's arguments by name (a hook sees them positional or by keyword)."""
+    return {**dict(zip(MHA_ARGUMENTS, args)), **kwargs}
+
+
 def _parametrization(module: nn.Module, tensor: str | None = None) -> Mask | LearnedMask | DynamicNM | None:
     tensor = tensor or weight_name(module)
     if parametrize.is_parametrized(module, tensor):

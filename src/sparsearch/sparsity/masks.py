@@ -44,7 +44,8 @@ def attach(model: nn.Module, masks: dict[str, torch.Tensor], kind: MaskKind | di
         density = (densities or {}).get(name)
         with torch.no_grad():
             target.mul_(mask.to(target.dtype))
-        parametrize.register_parametrization(module, name_of, Mask(mask.to(target.device), kind[name] if isinstance(kind, dict) else kind, density), unsafe=True)
+        layer_kind = kind[name] if isinstance(kind, dict) else kind
+        parametrize.register_parametrization(module, name_of, Mask(mask.to(target.device), layer_kind, density), unsafe=True)
 
 
 def attach_channels(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
