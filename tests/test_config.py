@@ -51,3 +51,14 @@ def test_exponent_floats_read_as_floats_everywhere(tmp_path):
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum, cfg.hydra.score_lr) == (1e-3, 5e-4, 0.9, 0.02)
     assert cfg.name == "1e3run" and load_config(None, ["name=run-1e3"]).name == "run-1e3"  # names stay strings
     assert load_config(None, ["sparsity.include=[1e3x]"]).sparsity.include == ["1e3x"]
+
+
+def test_on_off_yes_no_are_words_not_booleans(tmp_path):
+    """YAML 1.1 read `off` as False, so `--set train.sparse_kernels=off` was refused; only true/false are booleans."""
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  sparse_kernels: off\n  amp: true\n")
+    assert load_config(f).train.sparse_kernels == "off" and load_config(f).train.amp is True
+    assert load_config(None, ["train.sparse_kernels=on"]).train.sparse_kernels == "on"
+    assert load_config(None, ["train.amp=False"]).train.amp is False
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(None, ["train.amp=yes"])

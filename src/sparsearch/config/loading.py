@@ -54,6 +54,13 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# YAML 1.1 reads on/off/yes/no as booleans, so `sparse_kernels: off` arrived as False; only true/false are (YAML 1.2)
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+                                   for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def parse_yaml(text: str, where: str) -> Any:
     """Safe YAML (no tags that build objects); a syntax error becomes one line with its line and column."""
     try:

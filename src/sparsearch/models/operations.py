@@ -16,11 +16,12 @@ PARAMETER_FREE = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
 
 
 class TrainingRewrites:
-    """Two rewrites that compute the same function faster when training on the CPU (evaluation, and so tracing,
+    """Rewrites that compute the same function faster when training on the CPU (evaluation, and so tracing,
     export and the layer hooks, runs the plain layers; measured, 2-core Xeon, NHWC):
-    - a depthwise convolution whose stride equals its dilation d (padding a multiple of d) reads only every d-th
-      row and column: it runs undilated at stride 1 on x[:, :, ::d, ::d] with padding / d (the same products;
-      torch's backward is 1.5-3x faster);
+    - a depthwise convolution runs on the native kernels of `train/depthwise.py` where they take it; else, where
+      its stride equals its dilation d (padding a multiple of d), it reads only every d-th row and column: it runs
+      undilated at stride 1 on x[:, :, ::d, ::d] with padding / d (the same products; torch's backward is 1.5-3x
+      faster);
     - a 1x1 convolution on channels-last input is one matrix product over the pixels (the same forward bit for
       bit; forward + backward 2x faster than mkldnn's at these sizes).
     `sparsearch.bench.plain` holds the plain forwards the tests check these against."""
@@ -32,7 +33,15 @@ class TrainingRewrites:
 
     @classmethod
     def depthwise(cls, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        if cls.active(conv, x) and (d := conv.dilation[0]) > 1 and conv.stride == conv.dilation and conv.padding[0] % d == 0:
+        if not cls.active(conv, x):
+            return conv(x)
+        from ..train.depthwise import depthwise_conv2d  # here: the training package imports this one
+
+        if (conv.groups == conv.in_channels == conv.out_channels and conv.bias is None and conv.padding_mode == "zeros"
+                and len({*conv.stride}) == len({*conv.padding}) == len({*conv.dilation}) == 1
+                and (y := depthwise_conv2d(x, conv.weight, conv.stride[0], conv.padding[0], conv.dilation[0])) is not None):
+            return y
+        if (d := conv.dilation[0]) > 1 and conv.stride == conv.dilation and conv.padding[0] % d == 0:
             return F.conv2d(x[:, :, ::d, ::d], conv.weight, None, 1, conv.padding[0] // d, 1, conv.groups)
         return conv(x)
 

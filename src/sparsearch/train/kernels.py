@@ -1,5 +1,6 @@
-"""The training kernels' library (`sparse_kernels.cpp`: the sparse convolution's three products and BatchNorm on
-NCHW planes), built and loaded by `sparsearch.native`, with its functions' argument types."""
+"""The training kernels' libraries, built and loaded by `sparsearch.native`, with their functions' argument types:
+`sparse_kernels.cpp` (the sparse convolution's three products and BatchNorm on NCHW planes) and `depthwise.cpp`
+(depthwise convolution on NHWC activations)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from ..native import load, shared_headers
 
 SOURCE = Path(__file__).with_name("sparse_kernels.cpp")
+DEPTHWISE = Path(__file__).with_name("depthwise.cpp")
 
 
 @lru_cache(maxsize=1)
@@ -26,6 +28,18 @@ def library() -> ctypes.CDLL | None:
         lib.batchnorm_backward.argtypes = [i64] * 3 + [ptr] * 8 + [c_int]
         for fn in (lib.tile_correlate, lib.flat_dot, lib.pad_planes, lib.batchnorm_forward, lib.batchnorm_backward):
             fn.restype = None
+    return lib
+
+
+@lru_cache(maxsize=1)
+def depthwise_library() -> ctypes.CDLL | None:
+    lib = load("depthwise", DEPTHWISE, shared_headers(), instead="depthwise convolutions run PyTorch's kernels")
+    if lib is not None:
+        i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+        lib.depthwise_correlate.argtypes = [c_int] + [i64] * 5 + [ptr, c_int] + [ptr] * 3 + [c_int]
+        lib.depthwise_weight_grad.argtypes = [c_int] + [i64] * 6 + [ptr, c_int] + [ptr] * 3 + [c_int]
+        lib.depthwise_correlate.restype = lib.depthwise_weight_grad.restype = None
+        lib.vector_width.restype = lib.most_vectors.restype = lib.slack.restype = c_int
     return lib
 
 

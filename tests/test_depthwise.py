@@ -1,0 +1,91 @@
+"""The native depthwise backward (train/depthwise.py) computes torch's gradients up to the order of their sums
+(tests/floats.py), over channels, kernels, strides, dilations, paddings, odd sizes, batch sizes and thread counts;
+the search's operations take it on channels-last CPU training input only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from floats import assert_same_sum
+from sparsearch.models.operations import DilConv
+from sparsearch.native import compiler
+from sparsearch.train.depthwise import block_vectors, depthwise_conv2d
+from sparsearch.train.kernels import depthwise_library
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="the depthwise kernels need a C++ compiler")
+
+
+def test_the_library_builds_where_a_compiler_is():
+    assert depthwise_library() is not None
+
+
+def _case(rng: torch.Generator) -> dict:
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=rng))]  # noqa: E731
+    k, dilation, stride = pick([3, 5, 7]), pick([1, 2]), pick([1, 2])
+    padding = int(torch.randint(0, k // 2 * dilation + 1, (1,), generator=rng))
+    smallest = max(1, (k - 1) * dilation + 1 - 2 * padding)
+    return dict(c=pick([1, 3, 4, 8, 11, 12, 16, 24, 32, 36, 64]), k=k, stride=stride, dilation=dilation, padding=padding,
+                size=int(torch.randint(smallest, smallest + 12, (1,), generator=rng)),
+                batch=int(torch.randint(1, 5, (1,), generator=rng)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_depthwise_gradients_equal_torchs_on_a_seeded_fuzz(threads):
+    rng = torch.Generator().manual_seed(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    covered = 0
+    try:
+        for _ in range(40):
+            case = _case(rng)
+            c, k = case["c"], case["k"]
+            args = (case["stride"], case["padding"], case["dilation"])
+            weight = torch.randn(c, 1, k, k, generator=rng)
+            x = torch.randn(case["batch"], c, case["size"], case["size"], generator=rng)
+            x = x.contiguous(memory_format=torch.channels_last)
+            x1, x2, w1, w2 = (t.clone().requires_grad_() for t in (x, x, weight, weight))
+            want = F.conv2d(x1, w1, None, *args, c)
+            got = depthwise_conv2d(x2, w2, *args)
+            if block_vectors(c) is None:  # no block of at most most_vectors() holds a multiple of c floats
+                assert got is None
+                continue
+            covered += 1
+            probe = torch.randn(want.shape, generator=rng)
+            (want * probe).sum().backward()
+            (got * probe).sum().backward()
+            xa, wa = x.abs().double().requires_grad_(), weight.abs().double().requires_grad_()
+            sizes = torch.autograd.grad((F.conv2d(xa, wa, None, *args, c) * probe.abs().double()).sum(), [xa, wa])
+            assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(got, want)  # the forward is torch's own
+            assert_same_sum(x2.grad, x1.grad, k * k, sizes[0].float())
+            assert_same_sum(w2.grad, w1.grad, case["batch"] * want.shape[2] * want.shape[3], sizes[1].float())
+    finally:
+        torch.set_num_threads(before)
+    assert covered >= 25
+
+
+def test_it_declines_what_it_is_not_fast_or_right_for():
+    w = torch.randn(8, 1, 3, 3)
+    x = torch.randn(2, 8, 10, 10)
+    assert depthwise_conv2d(x, w, 1, 1, 1) is None  # NCHW: torch's kernels
+    assert depthwise_conv2d(x.double().contiguous(memory_format=torch.channels_last), w.double(), 1, 1, 1) is None
+    assert depthwise_conv2d(x.contiguous(memory_format=torch.channels_last), torch.randn(8, 2, 3, 3), 1, 1, 1) is None
+
+
+def test_the_search_operations_offer_it_training_only(monkeypatch):
+    import sparsearch.train.depthwise as depthwise
+
+    calls = []
+    monkeypatch.setattr(depthwise, "depthwise_conv2d", lambda *a: calls.append(a) or None)
+    op = DilConv(8, 8, 3, 1, 2, 2)
+    x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    want = op(x)  # declined: the plain convolution, the same output
+    assert len(calls) == 1
+    op.eval()
+    op(x)
+    assert len(calls) == 1  # evaluation (and so tracing and export) runs the plain layers
+    monkeypatch.undo()
+    op.train()
+    torch.testing.assert_close(op(x), want)
