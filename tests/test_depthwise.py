@@ -1,4 +1,4 @@
-"""The native depthwise backward (train/depthwise.py) computes torch's gradients up to the order of their sums
+"""The native depthwise backward (kernels/depthwise.py) computes torch's gradients up to the order of their sums
 (tests/floats.py), over channels, kernels, strides, dilations, paddings, odd sizes, batch sizes and thread counts;
 the search's operations take it on channels-last CPU training input only."""
 
@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from floats import assert_same_sum
+from sparsearch.models import operations
 from sparsearch.models.operations import DilConv
 from sparsearch.native import compiler
-from sparsearch.train.depthwise import block_vectors, depthwise_conv2d
-from sparsearch.train.kernels import depthwise_library
+from sparsearch.kernels.depthwise import block_vectors, depthwise_conv2d
+from sparsearch.kernels.loading import depthwise_library
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="the depthwise kernels need a C++ compiler")
 
@@ -75,10 +76,8 @@ def test_it_declines_what_it_is_not_fast_or_right_for():
 
 
 def test_the_search_operations_offer_it_training_only(monkeypatch):
-    import sparsearch.train.depthwise as depthwise
-
     calls = []
-    monkeypatch.setattr(depthwise, "depthwise_conv2d", lambda *a: calls.append(a) or None)
+    monkeypatch.setattr(operations, "depthwise_conv2d", lambda *a: calls.append(a) or None)
     op = DilConv(8, 8, 3, 1, 2, 2)
     x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last)
     want = op(x)  # declined: the plain convolution, the same output

@@ -16,6 +16,15 @@ def test_resnet_parameter_counts(name, expected):
     assert count_parameters(build_model(name)) == pytest.approx(expected, rel=0.02)
 
 
+def test_resnet50_is_the_imagenet_one():
+    """torchvision's resnet50: 25,557,032 parameters for 1000 classes; 224x224 in, 7x7x2048 before pooling."""
+    model = build_model("resnet50", num_classes=1000)
+    assert count_parameters(model) == 25_557_032
+    features = []
+    model.layer4.register_forward_hook(lambda m, a, out: features.append(out.shape))
+    assert model.eval()(torch.zeros(1, 3, 224, 224)).shape == (1, 1000) and features == [(1, 2048, 7, 7)]
+
+
 # Dense parameter counts (no auxiliary head) at DASS-Small size 36/20, from shared/reference/dass.md;
 # DARTS_V2's 3.349M is also DARTS' published 3.3M.
 @pytest.mark.parametrize("genotype, millions", [

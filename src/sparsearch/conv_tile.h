@@ -1,5 +1,5 @@
 // The convolution tile both native libraries run (the inference engine, runtime/engine.cpp, and the sparse training
-// kernels, train/sparse_kernels.cpp; `native.shared_headers` puts this file beside each when it is built): output-stationary, a tile of R output rows x TX columns of one output channel
+// kernels, kernels/sparse_kernels.cpp; `native.shared_headers` puts this file beside each when it is built): output-stationary, a tile of R output rows x TX columns of one output channel
 // in registers while every kept weight adds weight x the shifted input (one broadcast and R x TX / vector-width fused
 // multiply-adds), stored once with bias, residual and activation applied. `pick` returns the compiled tile shapes.
 #pragma once

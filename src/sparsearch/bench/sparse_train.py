@@ -1,7 +1,9 @@
 """`sparsearch bench train --sparse`: a training step (forward, backward, SGD with momentum) of a sparse network on
 the sparse kernels (`train.sparse`) against the dense step, side by side in one process.
 
-Full-width ResNet-20 on CIFAR-shaped batches of 128 with static ERK masks at each sparsity. Contenders, alternating
+Full-width ResNet-20 on CIFAR-shaped batches of 128 with static ERK masks at each sparsity (`--model resnet50
+--image-size 224 --batch-size 16 --allocation uniform`: the ImageNet-size case; first and last layers stay dense
+with uniform allocation, as ERK keeps them nearly so). Contenders, alternating
 within every trial: the masked network on PyTorch's dense kernels in fp32 (NCHW and channels-last: what every method
 paid before), and, where the CPU has bfloat16 units, with bf16 autocast; the sparse kernels ("on") and the per-layer
 choice ("auto"). Ratios are over the fastest dense fp32 configuration and over the fastest dense one in any precision.
@@ -33,19 +35,32 @@ from .common import machine, print_table, stats, write_json
 from .sparse_cases import CASES
 
 
-def _model(sparsity: float, width: int) -> torch.nn.Module:
+def _net(args) -> dict:
+    """The benchmarked network, as plain values (a subprocess gets it as JSON)."""
+    return {"model": args.model, "width": args.width, "image": args.image_size, "allocation": args.allocation,
+            "classes": 1000 if args.model == "resnet50" else 10}
+
+
+def _describe(net: dict) -> str:
+    width = f", width {net['width']}" if net["width"] else ""
+    return f"{net['model']}{width} at {net['image']}x{net['image']}, {net['allocation']}"
+
+
+def _model(sparsity: float, net: dict) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model("resnet20", num_classes=10, in_channels=3, width=width)
+    model = build_model(net["model"], num_classes=net["classes"], in_channels=3,
+                        **({"width": net["width"]} if net["width"] else {}))
     if sparsity > 0:
-        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "random", "erk")
+        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "random", net["allocation"])
         sp.attach(model, masks, densities=densities)
     return model
 
 
-def _stepper(sparsity: float, width: int, batch: int, kernels: str, channels_last: bool, bf16: bool):
-    model = _model(sparsity, width)
+def _stepper(sparsity: float, net: dict, batch: int, kernels: str, channels_last: bool, bf16: bool):
+    model = _model(sparsity, net)
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+    x = torch.randn(batch, 3, net["image"], net["image"], generator=gen)
+    y = torch.randint(0, net["classes"], (batch,), generator=gen)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -88,8 +103,8 @@ def _rss_mib() -> float:
 PEAK = """
 import json, resource, sys
 from sparsearch.bench.sparse_train import _rss_mib, _stepper
-s, width, batch, kernels, nhwc, bf16 = json.loads(sys.argv[1])
-step = _stepper(s, width, batch, kernels, nhwc, bf16)
+s, net, batch, kernels, nhwc, bf16 = json.loads(sys.argv[1])
+step = _stepper(s, net, batch, kernels, nhwc, bf16)
 before = _rss_mib()
 for _ in range(3):
     step()
@@ -102,13 +117,13 @@ def memory(args) -> dict:
     results, rows = [], []
     for s in args.sparsities:
         for name, (kernels, nhwc, bf16) in _contenders(s).items():
-            spec = json.dumps([s, args.width, args.batch_size, kernels, nhwc, bf16])
+            spec = json.dumps([s, _net(args), args.batch_size, kernels, nhwc, bf16])
             out = subprocess.run([sys.executable, "-c", PEAK, spec], capture_output=True, text=True, check=True)
             m = json.loads(out.stdout.strip().splitlines()[-1])
             results.append({"sparsity": s, "configuration": name, "peak_mib": m["peak"], "before_mib": m["before"],
                             "step_peak_mib": m["peak"] - m["before"]})
             rows.append([f"{s:.0%}", name, f"{m['peak'] - m['before']:.0f}", f"{m['peak']:.0f}"])
-    print_table(f"peak memory of a training step, ResNet-20 (width {args.width}), batch {args.batch_size}, MiB",
+    print_table(f"peak memory of a training step, {_describe(_net(args))}, batch {args.batch_size}, MiB",
                 ["sparsity", "configuration", "step (peak - before)", "process peak"], rows)
     return {"memory": results}
 
@@ -116,7 +131,7 @@ def memory(args) -> dict:
 def steps(args) -> dict:
     results, rows = [], []
     for s in args.sparsities:
-        fns = {k: _stepper(s, args.width, args.batch_size, *v) for k, v in _contenders(s).items()}
+        fns = {k: _stepper(s, _net(args), args.batch_size, *v) for k, v in _contenders(s).items()}
         times = {k: [] for k in fns}
         for fn in fns.values():
             fn(), fn()  # warm-up; "auto" measures its layers here
@@ -140,7 +155,7 @@ def steps(args) -> dict:
         print(f"  {s:.0%}: {best} {result['speedup_vs_dense_fp32']:.2f}x over {fp32}, "
               f"{result['speedup_vs_fastest_dense']:.2f}x over {anyp}", flush=True)
     info = machine()
-    print_table(f"training step, ResNet-20 (width {args.width}), batch {args.batch_size}, static ERK, ms (medians of "
+    print_table(f"training step, {_describe(_net(args))}, batch {args.batch_size}, static masks, ms (medians of "
                 f"{args.trials} trials of {args.steps} steps; {info['cpu']}, {info['threads']} threads)",
                 ["sparsity", "configuration", "median", "min-max", "vs dense fp32", "vs fastest dense"], rows)
     return {"results": results}
@@ -148,11 +163,11 @@ def steps(args) -> dict:
 
 def layers(args) -> dict:
     """Per convolution at one sparsity: forward, input gradient and weight gradient, sparse vs dense (ms)."""
-    model = _model(args.layers, args.width)
+    model = _model(args.layers, _net(args))
     inputs: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: inputs.setdefault(n, a[0].detach()))
              for n, m in sp.masked_layers(model).items() if isinstance(m, torch.nn.Conv2d)]
-    model(torch.randn(args.batch_size, 3, 32, 32))
+    model(torch.randn(args.batch_size, 3, args.image_size, args.image_size))
     for h in hooks:
         h.remove()
     rows, out = [], []
@@ -176,7 +191,7 @@ def layers(args) -> dict:
                              _ms(lambda: run(False, True), args.trials) - forward]
         out.append({"layer": name, "density": pattern.density, "shape": list(w.shape), "ms": timing})
         rows.append([name, f"{pattern.density:.3f}", *(f"{timing['dense'][i]:.2f} / {timing['sparse'][i]:.2f}" for i in range(3))])
-    print_table(f"per convolution at {args.layers:.0%} (ERK), batch {args.batch_size}: dense / sparse ms",
+    print_table(f"per convolution at {args.layers:.0%}, {_describe(_net(args))}, batch {args.batch_size}: dense / sparse ms",
                 ["layer", "density", "forward", "input grad", "weight grad"], rows)
     return {"layers": out, "sparsity": args.layers}
 
@@ -190,7 +205,10 @@ def main(argv: list[str]) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.9, 0.95, 0.98])
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--width", type=int, default=16, help="ResNet-20's first width (16: the full network)")
+    ap.add_argument("--model", choices=["resnet20", "resnet50"], default="resnet20")
+    ap.add_argument("--width", type=int, default=None, help="the model's first width (default: the full network)")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--allocation", choices=["erk", "uniform"], default="erk")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="steps per trial (their median is the trial's time)")
     ap.add_argument("--threads", type=int, default=None)

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kernels.depthwise import depthwise_conv2d
+
 PRIMITIVES = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
 PARAMETER_FREE = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
@@ -18,7 +20,7 @@ PARAMETER_FREE = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
 class TrainingRewrites:
     """Rewrites that compute the same function faster when training on the CPU (evaluation, and so tracing,
     export and the layer hooks, runs the plain layers; measured, 2-core Xeon, NHWC):
-    - a depthwise convolution runs on the native kernels of `train/depthwise.py` where they take it; else, where
+    - a depthwise convolution runs on the native kernels of `kernels/depthwise.py` where they take it; else, where
       its stride equals its dilation d (padding a multiple of d), it reads only every d-th row and column: it runs
       undilated at stride 1 on x[:, :, ::d, ::d] with padding / d (the same products; torch's backward is 1.5-3x
       faster);
@@ -35,8 +37,6 @@ class TrainingRewrites:
     def depthwise(cls, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         if not cls.active(conv, x):
             return conv(x)
-        from ..train.depthwise import depthwise_conv2d  # here: the training package imports this one
-
         if (conv.groups == conv.in_channels == conv.out_channels and conv.bias is None and conv.padding_mode == "zeros"
                 and len({*conv.stride}) == len({*conv.padding}) == len({*conv.dilation}) == 1
                 and (y := depthwise_conv2d(x, conv.weight, conv.stride[0], conv.padding[0], conv.dilation[0])) is not None):

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from .kernels import _ptr, library
+from ..kernels.loading import _ptr, library
 
 
 class _BatchNorm(torch.autograd.Function):

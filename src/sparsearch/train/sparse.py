@@ -25,7 +25,7 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..native import tile_shape
 from .batchnorm import native_batchnorm
-from .kernels import _ptr, library
+from ..kernels.loading import _ptr, library
 
 Mode = Literal["off", "on", "auto"]
 SLACK = 64  # floats a read may run past a row's end: the widest tile's (conv_tile.h) last columns

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .kernels import _ptr, depthwise_library
+from .loading import _ptr, depthwise_library
 
 
 @lru_cache(maxsize=1)

@@ -1,5 +1,5 @@
 // Depthwise convolution on channels-last (NHWC) activations, for training: the forward, the gradient with respect
-// to the input and the gradient with respect to the weights. train/depthwise.py lays the tensors out.
+// to the input and the gradient with respect to the weights. kernels/depthwise.py lays the tensors out.
 //
 // The input is padded once and split into its stride's phase planes (as the sparse kernels do), so every tap of
 // every output reads at a fixed offset: an output row of OW x C floats is, for tap t, the input row shifted by

@@ -1,0 +1,77 @@
+"""The book's statistics (book/statistics.py) on synthetic numbers: the intervals against textbook values, and every
+branch of every verdict rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sparsearch.book.statistics import difference, pooled, power_note, verdict
+
+
+def test_the_paired_interval_is_the_textbook_t_interval():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.3027: half-width 4.3027 / sqrt(3) = 2.4841
+    e = difference([11, 12, 13], [10, 10, 10])
+    assert e.estimate == pytest.approx(2) and e.high - e.estimate == pytest.approx(2.4841, abs=1e-4) and e.paired
+    # pairing removes the seed-to-seed spread that both sides share; Welch's interval keeps it
+    a, b = [0.50, 0.60, 0.70], [0.49, 0.59, 0.69]
+    assert difference(a, b).low > 0 > difference(a, b, paired=False).low
+
+
+def test_welch_interval_matches_a_hand_computation():
+    a, b = [1.0, 2.0, 3.0, 4.0], [1.0, 1.5, 2.0]
+    e = difference(a, b, paired=False)
+    va, vb = (5 / 3) / 4, 0.25 / 3  # sample variances over n
+    dof = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    assert e.estimate == pytest.approx(1.0) and dof == pytest.approx(4.0755, abs=1e-4)
+    assert e.high - e.estimate == pytest.approx(2.7563 * math.sqrt(va + vb), rel=1e-4)  # t(0.975, 4.0755)
+
+
+def test_one_seed_concludes_nothing_and_mismatched_pairs_are_refused():
+    assert verdict("superiority", [0.9], [0.1], 0.01)[0] == "inconclusive"
+    with pytest.raises(ValueError, match="paired"):
+        difference([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="positive"):
+        verdict("superiority", [1, 2], [1, 2], 0)
+    with pytest.raises(ValueError, match="kind"):
+        verdict("better", [1, 2], [1, 2], 0.1)
+
+
+BASE = [0.80, 0.82, 0.84, 0.86, 0.88]
+
+
+def _shifted(delta: float, noise: float) -> list[float]:
+    wiggle = [noise, -noise, 0.5 * noise, -0.5 * noise, 0.0]
+    return [x + delta + w for x, w in zip(BASE, wiggle)]
+
+
+@pytest.mark.parametrize("kind, delta, noise, want", [
+    ("superiority", 0.010, 0.001, "reproduced"),       # clearly above 0
+    ("superiority", -0.002, 0.001, "not reproduced"),  # below the smallest effect (0.5 points)
+    ("superiority", 0.003, 0.010, "inconclusive"),     # wide: holds 0 and 0.5 points
+    ("no better", 0.000, 0.001, "reproduced"),         # tight around 0: below 0.5 points
+    ("no better", 0.020, 0.001, "not reproduced"),     # better by 2 points
+    ("no better", 0.004, 0.010, "inconclusive"),
+    ("equivalence", 0.000, 0.001, "reproduced"),
+    ("equivalence", -0.020, 0.001, "not reproduced"),
+    ("equivalence", 0.000, 0.020, "inconclusive"),
+])
+def test_every_branch_of_every_rule(kind, delta, noise, want):
+    got, reason = verdict(kind, _shifted(delta, noise), BASE, smallest=0.005)
+    assert got == want, reason
+
+
+def test_nested_comparisons_count_as_one_test():
+    """Three sparsities on the same three seeds: three values per seed averaged, n = 3 (not 9)."""
+    comps = [([0.5, 0.6, 0.7], [0.4, 0.5, 0.6]), ([0.4, 0.5, 0.6], [0.4, 0.5, 0.6]), ([0.3, 0.4, 0.5], [0.3, 0.4, 0.5])]
+    e = pooled(comps)
+    assert e.n == 3 and e.estimate == pytest.approx(0.1 / 3)
+    with pytest.raises(ValueError, match="share"):
+        pooled([([1, 2], [1, 2]), ([1, 2, 3], [1, 2, 3])])
+
+
+def test_power_note_says_when_seeds_are_too_few():
+    assert "too few" in power_note(3, sigma=0.01, smallest=0.005)
+    assert "enough" in power_note(20, sigma=0.002, smallest=0.005)
+    assert "no interval" in power_note(1, 0.01, 0.005)
