@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from floats import assert_same_sum
+from sparsearch.kernels.depthwise import block_vectors, depthwise_conv2d
+from sparsearch.kernels.loading import depthwise_library
 from sparsearch.models import operations
 from sparsearch.models.operations import DilConv
 from sparsearch.native import compiler
-from sparsearch.kernels.depthwise import block_vectors, depthwise_conv2d
-from sparsearch.kernels.loading import depthwise_library
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="the depthwise kernels need a C++ compiler")
 

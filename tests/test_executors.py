@@ -157,3 +157,20 @@ def test_a_failed_comparison_run_is_listed_and_raised(tmp_path, cache_dir, monke
     assert [f["trial"] for f in failed] == ["seed 0 oneshot-0.8"] and failed[0]["attempts"] == 2
     assert "seed 0 oneshot-0.8: RuntimeError: out of memory (simulated)" in (out / "table.md").read_text()
     assert {r[1] for r in _rows(out / "results.json")} == {"dense", "static-uniform"}
+
+
+def test_a_training_process_keeps_freed_memory_unless_told_not_to():
+    """allocator.py: glibc keeps large freed blocks (no page faults on every step's activations); the CLI and the
+    trial workers set it; SPARSEARCH_ALLOCATOR=default leaves the allocator alone."""
+    import ctypes.util
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = "from sparsearch.allocator import keep_freed_memory as k; print(k(), k())"
+    glibc = platform.libc_ver()[0] == "glibc" and ctypes.util.find_library("c") is not None
+    for env, want in (({}, f"{glibc} {glibc}"), ({"SPARSEARCH_ALLOCATOR": "default"}, "False False")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env}).stdout.strip()
+        assert out == want

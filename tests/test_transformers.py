@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from floats import assert_same_sum
 from safetensors.torch import load_file
 
 import sparsearch
+from floats import assert_same_sum
 from sparsearch import SparsearchError
 from sparsearch import sparsity as sp
 from sparsearch.cli import main

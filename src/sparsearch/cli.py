@@ -271,8 +271,10 @@ def _os_error(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from . import distributed
+    from .allocator import keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # the process is ours: large activations are not page-faulted in again every step
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:

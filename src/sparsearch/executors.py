@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .allocator import keep_freed_memory
 from .errors import SparsearchError
 
 
@@ -116,9 +117,11 @@ _worker_threads: int | None = None  # in a trial worker: its share of the cores,
 
 
 def _limit_threads(threads: int) -> None:
+    """A trial worker's setup: its share of the cores, and the allocator of a training process (allocator.py)."""
     global _worker_threads
     _worker_threads = threads
     torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 def set_threads(threads: int | None) -> None:

@@ -102,7 +102,9 @@ def _rss_mib() -> float:
 
 PEAK = """
 import json, resource, sys
+from sparsearch.allocator import keep_freed_memory
 from sparsearch.bench.sparse_train import _rss_mib, _stepper
+keep_freed_memory()  # as in the CLI's process
 s, net, batch, kernels, nhwc, bf16 = json.loads(sys.argv[1])
 step = _stepper(s, net, batch, kernels, nhwc, bf16)
 before = _rss_mib()

@@ -5,7 +5,8 @@
 // Every convolution is made a stride-1 one over an input padded once (and split into its stride's phase planes).
 // The forward and the input gradient are then the inference engine's tile (conv_tile.h): `tile_correlate` keeps R
 // output rows x TX columns of one output plane in registers while each kept weight adds weight x its shifted read,
-// and stores the tile straight into the dense output. The weight gradient, `flat_dot`, lays each output row at the
+// and stores the tile straight into the dense output; a 1x1 stride-1 convolution (a linear layer among them) instead
+// runs `pointwise`, tiles of positions over every output channel, unpadded. The weight gradient, `flat_dot`, lays each output row at the
 // padded input's width, so a kept weight's gradient is one dot product of the gradient plane (zeros in the extra
 // columns) with one contiguous shifted read of the input plane; kept weights of one output channel go in blocks that
 // share each load of the gradient. Each kernel parallelises over planes it alone writes (an output plane of one image;
@@ -106,6 +107,45 @@ void tile_correlate(i64 N, i64 O, i64 OH, i64 OW, i64 src_img, i64 src_row, cons
                                 d + r * OW, OW, nx);
                     }
                 }
+        }
+}
+
+// A 1x1 stride-1 convolution (and its input gradient): out[n, o, p] = bias[o] + sum over kept k of row o: val[k] *
+// x[n, col[k], p], planes of P floats. Threads take tiles of TP positions of one image and run every output channel
+// over them, so the tile's input columns (C x TP floats) stay in cache across all the output channels; the whole-plane
+// tile above would stream each input plane from L2 once per output channel that keeps it.
+enum { TP = 64, NT = TP / V };
+void pointwise(i64 N, i64 O, i64 C, i64 P, const float* x, const i64* rows, const int32_t* col, const float* val,
+               const float* bias, float* out, int threads) {
+    const i64 tiles = (P + TP - 1) / TP;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (i64 n = 0; n < N; ++n)
+        for (i64 t = 0; t < tiles; ++t) {
+            const i64 p0 = t * TP, width = P - p0 < TP ? P - p0 : TP;
+            const float* xs = x + n * C * P + p0;
+            float* os = out + n * O * P + p0;
+            for (i64 o = 0; o < O; ++o) {
+                const float b = bias ? bias[o] : 0.0f;
+                if (width == TP) {
+                    vec acc[NT];
+                    for (int v = 0; v < NT; ++v) acc[v] = (vec){} + b;
+                    for (i64 k = rows[o]; k < rows[o + 1]; ++k) {
+                        const float w = val[k];
+                        const float* src = xs + col[k] * P;
+                        for (int v = 0; v < NT; ++v) acc[v] += w * load(src + v * V);
+                    }
+                    for (int v = 0; v < NT; ++v) *(vec*)(os + o * P + v * V) = acc[v];
+                } else {
+                    float acc[TP];
+                    for (i64 q = 0; q < width; ++q) acc[q] = b;
+                    for (i64 k = rows[o]; k < rows[o + 1]; ++k) {
+                        const float w = val[k];
+                        const float* src = xs + col[k] * P;
+                        for (i64 q = 0; q < width; ++q) acc[q] += w * src[q];
+                    }
+                    for (i64 q = 0; q < width; ++q) os[o * P + q] = acc[q];
+                }
+            }
         }
 }
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..native import tile_shape
 from .fusion import fuse
 from .graph import Graph, Op, Unsupported, Value
 from .layout import INDEX, RECORD, write
-from ..native import tile_shape
 from .native import library
 
 GUARD = 4096  # floats after each buffer: tiles read up to one tile width past a row's end

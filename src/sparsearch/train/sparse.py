@@ -23,141 +23,64 @@ import torch
 import torch.nn as nn
 
 from .. import sparsity as sp
-from ..native import tile_shape
-from .batchnorm import native_batchnorm
 from ..kernels.loading import _ptr, library
+from .batchnorm import native_batchnorm
+from .sparse_layout import Geometry, Pattern, _pad, _pointwise
 
 Mode = Literal["off", "on", "auto"]
-SLACK = 64  # floats a read may run past a row's end: the widest tile's (conv_tile.h) last columns
-
-
-class Geometry(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int64) for name in ("N", "C", "H", "W", "O", "OH", "OW", "S", "P_H", "P_W", "D_H", "D_W")]
-
-
-class Pattern:
-    """A mask's kept weights by output channel (`rows`), with each one's input channel, taps and flat position `at` in
-    the dense weight."""
-
-    def __init__(self, mask: torch.Tensor, groups: int, in_channels: int):
-        mask = mask.reshape(mask.shape[0], mask.shape[1], *mask.shape[2:], *([1, 1] if mask.dim() == 2 else []))
-        outs, per_group = mask.shape[:2]
-        o, c, ky, kx = mask.nonzero(as_tuple=True)  # row-major: by output channel, then input channel and taps
-        cin = (o // (outs // groups)) * per_group + c
-        self.mask = mask.clone()
-        self.at = ((o * per_group + c) * mask.shape[2] + ky) * mask.shape[3] + kx
-        self.rows = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(o, minlength=outs).cumsum(0)])
-        self.cin, self.ky, self.kx = cin.int(), ky.int(), kx.int()
-        self.row_of = o
-        self.density = float(mask.float().mean())
-        self._flats: dict[tuple, _Flat] = {}
-
-    def flat(self, g: Geometry) -> _Flat:
-        """Where the kept weights read for this input geometry, made once: a layer sees one shape per batch size."""
-        key = tuple(getattr(g, name) for name, _ in Geometry._fields_)
-        if key not in self._flats:
-            self._flats[key] = _Flat(self, g)
-        return self._flats[key]
-
-
-def _pad(t: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
-    """t's planes zero-padded to h x w at (top, left), flat (one parallel pass; F.pad fills, then copies)."""
-    n, c, th, tw = t.shape
-    t = t.contiguous()
-    out = t.new_empty(n * c * h * w)
-    library().pad_planes(n * c, th, tw, _ptr(t), top, left, h, w, _ptr(out), torch.get_num_threads())
-    return out
-
-
-def _floor_split(reach: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """reach = s * q + r with 0 <= r < s: the phase r and the phase-plane shift q of an input offset."""
-    return torch.remainder(reach, s), torch.div(reach, s, rounding_mode="floor")
-
-
-def _int32(t: torch.Tensor) -> torch.Tensor:
-    if len(t) and (int(t.max()) >= 2**31 or int(t.min()) < -(2**31)):
-        raise OverflowError("a layer this large does not fit the sparse kernels' 32-bit offsets")
-    return t.to(torch.int32)
-
-
-class _Flat:
-    """Where each kept weight reads, on the input split into its stride's s x s phase planes (x[:, :, a::s, b::s]),
-    each zero-padded so that every read of every output position lands inside it: a strided convolution is then a
-    stride-1 one over phase-stacked channels, and each kept weight a fixed offset `off` into one flat buffer."""
-
-    def __init__(self, p: Pattern, g: Geometry):
-        s = g.S
-        ry, qy = _floor_split(p.ky.long() * g.D_H - g.P_H, s)
-        rx, qx = _floor_split(p.kx.long() * g.D_W - g.P_W, s)
-        lo_y, hi_y = (int(qy.min()), int(qy.max())) if len(qy) else (0, 0)
-        lo_x, hi_x = (int(qx.min()), int(qx.max())) if len(qx) else (0, 0)
-        self.s, self.hs, self.ws = s, -(-g.H // s), -(-g.W // s)
-        self.top, self.left = max(0, -lo_y), max(0, -lo_x)
-        self.w = self.left + max(self.ws, g.OW + max(hi_x, 0))
-        # and rows of zeros below each plane, which reads past a row's end (a tile's last columns, at most SLACK
-        # floats) may reach: no read leaves the buffer
-        self.h = self.top + max(self.hs, g.OH + max(hi_y, 0)) + -(-SLACK // self.w) + 1
-        self.key = (ry * s + rx) * g.C + p.cin.long()  # the phase-stacked input channel each weight reads
-        self.off = (self.key * self.h + qy + self.top) * self.w + qx + self.left
-        self.off32 = _int32(self.off)  # the tiles' offsets
-        self.tile = tile_shape(g.OH, g.OW)
-        # the input gradient: each phase plane of dx correlates dy (padded) with the taps of that phase
-        self.dtop, self.dleft = max(0, hi_y), max(0, hi_x)
-        self.dw = self.dleft + max(g.OW, self.ws - min(lo_x, 0))
-        self.dh = self.dtop + max(g.OH, self.hs - min(lo_y, 0)) + -(-SLACK // self.dw) + 1
-        self.order = torch.argsort(self.key, stable=True)
-        self.cols = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(self.key, minlength=s * s * g.C).cumsum(0)])
-        self.off_t = _int32((p.row_of * self.dh + self.dtop - qy) * self.dw + self.dleft - qx)[self.order].contiguous()
-        self.tile_t = tile_shape(self.hs, self.ws)
-
-    def phases(self, x: torch.Tensor) -> torch.Tensor:
-        """x as the flat buffer of its zero-padded phase planes."""
-        n, c, h, w = x.shape
-        s = self.s
-        if s == 1:  # one plane: a padding copy
-            return _pad(x, self.top, self.left, self.h, self.w)
-        buf = x.new_zeros(n, s * s, c, self.h, self.w)
-        for a in range(s):
-            for b in range(s):
-                part = x[:, :, a::s, b::s]
-                buf[:, a * s + b, :, self.top:self.top + part.shape[2], self.left:self.left + part.shape[3]] = part
-        return buf.reshape(-1)
-
-    def padded(self, grad: torch.Tensor) -> torch.Tensor:
-        """dy zero-padded for the input gradient, flat."""
-        return _pad(grad, self.dtop, self.dleft, self.dh, self.dw)
-
-    def unphase(self, planes: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
-        """The input gradient from its phase planes (n, s * s * c, hs, ws): itself where the stride is 1."""
-        s = self.s
-        if s == 1:
-            return planes
-        planes = planes.view(n, s * s, c, self.hs, self.ws)
-        out = planes.new_empty(n, c, h, w)
-        for a in range(s):
-            for b in range(s):
-                rows, cols = len(range(a, h, s)), len(range(b, w, s))
-                out[:, :, a::s, b::s] = planes[:, a * s + b, :, :rows, :cols]
-        return out
-
-
 class _SparseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, pattern: Pattern, g: Geometry, threads: int):
         lib, values = library(), weight.detach().reshape(-1)[pattern.at].contiguous()
         b = None if bias is None else bias.detach().contiguous()
+        ctx.pattern, ctx.geometry, ctx.threads, ctx.weight_shape = pattern, g, threads, weight.shape
+        ctx.has_bias = bias is not None
+        if _pointwise(g):
+            x = x.detach().contiguous()
+            out = x.new_empty(g.N, g.O, g.OH, g.OW)
+            lib.pointwise(g.N, g.O, g.C, g.H * g.W, _ptr(x), _ptr(pattern.rows), _ptr(pattern.cin), _ptr(values), _ptr(b),
+                          _ptr(out), threads)
+            ctx.save_for_backward(x, values)
+            return out
         flat = pattern.flat(g)
         src = flat.phases(x.detach())
         out = src.new_empty(g.N, g.O, g.OH, g.OW)
         lib.tile_correlate(g.N, g.O, g.OH, g.OW, g.S * g.S * g.C * flat.h * flat.w, flat.w, _ptr(src), _ptr(pattern.rows),
                            _ptr(flat.off32), _ptr(values), _ptr(b), _ptr(out), *flat.tile, threads)
         ctx.save_for_backward(x, values)  # not `src`: x is kept alive anyway (by the ReLU before it, say)
-        ctx.flat, ctx.pattern, ctx.geometry, ctx.threads, ctx.weight_shape = flat, pattern, g, threads, weight.shape
-        ctx.has_bias = bias is not None
+        ctx.flat = flat
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        if _pointwise(ctx.geometry):
+            return _SparseConv.pointwise_backward(ctx, grad.contiguous())
+        return _SparseConv.general_backward(ctx, grad)
+
+    @staticmethod
+    def pointwise_backward(ctx, grad):
+        x, values = ctx.saved_tensors
+        p, g, lib, threads = ctx.pattern, ctx.geometry, library(), ctx.threads
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            rows, outs, order = p.by_input()
+            by_input = values[order].contiguous()
+            grad_x = grad.new_empty(g.N, g.C, g.H, g.W)
+            lib.pointwise(g.N, g.C, g.O, g.H * g.W, _ptr(grad), _ptr(rows), _ptr(outs), _ptr(by_input), _ptr(None),
+                          _ptr(grad_x), threads)
+        if ctx.needs_input_grad[1]:  # each kept weight: its gradient plane dotted with its input plane
+            off, kept = p.cin.long() * (g.H * g.W), values.new_empty(len(values))
+            lib.flat_dot(g.N, g.O, g.H * g.W, g.H * g.W, g.C * g.H * g.W, _ptr(grad), _ptr(x), _ptr(p.rows), _ptr(off),
+                         len(values), _ptr(kept), threads)
+            grad_w = values.new_zeros(ctx.weight_shape.numel())
+            grad_w[p.at] = kept
+            grad_w = grad_w.view(ctx.weight_shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None
+
+    @staticmethod
+    def general_backward(ctx, grad):
         x, values = ctx.saved_tensors
         p, g, f, lib, threads = ctx.pattern, ctx.geometry, ctx.flat, library(), ctx.threads
         grad = grad.contiguous()
