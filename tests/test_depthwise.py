@@ -73,6 +73,8 @@ def test_it_declines_what_it_is_not_fast_or_right_for():
     assert depthwise_conv2d(x, w, 1, 1, 1) is None  # NCHW: torch's kernels
     assert depthwise_conv2d(x.double().contiguous(memory_format=torch.channels_last), w.double(), 1, 1, 1) is None
     assert depthwise_conv2d(x.contiguous(memory_format=torch.channels_last), torch.randn(8, 2, 3, 3), 1, 1, 1) is None
+    with torch.autocast("cpu", torch.bfloat16):  # torch's forward would be bf16: its gradient too
+        assert depthwise_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1, 1) is None
 
 
 def test_the_search_operations_offer_it_training_only(monkeypatch):
@@ -88,3 +90,21 @@ def test_the_search_operations_offer_it_training_only(monkeypatch):
     monkeypatch.undo()
     op.train()
     torch.testing.assert_close(op(x), want)
+
+
+def test_a_depthwise_layer_on_the_sparse_training_kernels_stays_there(monkeypatch):
+    """With `sparse_kernels` on, a masked depthwise convolution is routed to them; the native depthwise path
+    (and the strided-dilated rewrite) must not bypass that route."""
+    from sparsearch import sparsity as sp
+    from sparsearch.train.sparse import sparse_kernels
+
+    op = DilConv(8, 8, 3, 2, 2, 2)  # stride = dilation: the rewrite would apply too
+    layers = sp.find_layers(op, dense_first_last=False)
+    masks, densities = sp.compute_masks(op, layers, 0.5, "random", "uniform")
+    sp.attach(op, masks, densities=densities)
+    calls = []
+    monkeypatch.setattr(operations, "depthwise_conv2d", lambda *a: calls.append(a))
+    x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    with sparse_kernels(op, "on") as routed:
+        op(x)
+    assert calls == [] and routed["1"].pattern is not None  # the sparse route saw the input

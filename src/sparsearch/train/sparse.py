@@ -28,6 +28,19 @@ from .batchnorm import native_batchnorm
 from .sparse_layout import Geometry, Pattern, _pad, _pointwise
 
 Mode = Literal["off", "on", "auto"]
+
+
+def _weight_grad(kept: torch.Tensor, p: Pattern, shape: torch.Size) -> torch.Tensor:
+    """The kept weights' gradients in the dense weight's shape, zeros elsewhere."""
+    grad_w = kept.new_zeros(shape.numel())
+    grad_w[p.at] = kept
+    return grad_w.view(shape)
+
+
+def _bias_grad(ctx, grad: torch.Tensor) -> torch.Tensor | None:
+    return grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+
+
 class _SparseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, pattern: Pattern, g: Geometry, threads: int):
@@ -61,7 +74,7 @@ class _SparseConv(torch.autograd.Function):
     def pointwise_backward(ctx, grad):
         x, values = ctx.saved_tensors
         p, g, lib, threads = ctx.pattern, ctx.geometry, library(), ctx.threads
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             rows, outs, order = p.by_input()
             by_input = values[order].contiguous()
@@ -72,19 +85,15 @@ class _SparseConv(torch.autograd.Function):
             off, kept = p.cin.long() * (g.H * g.W), values.new_empty(len(values))
             lib.flat_dot(g.N, g.O, g.H * g.W, g.H * g.W, g.C * g.H * g.W, _ptr(grad), _ptr(x), _ptr(p.rows), _ptr(off),
                          len(values), _ptr(kept), threads)
-            grad_w = values.new_zeros(ctx.weight_shape.numel())
-            grad_w[p.at] = kept
-            grad_w = grad_w.view(ctx.weight_shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None
+            grad_w = _weight_grad(kept, p, ctx.weight_shape)
+        return grad_x, grad_w, _bias_grad(ctx, grad), None, None, None
 
     @staticmethod
     def general_backward(ctx, grad):
         x, values = ctx.saved_tensors
         p, g, f, lib, threads = ctx.pattern, ctx.geometry, ctx.flat, library(), ctx.threads
         grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = None
         padded = f.padded(grad) if ctx.needs_input_grad[0] or f.dw == f.w else None
         if ctx.needs_input_grad[0]:
             by_key = values[f.order].contiguous()  # named: alive during the call
@@ -101,12 +110,8 @@ class _SparseConv(torch.autograd.Function):
             kept = values.new_empty(len(values))
             lib.flat_dot(g.N, g.O, g.OH * f.w, plane, g.S * g.S * g.C * f.h * f.w, ctypes.c_void_p(dy.data_ptr() + 4 * start),
                          _ptr(src), _ptr(p.rows), _ptr(f.off), len(values), _ptr(kept), threads)
-            grad_w = values.new_zeros(ctx.weight_shape.numel())
-            grad_w[p.at] = kept
-            grad_w = grad_w.view(ctx.weight_shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None
+            grad_w = _weight_grad(kept, p, ctx.weight_shape)
+        return grad_x, grad_w, _bias_grad(ctx, grad), None, None, None
 
 
 def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: Pattern, stride: int,
