@@ -19,6 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 enum { V = WIDEST };
 typedef Vec<V>::type vec;
@@ -49,6 +52,14 @@ static inline void dot_block(const float* grad, const float* base, const i64* of
         for (int b = 0; b < B; ++b) a[b][0] += g0 * load(s[b] + p);
         p += V;
     }
+#if defined(__AVX512F__)
+    if (p < L) {  // the last L - p < 16 floats in one masked vector (masked-off lanes are not read: no fault past the end)
+        const __mmask16 m = (__mmask16)((1u << (L - p)) - 1);
+        const vec g0 = (vec)_mm512_maskz_loadu_ps(m, grad + p);
+        for (int b = 0; b < B; ++b) a[b][1] += g0 * (vec)_mm512_maskz_loadu_ps(m, s[b] + p);
+        p = L;
+    }
+#endif
     for (int b = 0; b < B; ++b) {
         float sum = hsum(a[b][0] + a[b][1]);
         for (i64 q = p; q < L; ++q) sum += grad[q] * s[b][q];
