@@ -3,11 +3,12 @@ the sparse kernels (`train.sparse`) against the dense step, side by side in one 
 
 Full-width ResNet-20 on CIFAR-shaped batches of 128 with static ERK masks at each sparsity (`--model resnet50
 --image-size 224 --batch-size 16 --allocation uniform`: the ImageNet-size case; first and last layers stay dense
-with uniform allocation, as ERK keeps them nearly so). Contenders, alternating
-within every trial: the masked network on PyTorch's dense kernels in fp32 (NCHW and channels-last: what every method
-paid before), and, where the CPU has bfloat16 units, with bf16 autocast; the sparse kernels ("on") and the per-layer
-choice ("auto"), on an NCHW model and on a channels-last one. Every process the CLI starts keeps freed memory
-(`sparsearch.allocator`), the contenders alike. Ratios are over the fastest dense fp32 configuration and over the fastest dense one in any precision.
+with uniform allocation, as ERK keeps them nearly so). Contenders, alternating within every trial: the masked
+network on PyTorch's dense kernels in fp32 (NCHW and channels-last: what every method paid before), and, where the
+CPU has bfloat16 units, with bf16 autocast; the sparse kernels ("on") and the per-layer choice ("auto"), on an NCHW
+model and on a channels-last one. Every process the CLI starts keeps freed memory (`sparsearch.allocator`), the
+contenders alike. Ratios are over the fastest dense fp32 configuration and over the fastest dense one in any
+precision.
 `--layers S` instead prints, at sparsity S, each convolution's forward, input-gradient and weight-gradient times,
 sparse against dense: where the step's time goes. `--memory` instead measures each configuration's peak memory: in
 a process of its own, the peak resident set over three steps less the resident set before the first.

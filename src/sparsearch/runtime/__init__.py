@@ -9,8 +9,8 @@
        alternate the engines, and more rounds for the two fastest where they are within 15% or where their
        medians and their lower quartiles rank them differently (a burst of foreign load);
     4. the fastest by lower quartile wins (another process's load only adds time, so the quick end of an engine's
-       samples is its own cost; a median can be taken over by a busy minute). `CompiledModel.times` holds every engine's timings, `.table()` the winning sparse
-       engine's per-operation times.
+       samples is its own cost; a median can be taken over by a busy minute). `CompiledModel.times` holds every
+       engine's timings, `.table()` the winning sparse engine's per-operation times.
 `CompiledModel.save(dir)` writes that choice (plan.json) beside an export of the weights; `load(dir)` runs it
 again without timing: every engine's `options()` (the engine's chunk size, the per-layer engine's kernels) is saved.
 `compile(..., kernels=(...))` forces the per-layer engine with those sparse kernels.
@@ -40,12 +40,6 @@ __all__ = ["CSRConv2d", "CSRLinear", "CompiledModel", "TapsConv2d", "candidates"
            "load", "to_onnx"]
 
 CLOSE = 1.15  # two engines within 15% of each other are timed again before one is chosen
-
-
-def lower_quartile(samples: list[float]) -> float:
-    """The race's score: robust to foreign load, which lengthens some samples and shortens none."""
-    ordered = sorted(samples)
-    return ordered[(len(ordered) - 1) // 4]
 MAX_INPUT_BYTES = 2**30  # an example input (and a plan's) larger than this is a mistake, not a model
 
 
@@ -109,6 +103,12 @@ def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor
             continue
         runners[name], errors[name] = runner, error
     return runners, errors, skipped
+
+
+def lower_quartile(samples: list[float]) -> float:
+    """The race's score: robust to foreign load, which lengthens some samples and shortens none."""
+    ordered = sorted(samples)
+    return ordered[(len(ordered) - 1) // 4]
 
 
 def _race(runners: dict, x: torch.Tensor, repeats: int, rounds: int = 3) -> dict[str, list[float]]:
