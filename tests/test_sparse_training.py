@@ -130,7 +130,7 @@ def _train(model, mode, steps, seed=0):
 
 
 @pytest.mark.parametrize("name, kwargs, steps, depth", [("resnet20", {"width": 8}, 50, 20),
-                                                        ("genotype", {"genotype": "DASS_95", "channels": 4, "layers": 3}, 20, 30)])
+                                                        ("genotype", {"genotype": "DASS_95", "channels": 4, "layers": 3}, 50, 30)])
 def test_every_step_of_a_training_computes_the_dense_steps_loss_and_gradients(name, kwargs, steps, depth):
     """Teacher-forced: at each of `steps` training states (the dense path trains), the sparse path's loss and
     gradients on the same weights and batch equal the dense path's up to the order of their sums. Two free-running
