@@ -57,15 +57,36 @@ def _table(variant: str, s: float, mean: float, lo: float, hi: float, seeds: int
             "seeds": seeds}
 
 
-def test_erk_needs_disjoint_seed_ranges_at_the_highest_sparsity():
-    rows = [{"variant": v, "train_seconds": 60.0} for v in ("static-erk", "static-uniform")]
-    overlapping = {"model": "resnet20", "rows": rows, "table": [
-        _table("static-erk", 0.9, 0.44, 0.43, 0.45), _table("static-uniform", 0.9, 0.43, 0.42, 0.44),
-        _table("static-erk", 0.98, 0.39, 0.37, 0.41), _table("static-uniform", 0.98, 0.37, 0.36, 0.38)]}
-    assert book.erk_vs_uniform(overlapping).verdict.startswith("**mixed**")
-    overlapping["table"][2] = _table("static-erk", 0.98, 0.40, 0.39, 0.41)
-    chapter = book.erk_vs_uniform(overlapping)
-    assert chapter.verdict.startswith("**reproduced**") and "at 90% the two are within noise" in chapter.verdict
+def _results(accs: dict[tuple[str, float], list[float]], dense: float | None = 0.90) -> dict:
+    """A comparison's results.json: each (variant, sparsity)'s accuracy per seed, and a dense anchor (None: none)."""
+    if dense is not None:
+        accs = {("dense", 0.0): [dense - 0.002, dense, dense + 0.002], **accs}
+    rows = [{"variant": v, "sparsity": s, "seed": seed, "test_acc": acc, "train_seconds": 60.0}
+            for (v, s), values in accs.items() for seed, acc in enumerate(values)]
+    table = [{**_table(v, s, sum(vals) / len(vals), min(vals), max(vals), len(vals))} for (v, s), vals in accs.items()]
+    return {"model": "resnet20", "rows": rows, "table": table}
+
+
+def _shift(base: list[float], by: float, noise: float = 0.0) -> list[float]:
+    return [b + by + noise * w for b, w in zip(base, (1.0, -1.0, 0.5))]
+
+
+SEEDS = [0.60, 0.62, 0.64]  # three seeds' accuracies: seed-to-seed spread that pairing removes
+
+
+@pytest.mark.parametrize("erk_at_98, dense, verdict", [
+    (_shift(SEEDS, 0.02, 0.001), 0.90, "**reproduced**"),       # 2 points ahead on every seed
+    (_shift(SEEDS, -0.01, 0.001), 0.90, "**not reproduced**"),  # 1 point behind: 0.5 points ruled out
+    (_shift(SEEDS, 0.003, 0.01), 0.90, "**inconclusive**"),     # the interval holds 0 and 0.5 points
+    (_shift(SEEDS, 0.02, 0.001), 0.45, "**no verdict**: proxy budget"),  # the dense anchor is below 85%
+    (_shift(SEEDS, 0.02, 0.001), None, "**no verdict**: no dense network"),
+])
+def test_erk_vs_uniform_follows_the_v3_rules(erk_at_98, dense, verdict):
+    results = _results({("static-erk", 0.9): _shift(SEEDS, 0.0), ("static-uniform", 0.9): SEEDS,
+                        ("static-erk", 0.98): erk_at_98, ("static-uniform", 0.98): SEEDS}, dense)
+    chapter = book.erk_vs_uniform(results)
+    assert chapter.verdict.startswith(verdict), chapter.verdict
+    assert "| 98% |" in chapter.body and "(95%, paired, n=3) |" in chapter.body  # each sparsity's effect, reported
 
 
 def test_soup_counts_phases_where_the_soup_beats_its_best_ingredient(tmp_path):
@@ -76,7 +97,8 @@ def test_soup_counts_phases_where_the_soup_beats_its_best_ingredient(tmp_path):
     where = tmp_path / "compare" / "seed-0" / "soup-0.9"
     where.mkdir(parents=True)
     (where / "soup.json").write_text(json.dumps(phases))
-    chapter = book.soup_vs_best_ingredient({"rows": [{"variant": "soup", "train_seconds": 120.0}]}, tmp_path)
+    rows = [{"variant": "soup", "train_seconds": 120.0}, {"variant": "dense", "test_acc": 0.9, "train_seconds": 60.0}]
+    chapter = book.soup_vs_best_ingredient({"rows": rows}, tmp_path)
     assert "beats its best ingredient in 1 of 2 phases" in chapter.verdict and chapter.verdict.startswith("**mixed**")
     assert "| seed-0, soup-0.9 | 1 | 0.300 | 41.00 | 42.00 | 43.00 | 42.00 |" in chapter.body
 
@@ -89,16 +111,19 @@ def test_document_lists_every_claim_with_its_verdict_and_figure():
     assert "| 1 | DASS cell vs DARTS cell at equal sparsity | reproduced |" in text
     assert "| 2 | Measured speedup vs sparsity against the FLOP ideal | not reproduced |" in text
     assert "resnet56, batch 32, 2 threads: 1.75x" in text and "![" in text and "results/runtime-speedup.png" in text
+    assert "docs/results/RULES.md, sha256 " in text  # the rules the verdicts were judged under, by their hash
     assert "the fastest dense engine" in book.speedup(bench).body
 
 
-def _ift(wide_rigl: list[tuple[float, float, float]]) -> dict:
-    """Results of the Sparse-IFT comparison: dense at 40% (38-42), wide-rigl (mean, min, max) per sparsity."""
-    table = [{**_table("dense", 0.0, 0.40, 0.38, 0.42), "macs": 1e6, "params": 1e4, "density": 1.0}]
+def _ift(wide_rigl: list[tuple[float, float, float]], dense: float = 0.90) -> dict:
+    """Results of the Sparse-IFT comparison: dense at `dense` (+-2 points), wide-rigl (mean, min, max) per sparsity,
+    given against a dense network at 40%."""
+    up = dense - 0.40
+    table = [{**_table("dense", 0.0, dense, dense - 0.02, dense + 0.02), "macs": 1e6, "params": 1e4, "density": 1.0}]
     for s, (mean, lo, hi) in zip((0.5, 0.75), wide_rigl):
-        table += [{**_table("wide-rigl", s, mean, lo, hi), "macs": 1e6, "params": 1e4, "density": 0.3},
-                  {**_table("wide-static", s, 0.41, 0.40, 0.42), "macs": 1e6, "params": 1e4, "density": 0.3}]
-    return {"table": table, "rows": [{"variant": "dense", "train_seconds": 60.0}]}
+        table += [{**_table("wide-rigl", s, mean + up, lo + up, hi + up), "macs": 1e6, "params": 1e4, "density": 0.3},
+                  {**_table("wide-static", s, 0.41 + up, 0.40 + up, 0.42 + up), "macs": 1e6, "params": 1e4, "density": 0.3}]
+    return {"table": table, "rows": [{"variant": "dense", "train_seconds": 60.0, "test_acc": dense}]}
 
 
 INFERENCE = {"dense": {"batch-1": {"engine": "onnxruntime", "ms": 1.0}},
@@ -113,6 +138,7 @@ INFERENCE = {"dense": {"batch-1": {"engine": "onnxruntime", "ms": 1.0}},
 def test_sparse_ift_verdict_follows_its_rule(wide, verdict):
     chapter = book.sparse_ift(_ift(wide), INFERENCE)
     assert chapter.verdict.startswith(verdict)
+    assert book.sparse_ift(_ift(wide, dense=0.40), INFERENCE).verdict.startswith("**no verdict**: proxy budget")
     assert "| wide-rigl-0.5 | 1 | engine | 1.50 | 1.50x |" in chapter.body  # inference against the compiled dense
 
 
@@ -147,24 +173,31 @@ def _st(rows: dict[str, tuple[float, float, float]], s: float = 0.9) -> dict:
             "rows": [{"variant": v, "train_seconds": 60.0} for v in rows]}
 
 
-@pytest.mark.parametrize("rigl, verdict", [((0.46, 0.45, 0.47), "**reproduced**"),
-                                           ((0.44, 0.43, 0.45), "**mixed**"),  # in order, ranges touching SET's
-                                           ((0.41, 0.40, 0.42), "**not reproduced**")])
-def test_rigl_set_static_needs_each_step_beyond_the_seed_spread(rigl, verdict):
-    st = _st({"rigl": rigl, "set": (0.43, 0.425, 0.435), "static-erk": (0.42, 0.415, 0.419)})
-    assert book.rigl_set_static(st).verdict.startswith(verdict)
+@pytest.mark.parametrize("rigl_by, set_by, verdict", [
+    (0.02, 0.020, "**reproduced**"),      # RigL 2 points above static; SET equal to RigL on every seed
+    (-0.01, 0.030, "**not reproduced**"),  # RigL below static; SET 1 point above RigL
+    (0.02, 0.030, "**mixed**"),           # dynamic beats static, but SET beats RigL
+])
+def test_rigl_set_static_follows_the_v3_rules(rigl_by, set_by, verdict):
+    accs = {}
+    for s in (0.9, 0.98):
+        accs |= {("rigl", s): _shift(SEEDS, rigl_by, 0.001), ("set", s): _shift(SEEDS, set_by, 0.001),
+                 ("static-erk", s): SEEDS}
+    chapter = book.rigl_set_static(_results(accs))
+    assert chapter.verdict.startswith(verdict), chapter.verdict
+    assert "(a) **" in chapter.verdict and "(b) **" in chapter.verdict
 
 
-def test_imp_counts_every_level_and_needs_disjoint_seed_ranges(tmp_path):
+def test_imp_counts_every_level_and_follows_the_v3_rules(tmp_path):
     for level, seconds in enumerate((50.0, 40.0, 30.0)):
         where = tmp_path / "compare" / "seed-0" / "imp-0.9" / f"level-{level}"
         where.mkdir(parents=True)
         (where / "summary.json").write_text(json.dumps({"train_seconds": seconds}))
-    st = _st({"imp": (0.50, 0.49, 0.51), "oneshot": (0.45, 0.40, 0.495)})
+    st = _results({("imp", 0.9): _shift(SEEDS, 0.003, 0.01), ("oneshot", 0.9): SEEDS})
     chapter = book.imp_vs_oneshot(st, tmp_path)
-    assert chapter.verdict.startswith("**mixed**")  # ahead in the mean, one one-shot seed above IMP's worst
-    assert chapter.seconds == 60.0 + 120.0  # one-shot's row, and IMP's three levels rather than its last one
-    st["table"][1] = _table("oneshot", 0.9, 0.45, 0.40, 0.48)
+    assert chapter.verdict.startswith("**inconclusive**")  # ahead in the mean, the interval holding 0 and 0.5 points
+    assert chapter.seconds == 3 * 60.0 + 120.0  # one-shot's rows, and IMP's three levels rather than its last ones
+    st = _results({("imp", 0.9): _shift(SEEDS, 0.02, 0.001), ("oneshot", 0.9): SEEDS})
     assert book.imp_vs_oneshot(st, tmp_path).verdict.startswith("**reproduced**")
 
 

@@ -1,9 +1,16 @@
-"""How a chapter of the results book states its numbers and its verdict: the `Chapter` record, the rule helpers every
-claim uses (seed ranges apart, reproduced / not / mixed per sparsity) and the number formats."""
+"""How a chapter of the results book states its numbers and its verdict: the `Chapter` record, the rule helpers the
+claims use (v2: seed ranges apart, reproduced / not / mixed per sparsity; v3: RULES.md's paired effects, intervals
+and three verdicts, behind a dense anchor) and the number formats."""
 
 from __future__ import annotations
 
+import hashlib
+import statistics
 from dataclasses import dataclass
+from pathlib import Path
+
+from . import statistics as stats
+from .statistics import Kind
 
 
 @dataclass
@@ -63,3 +70,53 @@ def apart(a: dict, b: dict) -> bool:
 def seeds_text(r: dict) -> str:
     """Mean ± sample std (number of seeds), in percent, from a run's per-seed summary or a comparison's table row."""
     return f"{pct(r['acc_mean'])} ± {pct(r['acc_std'])} ({r.get('n', r.get('seeds'))})"
+
+
+# ---------------------------------------------------------------- book v3 (docs/results/RULES.md, book/statistics.py)
+ANCHOR = 0.85  # a CIFAR-10 chapter whose dense network is below this gives no verdict
+RULES = Path(__file__).resolve().parents[3] / "docs" / "results" / "RULES.md"  # in a checkout; not package data
+
+
+def rules_citation() -> str:
+    """The rules file and the sha256 of the text the verdicts were judged under, for the book's header."""
+    if not RULES.exists():
+        return "docs/results/RULES.md, not found beside this installation"
+    return f"docs/results/RULES.md, sha256 {hashlib.sha256(RULES.read_bytes()).hexdigest()[:16]}"
+
+
+def per_seed(results: dict, variant: str, sparsity: float) -> dict[int, float]:
+    """A comparison's test accuracy per seed for one variant and sparsity."""
+    return {r["seed"]: r["test_acc"] for r in results["rows"]
+            if r["variant"] == variant and r.get("sparsity") == sparsity and "test_acc" in r}
+
+
+def proxy_budget(results: dict) -> str | None:
+    """The verdict of a chapter whose dense anchor is missing or below `ANCHOR` (RULES.md), None where it holds."""
+    dense = [r["test_acc"] for r in results["rows"] if r["variant"] == "dense" and "test_acc" in r]
+    if not dense:
+        return "**no verdict**: no dense network was trained beside it, so nothing says what its budget can show"
+    if (mean := statistics.fmean(dense)) < ANCHOR:
+        return (f"**no verdict**: proxy budget (the dense network reaches {pct(mean)}% < {100 * ANCHOR:g}%), which "
+                "says nothing about the paper")
+    return None
+
+
+def paired(results: dict, a: str, b: str, sparsities: list[float]) -> tuple[list[float], list[float]]:
+    """A's and B's accuracies on the seeds both ran at every sparsity, each seed averaged over the sparsities (one
+    test for comparisons that are not independent)."""
+    by = {(v, s): per_seed(results, v, s) for v in (a, b) for s in sparsities}
+    seeds = sorted(set.intersection(*(set(d) for d in by.values())))
+    mean = lambda v: [statistics.fmean(by[v, s][seed] for s in sparsities) for seed in seeds]  # noqa: E731
+    return mean(a), mean(b)
+
+
+def judged(kind: Kind, results: dict, a: str, b: str, sparsities: list[float], smallest: float) -> str:
+    """RULES.md's verdict for "A vs B" over `sparsities` (pooled), as the chapter's verdict text."""
+    word, reason = stats.verdict(kind, *paired(results, a, b, sparsities), smallest)
+    where_ = ", ".join(f"{100 * s:g}%" for s in sparsities)
+    return f"**{word}**: {a} - {b} over {where_}, {reason}"
+
+
+def effect_text(results: dict, a: str, b: str, s: float) -> str:
+    """One sparsity's paired effect A - B in points with its 95% interval, for a chapter's table."""
+    return stats.difference(*paired(results, a, b, [s])).text()
