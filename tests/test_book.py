@@ -112,6 +112,9 @@ def test_document_lists_every_claim_with_its_verdict_and_figure():
     assert "| 2 | Measured speedup vs sparsity against the FLOP ideal | not reproduced |" in text
     assert "resnet56, batch 32, 2 threads: 1.75x" in text and "![" in text and "results/runtime-speedup.png" in text
     assert "docs/results/RULES.md, sha256 " in text  # the rules the verdicts were judged under, by their hash
+    from sparsearch.host import machine
+
+    assert f"{machine()['cpu']} (" in text  # the CPU and its vector extensions: speed ratios are host-specific
     assert "the fastest dense engine" in book.speedup(bench).body
 
 

@@ -83,6 +83,7 @@ def test_train_genotype_network_from_cli(tmp_path):
                      "train": {"epochs": 1}, "sparsity": {"sparsity": 0.9}})
     summary = run_train(cfg, show_progress=False)
     assert summary["steps"] > 0 and summary["final_test_acc"] is not None
+    assert summary["machine"]["cpu"] and isinstance(summary["machine"]["isa"], list)  # where its numbers came from
 
 
 @pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5", "sep_conv_5x5"])

@@ -14,11 +14,11 @@ import shutil
 import time
 from pathlib import Path
 
-from ..bench.common import machine
 from ..config import Config, load_config
 from ..errors import SparsearchError
 from ..executors import stop_ray
 from ..files import read_json, write_atomic
+from ..host import machine
 from ..train import exclusive
 from .chapters import (
     compare_seconds,
@@ -218,7 +218,8 @@ def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float
     lines = ["# Results book", "", f"Command: `{command}`" + (" --write-only" if seconds is None else ""), "",
              "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
              "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
-             f"Machine: {info['cpu']}, {info['threads']} threads" + (f", {info['gpu']}" if info.get("gpu") else "")
+             f"Machine: {info['cpu']} ({', '.join(info['isa']) or 'no vector extensions listed'}), {info['threads']} "
+             "threads" + (f", {info['gpu']}" if info.get("gpu") else "")
              + f", torch {info['torch']}. "
              + ("This invocation ran nothing: it wrote the document from the finished runs." if seconds is None else
                 f"This invocation took {seconds / 60:.0f} min.") + spent, "",

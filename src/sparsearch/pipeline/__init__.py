@@ -11,6 +11,7 @@ from .. import distributed
 from ..config import Config, dump_yaml
 from ..data import Dataset, TensorLoader, build_loaders, dataset_from_config
 from ..files import write_atomic, write_json
+from ..host import machine
 from ..models import model_builder
 from ..models.flops import count_flops
 from ..models.ift import iso_config
@@ -68,7 +69,7 @@ def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: 
     this variant trained with (config.yaml beside it: a compare variant's method, a Sparse-IFT network's widths)."""
     summary = {**final.summary, "variant": variant, "dataset": ds.name, "model": ctx.cfg.model.name,
                **count_flops(final.model, (ds.in_channels, *ds.image_size)), "run_dir": str(ctx.run_dir),
-               "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir)}
+               "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir), "machine": machine()}
     if not distributed.is_main():  # under torchrun rank 0 writes
         return summary
     write_json(ctx.out_dir / "summary.json", summary)
