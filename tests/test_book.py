@@ -63,7 +63,7 @@ def _results(accs: dict[tuple[str, float], list[float]], dense: float | None = 0
         accs = {("dense", 0.0): [dense - 0.002, dense, dense + 0.002], **accs}
     rows = [{"variant": v, "sparsity": s, "seed": seed, "test_acc": acc, "train_seconds": 60.0}
             for (v, s), values in accs.items() for seed, acc in enumerate(values)]
-    table = [{**_table(v, s, sum(vals) / len(vals), min(vals), max(vals), len(vals))} for (v, s), vals in accs.items()]
+    table = [_table(v, s, sum(vals) / len(vals), min(vals), max(vals), len(vals)) for (v, s), vals in accs.items()]
     return {"model": "resnet20", "rows": rows, "table": table}
 
 
@@ -169,11 +169,6 @@ def test_random_search_is_better_only_beyond_a_point_and_the_seed_spread():
     searched = _search([0.4] * 2, [0.4] * 2, [0.45, 0.45])  # 5 points ahead, ranges disjoint
     assert book.random_search_vs_random_configuration(searched, single).verdict.startswith("**not reproduced**")
     assert book.random_search_vs_random_configuration(searched, overlapping).verdict.startswith("**reproduced**")
-
-
-def _st(rows: dict[str, tuple[float, float, float]], s: float = 0.9) -> dict:
-    return {"table": [_table(v, s, *r) for v, r in rows.items()],
-            "rows": [{"variant": v, "train_seconds": 60.0} for v in rows]}
 
 
 @pytest.mark.parametrize("rigl_by, set_by, verdict", [

@@ -2,8 +2,8 @@
 
 glibc serves each allocation above its mmap threshold (at most 32 MiB by default) with a fresh mmap and unmaps it
 when freed, and trims the heap's free top, so every training step pays page faults on its large activations again:
-ResNet-50 at 224x224, batch 16, spends ~25% of a dense NCHW step in them (2-core Zen 4: 3.45 s a step, 2.81 s with
-this; measured side by side in separate processes). `keep_freed_memory()` raises the threshold and the trim
+ResNet-50 at 224x224, batch 16, spends ~20% of a dense NCHW step in them (2-core Zen 4: 3.37-3.54 s a step, 2.81 s
+with this; separate processes, one after another). `keep_freed_memory()` raises the threshold and the trim
 threshold (the memory stays with the process: its peak resident set grows, 2.4 -> 3.1 GB there). The CLI and the
 trial workers call it; a user's own loop may. SPARSEARCH_ALLOCATOR=default leaves the allocator as it is.
 """

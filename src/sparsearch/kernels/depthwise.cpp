@@ -1,5 +1,6 @@
-// Depthwise convolution on channels-last (NHWC) activations, for training: the forward, the gradient with respect
-// to the input and the gradient with respect to the weights. kernels/depthwise.py lays the tensors out.
+// Depthwise convolution on channels-last (NHWC) activations, for training: a correlation (the gradient with respect
+// to the input; the forward stays torch's, faster at these sizes) and the gradient with respect to the weights.
+// kernels/depthwise.py lays the tensors out.
 //
 // The input is padded once and split into its stride's phase planes (as the sparse kernels do), so every tap of
 // every output reads at a fixed offset: an output row of OW x C floats is, for tap t, the input row shifted by
@@ -131,9 +132,9 @@ static const weight_fn WEIGHT[MOST + 1] = {nullptr, weight_grad<1>, weight_grad<
 
 extern "C" {
 
-// a source buffer's floats past its last row that a partial block may read: `slack` of them, zeros
 int vector_width() { return V; }
 int most_vectors() { return MOST; }
+// the floats past a source buffer's last row that a partial block may read (zeros there)
 int slack() { return MOST * V; }
 
 // blocks of `nv` vectors (1 <= nv <= most_vectors(); nv * vector_width() a multiple of the channel count)

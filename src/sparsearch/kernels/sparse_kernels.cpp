@@ -2,17 +2,17 @@
 // positions are the batch's rows): the forward, the gradient with respect to the input and the gradient with respect
 // to the kept weights, each doing the work of the non-zero weights only. train/sparse.py lays the tensors out.
 //
-// Every convolution is made a stride-1 one over an input padded once (and split into its stride's phase planes).
-// The forward and the input gradient are then the inference engine's tile (conv_tile.h): `tile_correlate` keeps R
-// output rows x TX columns of one output plane in registers while each kept weight adds weight x its shifted read,
-// and stores the tile straight into the dense output; a 1x1 stride-1 convolution (a linear layer among them) instead
-// runs `pointwise`, tiles of positions over every output channel, unpadded. The weight gradient, `flat_dot`, lays each output row at the
-// padded input's width, so a kept weight's gradient is one dot product of the gradient plane (zeros in the extra
-// columns) with one contiguous shifted read of the input plane; kept weights of one output channel go in blocks that
-// share each load of the gradient. Each kernel parallelises over planes it alone writes (an output plane of one image;
-// for the weight gradient, images, with one accumulator row per thread), so no two threads write one float and the
-// sums' order is fixed by the thread count alone. BatchNorm's training-mode forward and backward on the same NCHW
-// planes close the file (train/batchnorm.py).
+// Every convolution is made a stride-1 one over an input padded once (and split into its stride's phase planes). The
+// forward and the input gradient are then the inference engine's tile (conv_tile.h): `tile_correlate` keeps R output
+// rows x TX columns of one output plane in registers while each kept weight adds weight x its shifted read, and stores
+// the tile straight into the dense output; a 1x1 stride-1 convolution (a linear layer among them) instead runs
+// `pointwise`, tiles of positions over every output channel, unpadded. The weight gradient, `flat_dot`, lays each
+// output row at the padded input's width, so a kept weight's gradient is one dot product of the gradient plane (zeros
+// in the extra columns) with one contiguous shifted read of the input plane; kept weights of one output channel go in
+// blocks that share each load of the gradient. Each kernel parallelises over what it alone writes (an output plane of
+// one image, or `pointwise`'s tile of positions; for the weight gradient, images, with one accumulator row per
+// thread), so no two threads write one float and the sums' order is fixed by the thread count alone. BatchNorm's
+// training-mode forward and backward on the same NCHW planes close the file (train/batchnorm.py).
 #include "conv_tile.h"
 #include <math.h>
 #include <omp.h>
