@@ -6,10 +6,13 @@ alternate between them; medians and min/max are reported, with speedups over eag
 engine, next to the FLOP-count ideal 1 / (1 - s). Rows where the compiled model is slower than the fastest dense
 engine say so.
 
-Models: a DASS genotype network of the DASS-Small shape (36 initial channels, 20 cells) and ResNet-56,
-CIFAR input (3 x 32 x 32). Masks: magnitude with uniform per-layer sparsity on every conv and linear layer
-but the first conv and the classifier (unstructured unless `--kind` says otherwise); BatchNorm statistics are
-randomised so folding is not a no-op.
+Models: on CIFAR input (3 x 32 x 32) a DASS genotype network of the DASS-Small shape (36 initial channels, 20 cells)
+and ResNet-56; on 224 x 224 input ResNet-50, MobileNetV2 and ViT-Tiny/16 (nn.MultiheadAttention), and
+EfficientNet-B0 (SiLU, squeeze-excitation), which no kernel was tuned on. Masks: magnitude on every conv and linear
+layer but the first conv and the classifier, at `--allocation` (uniform: each layer at the sparsity; global: one
+threshold over all of them; erk), unstructured unless `--kind` says otherwise; BatchNorm statistics are randomised so
+folding is not a no-op. The dense engines run the network `compile` prepares (BatchNorms folded, attention as its
+layers: the ONNX exporter refuses torch's fused attention), so they are as fast as a user could make them.
 """
 
 from __future__ import annotations
@@ -25,25 +28,30 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..models import build_model
 from ..runtime import compile
+from ..runtime.common import prepare
 from ..runtime.engines import BUILDERS, Unavailable
 from .common import machine, print_table, stats, write_json
 
-MODELS = {
-    "dass-small": lambda genotype: build_model("genotype", genotype=genotype, channels=36, layers=20),
-    "resnet56": lambda genotype: build_model("resnet56"),
+MODELS = {  # name: (builder, input size)
+    "dass-small": (lambda genotype: build_model("genotype", genotype=genotype, channels=36, layers=20), 32),
+    "resnet56": (lambda genotype: build_model("resnet56"), 32),
+    "resnet50": (lambda genotype: build_model("resnet50", num_classes=1000), 224),
+    "mobilenetv2": (lambda genotype: build_model("mobilenetv2_imagenet", num_classes=1000), 224),
+    "vit-tiny": (lambda genotype: build_model("vit_tiny", num_classes=1000), 224),
+    "efficientnet-b0": (lambda genotype: build_model("efficientnet_b0", num_classes=1000), 224),
 }
 
 
-def _model(name: str, genotype: str, sparsity: float, kind: str = "unstructured") -> nn.Module:
+def _model(name: str, genotype: str, sparsity: float, kind: str = "unstructured", allocation: str = "uniform") -> nn.Module:
     torch.manual_seed(0)
-    model = MODELS[name](genotype).eval()
+    model = MODELS[name][0](genotype).eval()
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
             m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
     if sparsity > 0:
-        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", "uniform", kind)
+        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", allocation, kind)
         sp.attach(model, masks, densities=densities)
     return model
 
@@ -64,23 +72,24 @@ def _time(fn, x: torch.Tensor, calls: int) -> float:
 
 
 def _dense_engines(dense: nn.Module, x: torch.Tensor) -> dict:
-    engines = {"eager": dense}
+    engines, net = {"eager": dense}, prepare(dense, x)
     for name in ("onnxruntime", "openvino"):
         try:
-            engines[name] = BUILDERS[name](dense, x)
+            engines[name] = BUILDERS[name](net, x)
         except Unavailable:
             pass
     return engines
 
 
 def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int, trials: int, repeats: int,
-            kind: str = "unstructured", calls: int = 9) -> dict:
+            kind: str = "unstructured", calls: int = 9, allocation: str = "uniform") -> dict:
     torch.set_num_threads(threads)
-    masked = _model(name, genotype, sparsity, kind)
+    masked = _model(name, genotype, sparsity, kind, allocation)
     dense = _model(name, genotype, 0.0)
     if sparsity > 0:  # the dense model with the masked model's weights: same numbers, no masks
         dense.load_state_dict(sp.squash(masked))
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    size = MODELS[name][1]
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(2))
     t0 = time.perf_counter()
     compiled = compile(masked, x, repeats=repeats)
     compile_s = time.perf_counter() - t0
@@ -93,7 +102,8 @@ def measure(name: str, genotype: str, sparsity: float, batch: int, threads: int,
     result = {k: stats(v) for k, v in times.items()}
     fastest = min((k for k in result if k != "compiled"), key=lambda k: result[k]["median"])
     ops = compiled.table()
-    return {"model": name, "kind": kind, "sparsity": sparsity, "batch": batch, "threads": threads, "times": result,
+    return {"model": name, "kind": kind, "allocation": allocation, "sparsity": sparsity, "batch": batch, "threads": threads,
+            "times": result,
             "engine": compiled.engine, "fastest_dense": fastest,
             "speedup": result["eager"]["median"] / result["compiled"]["median"],
             "speedup_vs_fastest_dense": result[fastest]["median"] / result["compiled"]["median"],
@@ -131,7 +141,8 @@ def speedup_plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sparsearch bench runtime", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=["dass-small", "resnet56"], choices=list(MODELS))
+    ap.add_argument("--allocation", default="uniform", choices=["uniform", "global", "erk"])
     ap.add_argument("--genotype", default="DASS_95")
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.5, 0.9, 0.95, 0.98, 0.99])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
@@ -152,7 +163,8 @@ def main(argv: list[str]) -> int:
         for threads in args.threads:
             for batch in args.batches:
                 for s in args.sparsities:
-                    r = measure(name, args.genotype, s, batch, threads, args.trials, args.repeats, args.kind, args.calls)
+                    r = measure(name, args.genotype, s, batch, threads, args.trials, args.repeats, args.kind, args.calls,
+                                args.allocation)
                     rows.append(r)
                     save(complete=False)
                     print(f"{name} s={s:.2f} batch {batch} threads {threads}: eager {ms(r, 'eager')} ms, onnxruntime "
@@ -164,7 +176,8 @@ def main(argv: list[str]) -> int:
         c = r["times"]["compiled"]
         vs = r["speedup_vs_fastest_dense"]
         verdict = (f"slower than {r['fastest_dense']}" if vs < 0.95 else "no faster than dense" if vs < 1.05 else "")
-        table.append([r["model"], f"{100 * r['sparsity']:g}%", r["batch"], r["threads"], ms(r, "eager"), ms(r, "onnxruntime"),
+        label = r["model"] + ("" if r["allocation"] == "uniform" else f" ({r['allocation']})")
+        table.append([label, f"{100 * r['sparsity']:g}%", r["batch"], r["threads"], ms(r, "eager"), ms(r, "onnxruntime"),
                       ms(r, "openvino"), f"{1e3 * c['median']:.2f} ({1e3 * c['min']:.2f}-{1e3 * c['max']:.2f})", r["engine"],
                       f"{r['speedup']:.2f}x", f"{vs:.2f}x", f"{r['ideal']:.1f}x", verdict])
     info = machine()

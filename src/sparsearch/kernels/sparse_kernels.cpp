@@ -160,6 +160,56 @@ void pointwise(i64 N, i64 O, i64 C, i64 P, const float* x, const i64* rows, cons
         }
 }
 
+// A linear layer on rows (inference): out[t, o] = bias[o] + sum over kept k of row o: val[k] * x[t, col[k]], x (T x C)
+// and out (T x O) row-major, as a transformer's tokens are. x is transposed once into `xt` (C x T, shared), then
+// `pointwise`'s tiles run over it, each block of OB output channels kept in a small buffer and written back as rows:
+// torch's transposing copies of the same tensors took longer than the product itself.
+enum { OB = 16 };
+}  // extern "C": a template next
+template <int NV>  // NV vectors of positions: a tile's last, partial one computes only the vectors it has
+static void rows_block(const float* xt, i64 T, i64 p0, i64 o0, i64 n_o, const i64* rows, const int32_t* col,
+                       const float* val, const float* bias, float (*buf)[TP]) {
+    for (i64 j = 0; j < n_o; ++j) {
+        const i64 o = o0 + j;
+        const float bo = bias ? bias[o] : 0.0f;
+        vec acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = (vec){} + bo;
+        for (i64 k = rows[o]; k < rows[o + 1]; ++k) {  // reads past the tile's width stay inside xt's slack
+            const float w = val[k];
+            const float* src = xt + col[k] * T + p0;
+            for (int v = 0; v < NV; ++v) acc[v] += w * load(src + v * V);
+        }
+        for (int v = 0; v < NV; ++v) *(vec*)(&buf[j][v * V]) = acc[v];
+    }
+}
+extern "C" {
+
+void linear_rows(i64 T, i64 O, i64 C, const float* x, const i64* rows, const int32_t* col, const float* val,
+                 const float* bias, float* xt, float* out, int threads) {
+    const i64 tiles = (T + TP - 1) / TP, blocks = (O + OB - 1) / OB;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (i64 c0 = 0; c0 < C; c0 += 16)
+            for (i64 t = 0; t < T; ++t)
+                for (i64 c = c0; c < c0 + 16 && c < C; ++c) xt[c * T + t] = x[t * C + c];
+#pragma omp for collapse(2) schedule(static)
+        for (i64 tile = 0; tile < tiles; ++tile)
+            for (i64 b = 0; b < blocks; ++b) {
+                const i64 p0 = tile * TP, width = T - p0 < TP ? T - p0 : TP, o0 = b * OB, n_o = O - o0 < OB ? O - o0 : OB;
+                float buf[OB][TP];
+                switch ((width + V - 1) / V) {
+                    case 1: rows_block<1>(xt, T, p0, o0, n_o, rows, col, val, bias, buf); break;
+                    case 2: rows_block<2 < NT ? 2 : NT>(xt, T, p0, o0, n_o, rows, col, val, bias, buf); break;
+                    case 3: rows_block<3 < NT ? 3 : NT>(xt, T, p0, o0, n_o, rows, col, val, bias, buf); break;
+                    default: rows_block<NT>(xt, T, p0, o0, n_o, rows, col, val, bias, buf); break;
+                }
+                for (i64 q = 0; q < width; ++q)
+                    for (i64 j = 0; j < n_o; ++j) out[(p0 + q) * O + o0 + j] = buf[j][q];
+            }
+    }
+}
+
 // dw[k] = sum over images of sum over p < L of g[n, row(k), p] * src[n, p + off[k]]; g's planes are `g_plane` apart and
 // hold zeros where there is no value (the columns past the output's width); reads stop at L
 void flat_dot(i64 N, i64 O, i64 L, i64 g_plane, i64 src_img, const float* g, const float* src, const i64* rows,

@@ -114,7 +114,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import darts, imagenet, mobilenet, resnet, small, vgg, vit, wideresnet  # noqa: E402,F401  (registration side effects)
+from . import darts, efficientnet, imagenet, mobilenet, resnet, small, vgg, vit, wideresnet  # noqa: E402,F401  (registration side effects)
 
 __all__ = [
     "MODELS", "WIDEN", "build_model", "count_parameters", "model_builder", "model_kwargs",

@@ -2,8 +2,9 @@
 
     1. a copy of the model, masks baked in as zeros (`sparsity.remove`), BatchNorms folded into the
        convolutions they follow, in eval mode;
-    2. every engine that can run it here (`engines.py`: sparsearch's whole-network sparse engine, onnxruntime
-       and OpenVINO on the dense network, PyTorch eager) is built and checked against the masked model on
+    2. every engine that can run it here (`engines.py`: sparsearch's whole-network sparse engine, the per-layer
+       engine that runs each layer on its fastest kernel, onnxruntime and OpenVINO on the dense network, PyTorch
+       eager) is built and checked against the masked model on
        `example_input` (max abs error <= `tolerance` x max(1, largest |output|)); one that differs is dropped;
     3. the survivors are timed side by side on `example_input` at the current thread count: rounds that
        alternate the engines, and more rounds for the two fastest where they are within 15% or where their
@@ -30,7 +31,7 @@ import torch.nn as nn
 
 from ..errors import SparsearchError
 from ..files import write_json
-from .common import fold_batchnorm, logits, prepare, reference_output, relative_error
+from .common import fold_batchnorm, logits, lower_quartile, prepare, reference_output, relative_error
 from .engines import BUILDERS, DENSE, Unavailable
 from .export import export, to_onnx
 from .export import load as load_export
@@ -105,12 +106,6 @@ def _build(names, net: nn.Module, example: torch.Tensor, reference: torch.Tensor
     return runners, errors, skipped
 
 
-def lower_quartile(samples: list[float]) -> float:
-    """The race's score: robust to foreign load, which lengthens some samples and shortens none."""
-    ordered = sorted(samples)
-    return ordered[(len(ordered) - 1) // 4]
-
-
 def _race(runners: dict, x: torch.Tensor, repeats: int, rounds: int = 3) -> dict[str, list[float]]:
     """Seconds per call for each runner: `rounds` rounds that alternate them, `repeats` calls each; the two
     fastest again where they are within `CLOSE`, or where medians and lower quartiles disagree on which is faster
@@ -148,12 +143,8 @@ def compile(model: nn.Module, example_input: torch.Tensor, repeats: int = 9, tol
         engines, options = ("layers",), {"layers": {"only": tuple(kernels)}}
     else:
         options = {}
-    wanted = [k for k in engines or BUILDERS if k in BUILDERS and k != "layers"]
-    runners, errors, skipped = _build(wanted, net, example_input, reference, tolerance)
-    if "layers" in (engines or ()) or (engines is None and "engine" in skipped):  # the fallback where the engine cannot run
-        more = _build(["layers"], net, example_input, reference, tolerance, options)
-        for found, extra in zip((runners, errors, skipped), more):
-            found.update(extra)
+    wanted = [k for k in engines or BUILDERS if k in BUILDERS]
+    runners, errors, skipped = _build(wanted, net, example_input, reference, tolerance, options)
     if not runners:
         raise SparsearchError("no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     samples = _race(runners, example_input, max(3, repeats // 2))

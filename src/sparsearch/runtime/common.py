@@ -13,6 +13,7 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..models import split_logits
 from ..models.tracing import conv_bn_pairs
+from .attention import unpack_attention
 
 
 @torch.no_grad()
@@ -33,11 +34,12 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 
 def prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The network every engine runs: a copy in eval mode, masks baked in as zeros, BatchNorms folded."""
+    """The network every engine runs: a copy in eval mode, masks baked in as zeros, BatchNorms folded,
+    `nn.MultiheadAttention` as the layers it is made of (`attention.py`)."""
     net = copy.deepcopy(model).eval()
     sp.remove(net)
     fold_batchnorm(net, example)
-    return net
+    return unpack_attention(net)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -73,3 +75,25 @@ def median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
         fn(x)
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
+
+
+def lower_quartile(samples: list[float]) -> float:
+    """A race's score: robust to foreign load, which lengthens some samples and shortens none."""
+    ordered = sorted(samples)
+    return ordered[(len(ordered) - 1) // 4]
+
+
+def quick_race(fns: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Seconds per call of each of `fns` on x (lower quartile of `rounds` calls, one per round, the order rotating
+    between rounds, after one warm-up call each): a choice between kernels that a cold cache or one busy moment
+    does not decide."""
+    names = list(fns)
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    for k in names:
+        fns[k](x)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[k](x)
+            samples[k].append(time.perf_counter() - t0)
+    return {k: lower_quartile(v) for k, v in samples.items()}

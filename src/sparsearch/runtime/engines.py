@@ -8,7 +8,8 @@ needs to build it again without timing):
     onnxruntime   the dense network (zeros multiplied like any weight) in onnxruntime: the `onnx` extra
     openvino      the same ONNX graph in OpenVINO, where the `openvino` package is installed
     eager         the dense network in PyTorch eager mode (always there)
-    layers        the per-layer engine (`layers.py`); a candidate only where `engine` cannot run
+    layers        the per-layer engine (`layers.py`): PyTorch runs the network, each sparse enough conv / linear
+                  layer on the kernel measured fastest for it (a mixed plan: dense layers keep oneDNN / MKL)
 
 A builder raises `Unavailable` (with the reason) where its engine cannot run here.
 """

@@ -20,6 +20,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import Attention
+
 
 class Unsupported(Exception):
     """The network uses something the engine does not run."""
@@ -228,11 +230,19 @@ def _where(node: fx.Node, model: nn.Module) -> str:
 TORCH_DIR = str(Path(torch.__file__).parent)
 
 
+class _Tracer(fx.Tracer):
+    """Unpacked attention (`attention.Attention`) stays one node: the engine refuses it by name, where tracing into it
+    would fail on its Python branches first."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Attention) or super().is_leaf_module(m, qualname)
+
+
 def lower(model: nn.Module, shape: tuple[int, ...]) -> Graph:
     """`model` (eval mode, plain layers) traced for inputs of `shape` (N, C, H, W). A refusal names the operation,
     the module it runs in and the user's line of code."""
     try:
-        tracer = fx.Tracer()
+        tracer = _Tracer()
         tracer.record_stack_traces = True
         graph = tracer.trace(model)
         traced = fx.GraphModule(tracer.root, graph)

@@ -15,6 +15,10 @@ function. Which one a layer gets is decided by measurement (`runtime.compile`); 
              with each weight reading its group's channel. Strided convolutions compute the stride-1 grid and
              subsample it. torch.sparse's CSR product reached about 1 GFLOP/s on these shapes here, this loop
              about 10 (one thread).
+    native   the sparse training kernels' forward (`kernels/sparse_conv.py`, on the inference engine's convolution
+             tile): a 1x1 convolution or linear layer as tiles of 64 positions over every output channel, any other
+             convolution as output tiles over the input padded once (split into phase planes where strided), a
+             linear layer as those tiles over its rows (tokens x features), transposed in and out inside the kernel.
 `csr` and `bsr` handle ungrouped convolutions only. N:M masks run on these general kernels: a CPU has no
 sparse tensor cores, and their one regularity (the same count per row) saves little here.
 """
@@ -26,6 +30,9 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..kernels import sparse_conv
+from ..kernels.loading import library
 
 try:
     import numba
@@ -172,7 +179,8 @@ class TapsConv2d(nn.Module):
         self.bias = _bias(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        threads = torch.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         if self.linear:
             lead = x.shape[:-1]
             x = x.reshape(-1, x.shape[-1], 1, 1)
@@ -185,11 +193,41 @@ class TapsConv2d(nn.Module):
         out = torch.zeros(self.out_channels, n * hp * wp)
         _taps_product(self.indptr, self.cols, self.tap_rows * wp + self.tap_cols, self.values, flat, out.numpy(),
                       n * hp * wp - (sh * wp + sw), self.block)
+        torch.set_num_threads(threads)  # numba's OpenMP layer shares torch's runtime and left it at all the cores
         y = out.view(self.out_channels, n, hp, wp)[:, :, : hp - sh: self.stride[0], : wp - sw: self.stride[1]]
         y = y.transpose(0, 1).contiguous()
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y.reshape(*lead, self.out_channels) if self.linear else y
+
+
+class NativeConv2d(nn.Module):
+    """The `native` kernel for convolutions (grouped and depthwise too: each kept weight reads its group's channel)
+    and linear layers, on float32 CPU tensors."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear):
+        super().__init__()
+        weight = layer.weight.detach().float()
+        self.linear = weight.dim() == 2
+        if not self.linear and not (isinstance(layer.padding, tuple) and layer.stride[0] == layer.stride[1]):
+            raise ValueError("NativeConv2d handles convolutions with numeric padding and equal strides")
+        groups, cin = (1, weight.shape[1]) if self.linear else (layer.groups, layer.in_channels)
+        self.pattern = sparse_conv.Pattern(weight != 0, groups, cin)
+        self.values = weight.reshape(-1)[self.pattern.at].contiguous()
+        self.weight_shape = weight.shape if not self.linear else (*weight.shape, 1, 1)
+        self.settings = ((1, (0, 0), (1, 1)) if self.linear else (layer.stride[0], layer.padding, layer.dilation))
+        self.bias = None if layer.bias is None else layer.bias.detach().float().contiguous()
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        g = sparse_conv.Geometry.of(x.shape, self.weight_shape, *self.settings)
+        return sparse_conv.forward(x.float(), self.values, self.bias, self.pattern, g, torch.get_num_threads())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.linear:
+            return self._conv(x)
+        out = sparse_conv.linear_rows(x.reshape(-1, x.shape[-1]).float(), self.values, self.bias, self.pattern,
+                                      torch.get_num_threads())
+        return out.view(*x.shape[:-1], -1)
 
 
 def candidates(layer: nn.Module) -> dict[str, nn.Module]:
@@ -204,4 +242,6 @@ def candidates(layer: nn.Module) -> dict[str, nn.Module]:
             out["bsr"] = matmul(layer, blocks)
     if numba is not None and isinstance(layer, (nn.Linear, nn.Conv2d)):
         out["taps"] = TapsConv2d(layer)
+    if library() is not None and (isinstance(layer, nn.Linear) or layer.stride[0] == layer.stride[1]):
+        out["native"] = NativeConv2d(layer)
     return out

@@ -1,8 +1,11 @@
-"""The per-layer engine ("layers"): the network stays PyTorch modules, and each conv / linear layer runs on the
-kernel that is fastest for it (`kernels.candidates`: dense, or a sparse kernel where the layer is sparse enough),
-timed on the layer's real input at the current thread count. Python overhead per layer makes it slower than the
-whole-network engine (`plan.py`), so `compile` tries it only where that engine cannot run (no compiler, an
-operation it cannot lower). Its plan is the kernel of each layer, so a saved one reloads without timing."""
+"""The per-layer engine ("layers"), a mixed plan: the network stays PyTorch modules, and each conv / linear layer
+runs on the kernel that is fastest for it (`kernels.candidates`: dense, which is oneDNN / MKL, or a sparse kernel),
+timed on the layer's real input at the current thread count. A layer with more than `DENSEST` of its weights kept
+stays dense untimed: no sparse kernel wins there, and a dense model costs no timing. It runs any model PyTorch runs
+(transformers, depthwise networks, operations the whole-network engine cannot lower), and where layers are large
+(224x224 maps, a transformer's tokens) its Python overhead per layer is small beside their work; on small networks
+the whole-network engine (`plan.py`) is faster, and `compile` times both. Its plan is the kernel of each layer, so a
+saved one reloads without timing."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ import copy
 import torch
 import torch.nn as nn
 
-from .common import median_seconds, replace_module
+from .common import quick_race, replace_module
 from .kernels import candidates
+
+DENSEST = 0.7  # a layer keeping more of its weights than this is not timed on sparse kernels
 
 
 def _layer_inputs(net: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -35,24 +40,29 @@ class Layers:
 
     @torch.no_grad()
     def __init__(self, net: nn.Module, example: torch.Tensor, kernels: dict[str, str] | None = None,
-                 only: tuple[str, ...] | None = None, repeats: int = 3):
+                 only: tuple[str, ...] | None = None, rounds: int = 7):
         self.net, self.rows = copy.deepcopy(net), []
         for name, x in _layer_inputs(self.net, example).items():
             layer = self.net.get_submodule(name)
-            options = {k: v for k, v in candidates(layer).items() if k == "dense" or only is None or k in only}
+            density = float((layer.weight != 0).float().mean())
+            sparse_enough = density <= DENSEST or only is not None or kernels is not None
+            options = {k: v for k, v in (candidates(layer) if sparse_enough else {"dense": layer}).items()
+                       if k == "dense" or only is None or k in only}
             if kernels is not None:
                 best, times = kernels.get(name, "dense"), {}
                 if best not in options:
                     best = "dense"  # a kernel this machine lacks (numba): the layer runs dense
+            elif len(options) == 1:
+                best, times = "dense", {}
             else:
-                times = {k: median_seconds(m, x, repeats) for k, m in options.items()}
+                times = quick_race(options, x, rounds)
                 forced = [k for k in options if k != "dense"] if only else []
                 best = forced[0] if forced else min(times, key=times.get)
             if best != "dense":
                 replace_module(self.net, name, options[best])
             self.rows.append({"op": name, "kind": best, "ms": round(1e3 * times[best], 4) if times else None,
                               "dense_ms": round(1e3 * times["dense"], 4) if times else None,
-                              "shape": list(layer.weight.shape), "density": round(float((layer.weight != 0).float().mean()), 4)})
+                              "shape": list(layer.weight.shape), "density": round(density, 4)})
 
     def __call__(self, x: torch.Tensor):
         with torch.inference_mode():

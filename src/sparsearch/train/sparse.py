@@ -24,8 +24,8 @@ import torch.nn as nn
 
 from .. import sparsity as sp
 from ..kernels.loading import _ptr, library
+from ..kernels.sparse_conv import Geometry, Pattern, _pad, _pointwise, forward
 from .batchnorm import native_batchnorm
-from .sparse_layout import Geometry, Pattern, _pad, _pointwise
 
 Mode = Literal["off", "on", "auto"]
 
@@ -44,24 +44,11 @@ def _bias_grad(ctx, grad: torch.Tensor) -> torch.Tensor | None:
 class _SparseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, pattern: Pattern, g: Geometry, threads: int):
-        lib, values = library(), weight.detach().reshape(-1)[pattern.at].contiguous()
-        b = None if bias is None else bias.detach().contiguous()
+        values = weight.detach().reshape(-1)[pattern.at].contiguous()
         ctx.pattern, ctx.geometry, ctx.threads, ctx.weight_shape = pattern, g, threads, weight.shape
         ctx.has_bias = bias is not None
-        if _pointwise(g):
-            x = x.detach().contiguous()
-            out = x.new_empty(g.N, g.O, g.OH, g.OW)
-            lib.pointwise(g.N, g.O, g.C, g.H * g.W, _ptr(x), _ptr(pattern.rows), _ptr(pattern.cin), _ptr(values), _ptr(b),
-                          _ptr(out), threads)
-            ctx.save_for_backward(x, values)
-            return out
-        flat = pattern.flat(g)
-        src = flat.phases(x.detach())
-        out = src.new_empty(g.N, g.O, g.OH, g.OW)
-        lib.tile_correlate(g.N, g.O, g.OH, g.OW, g.S * g.S * g.C * flat.h * flat.w, flat.w, _ptr(src), _ptr(pattern.rows),
-                           _ptr(flat.off32), _ptr(values), _ptr(b), _ptr(out), *flat.tile, threads)
-        ctx.save_for_backward(x, values)  # not `src`: x is kept alive anyway (by the ReLU before it, say)
-        ctx.flat = flat
+        out = forward(x, values, None if bias is None else bias.detach().contiguous(), pattern, g, threads)
+        ctx.save_for_backward(x.detach().contiguous(), values)  # not the padded input: x is kept alive anyway
         return out
 
     @staticmethod
@@ -91,7 +78,8 @@ class _SparseConv(torch.autograd.Function):
     @staticmethod
     def general_backward(ctx, grad):
         x, values = ctx.saved_tensors
-        p, g, f, lib, threads = ctx.pattern, ctx.geometry, ctx.flat, library(), ctx.threads
+        p, g, lib, threads = ctx.pattern, ctx.geometry, library(), ctx.threads
+        f = p.flat(g)  # made by the forward, cached in the pattern
         grad = grad.contiguous()
         grad_x = grad_w = None
         padded = f.padded(grad) if ctx.needs_input_grad[0] or f.dw == f.w else None
@@ -117,11 +105,7 @@ class _SparseConv(torch.autograd.Function):
 def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: Pattern, stride: int,
                   padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
     """conv2d(x, weight * mask, bias) on the sparse kernels; the gradient reaches `weight` at its kept positions."""
-    n, c, h, w = x.shape
-    kh, kw = weight.shape[2:]
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride + 1
-    geometry = Geometry(n, c, h, w, weight.shape[0], oh, ow, stride, *padding, *dilation)
+    geometry = Geometry.of(x.shape, weight.shape, stride, padding, dilation)
     return _SparseConv.apply(x.float(), weight, bias, pattern, geometry, torch.get_num_threads())
 
 

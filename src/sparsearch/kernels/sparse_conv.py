@@ -1,6 +1,7 @@
-"""Where a sparse convolution's kept weights read (train/sparse.py runs the kernels on it): `Pattern`, a mask's kept
-weights by output channel (and by input channel, for a 1x1 convolution's input gradient), and `_Flat`, their offsets
-into the input padded once and split into its stride's phase planes, for one input geometry."""
+"""A sparse convolution on the native kernels: `Pattern`, a mask's kept weights by output channel (and by input
+channel, for a 1x1 convolution's input gradient); `_Flat`, their offsets into the input padded once and split into
+its stride's phase planes, for one input geometry; and `forward`, the convolution itself. Training
+(`train/sparse.py`, which adds both backwards) and the per-layer inference engine (`runtime/kernels.py`) run it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import ctypes
 
 import torch
 
-from ..kernels.loading import _ptr, library
+from .loading import _ptr, library
 from ..native import tile_shape
 
 SLACK = 64  # floats a read may run past a row's end: the widest tile's (conv_tile.h) last columns
@@ -16,6 +17,15 @@ SLACK = 64  # floats a read may run past a row's end: the widest tile's (conv_ti
 
 class Geometry(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("N", "C", "H", "W", "O", "OH", "OW", "S", "P_H", "P_W", "D_H", "D_W")]
+
+    @classmethod
+    def of(cls, x_shape, weight_shape, stride: int, padding: tuple[int, int], dilation: tuple[int, int]) -> Geometry:
+        """The geometry of conv2d(x, weight) with these settings."""
+        n, c, h, w = x_shape
+        kh, kw = weight_shape[2:]
+        oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride + 1
+        ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride + 1
+        return cls(n, c, h, w, weight_shape[0], oh, ow, stride, *padding, *dilation)
 
 
 class Pattern:
@@ -138,3 +148,34 @@ class _Flat:
 def _pointwise(g: Geometry) -> bool:
     """A 1x1 stride-1 unpadded convolution: tiles of positions over all output channels (`pointwise`), no padding."""
     return g.S == 1 and g.OH == g.H and g.OW == g.W and g.P_H == g.P_W == 0
+
+
+def forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, pattern: Pattern, g: Geometry,
+            threads: int) -> torch.Tensor:
+    """conv2d(x, weight, bias) from the kept weights' `values` (in `pattern`'s order): the pointwise kernel for a 1x1
+    stride-1 unpadded convolution, else the tile over x's padded phase planes. x is float32 NCHW."""
+    lib, x = library(), x.detach().contiguous()
+    out = x.new_empty(g.N, g.O, g.OH, g.OW)
+    if _pointwise(g):
+        lib.pointwise(g.N, g.O, g.C, g.H * g.W, _ptr(x), _ptr(pattern.rows), _ptr(pattern.cin), _ptr(values), _ptr(bias),
+                      _ptr(out), threads)
+        return out
+    flat = pattern.flat(g)
+    src = flat.phases(x)
+    lib.tile_correlate(g.N, g.O, g.OH, g.OW, g.S * g.S * g.C * flat.h * flat.w, flat.w, _ptr(src), _ptr(pattern.rows),
+                       _ptr(flat.off32), _ptr(values), _ptr(bias), _ptr(out), *flat.tile, threads)
+    return out
+
+
+def linear_rows(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, pattern: Pattern,
+                threads: int) -> torch.Tensor:
+    """linear(x, weight, bias) for x of (T, C) row-major float32 (inference: no gradient), from the kept weights'
+    `values` in `pattern`'s order; (T, O) row-major out."""
+    x = x.detach().contiguous()
+    (t, c), o = x.shape, len(pattern.rows) - 1
+    xt = x.new_empty(c * t + SLACK)  # x transposed, and the floats a tile's last columns read past its end
+    xt[c * t:] = 0
+    out = x.new_empty(t, o)
+    library().linear_rows(t, o, c, _ptr(x), _ptr(pattern.rows), _ptr(pattern.cin), _ptr(values), _ptr(bias), _ptr(xt),
+                          _ptr(out), threads)
+    return out
