@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from floats import assert_same_sum
 
+from floats import assert_same_sum
 from sparsearch import sparsity as sp
 from sparsearch.kernels.sparse_conv import Pattern, linear_rows
 from sparsearch.models import build_model

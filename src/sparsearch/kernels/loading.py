@@ -28,7 +28,8 @@ def library() -> ctypes.CDLL | None:
         lib.linear_rows.argtypes = [i64] * 3 + [ptr] * 7 + [c_int]
         lib.batchnorm_forward.argtypes = [i64] * 3 + [ptr] * 3 + [c_float] + [ptr] * 4 + [c_int]
         lib.batchnorm_backward.argtypes = [i64] * 3 + [ptr] * 8 + [c_int]
-        for fn in (lib.tile_correlate, lib.pointwise, lib.linear_rows, lib.flat_dot, lib.pad_planes, lib.batchnorm_forward, lib.batchnorm_backward):
+        for fn in (lib.tile_correlate, lib.pointwise, lib.linear_rows, lib.flat_dot, lib.pad_planes, lib.batchnorm_forward,
+                   lib.batchnorm_backward):
             fn.restype = None
     return lib
 

@@ -9,8 +9,8 @@ import ctypes
 
 import torch
 
-from .loading import _ptr, library
 from ..native import tile_shape
+from .loading import _ptr, library
 
 SLACK = 64  # floats a read may run past a row's end: the widest tile's (conv_tile.h) last columns
 
