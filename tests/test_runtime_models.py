@@ -147,3 +147,27 @@ def test_compiling_leaves_the_thread_count_as_it_was():
         assert torch.get_num_threads() == 1  # numba's OpenMP layer (the taps kernel) once left it at every core
     finally:
         torch.set_num_threads(before)
+
+
+class _ReadTwice(nn.Module):
+    """A convolution whose output a BatchNorm normalises and the residual reads as it is: folding the BatchNorm
+    into the convolution would change the residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.bn.running_mean.fill_(0.5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head(torch.flatten(self.pool(self.bn(y) + y), 1))
+
+
+def test_a_model_every_prepared_engine_gets_wrong_still_compiles_to_the_model_itself():
+    model = _ReadTwice().eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = compile(model, x, repeats=1)
+    assert compiled.engine == "eager" and "differs" in compiled.skipped["engine"]
+    with torch.no_grad():
+        assert_same_sum(compiled(x), model(x), 27 + 8 + 64)

@@ -33,12 +33,13 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> list[str]:
     return list(pairs)
 
 
-def prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The network every engine runs: a copy in eval mode, masks baked in as zeros, BatchNorms folded,
-    `nn.MultiheadAttention` as the layers it is made of (`attention.py`)."""
+def prepare(model: nn.Module, example: torch.Tensor, fold: bool = True) -> nn.Module:
+    """The network every engine runs: a copy in eval mode, masks baked in as zeros, BatchNorms folded (unless not
+    `fold`), `nn.MultiheadAttention` as the layers it is made of (`attention.py`)."""
     net = copy.deepcopy(model).eval()
     sp.remove(net)
-    fold_batchnorm(net, example)
+    if fold:
+        fold_batchnorm(net, example)
     return unpack_attention(net)
 
 
@@ -83,17 +84,27 @@ def lower_quartile(samples: list[float]) -> float:
     return ordered[(len(ordered) - 1) // 4]
 
 
+HOPELESS = 3.0  # a kernel this many times slower than the quickest on its second call is not raced
+
+
 def quick_race(fns: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """Seconds per call of each of `fns` on x (lower quartile of `rounds` calls, one per round, the order rotating
-    between rounds, after one warm-up call each): a choice between kernels that a cold cache or one busy moment
-    does not decide."""
+    between rounds): a choice between kernels that a cold cache or one busy moment does not decide. A candidate
+    whose second call took over `HOPELESS` times the quickest one's is not raced (that call's time stands): at
+    224x224 an im2col kernel can take a second where the winner takes milliseconds."""
     names = list(fns)
-    samples: dict[str, list[float]] = {k: [] for k in names}
+    warm: dict[str, float] = {}
     for k in names:
+        fns[k](x)  # first calls build what a kernel caches (its layout for this shape, a compiled function)
+        t0 = time.perf_counter()
         fns[k](x)
+        warm[k] = time.perf_counter() - t0
+    racing = [k for k in names if warm[k] <= HOPELESS * min(warm.values())]
+    samples: dict[str, list[float]] = {k: [] for k in racing}
     for r in range(rounds):
-        for k in names[r % len(names):] + names[: r % len(names)]:
+        for k in racing[r % len(racing):] + racing[: r % len(racing)]:
             t0 = time.perf_counter()
             fns[k](x)
             samples[k].append(time.perf_counter() - t0)
-    return {k: lower_quartile(v) for k, v in samples.items()}
+    return {k: lower_quartile(samples[k]) if k in samples else warm[k] for k in names}
+
