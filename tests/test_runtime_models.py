@@ -63,7 +63,7 @@ def test_native_kernels_equal_the_masked_model(name, kwargs, shape):
             x = torch.randn((1, 3)[i % 2], *shape, generator=torch.Generator().manual_seed(i))
             compiled = compile(model, x, repeats=1, engines=("layers",), kernels=("native",))
             assert compiled.engine == "layers"
-            assert {row["kind"] for row in compiled.table()} == {"native"}, (sparsity, compiled.table()[:3])
+            assert {row["kind"] for row in compiled.table() if "shape" in row} == {"native"}, sparsity  # pools aside
             with torch.no_grad():
                 want = model(x)
             assert_same_sum(compiled(x), want, _terms(model, x))

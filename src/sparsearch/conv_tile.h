@@ -96,8 +96,10 @@ typedef void (*tile_fn)(const float*, i64, const int32_t*, const float*, int, fl
 template <int S, bool IN_RELU>
 static tile_fn pick(int r, int tx) {
 #define CASE(RR, TT) if (r == RR && tx == TT) return conv_tile<RR, TT, S, IN_RELU>;
-    CASE(1, 64) CASE(2, 32) CASE(1, 32) CASE(4, 16) CASE(2, 16) CASE(1, 16) CASE(8, 8) CASE(4, 8) CASE(2, 8) CASE(1, 8)
-    CASE(8, 4) CASE(4, 4) CASE(2, 4) CASE(1, 4) CASE(1, 1)
+    // native.py's ROWS: every shape tile_shape can pick
+    CASE(1, 64) CASE(2, 64) CASE(4, 64) CASE(1, 32) CASE(2, 32) CASE(4, 32) CASE(7, 32) CASE(8, 32)
+    CASE(1, 16) CASE(2, 16) CASE(4, 16) CASE(7, 16) CASE(8, 16) CASE(14, 16) CASE(16, 16)
+    CASE(1, 8) CASE(2, 8) CASE(4, 8) CASE(7, 8) CASE(8, 8) CASE(1, 4) CASE(2, 4) CASE(4, 4) CASE(8, 4) CASE(1, 1)
 #undef CASE
     return nullptr;
 }

@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 from .files import write_atomic
@@ -33,15 +34,25 @@ def shared_headers() -> dict[str, str]:
     return {"conv_tile.h": Path(__file__).with_name("conv_tile.h").read_text()}
 
 
-TILES = {64: 1, 32: 2, 16: 4, 8: 8, 4: 8, 1: 1}  # conv_tile.h's shapes: tile width -> rows per tile (<= 64 accumulators)
+# conv_tile.h's shapes: tile width -> the row counts compiled for it (7 and 14: 224x224 networks' 7x7 and 14x14 maps)
+ROWS = {64: (1, 2, 4), 32: (1, 2, 4, 7, 8), 16: (1, 2, 4, 7, 8, 14, 16), 8: (1, 2, 4, 7, 8), 4: (1, 2, 4, 8), 1: (1,)}
+
+
+@lru_cache(maxsize=1)
+def tile_floats() -> int:
+    """The floats a tile keeps in registers: 16 of AVX-512's 32 vector registers, 8 of AVX2's 16."""
+    return 256 if "avx512f" in cpu_flags().split() else 64
 
 
 def tile_shape(rows: int, cols: int) -> tuple[int, int]:
     """The (rows, width) of the conv_tile.h tile for output planes of rows x cols: the narrowest width that covers a
-    row (64 for wider ones), as many rows as its accumulators allow, a power of two."""
+    row (64 for wider ones), then the most rows whose accumulators fit in registers, preferring a count that divides
+    `rows` (a plane's last rows otherwise run one row at a time)."""
     tx = next(t for t in (1, 4, 8, 16, 32, 64) if t >= cols) if cols <= 64 else 64
-    r = min(TILES[tx], rows)
-    return 1 << (r.bit_length() - 1), tx
+    fit = [r for r in ROWS[tx] if r * tx <= tile_floats() and r <= rows] or [1]
+    dividing = [r for r in fit if rows % r == 0]
+    best = max(dividing) if dividing and 2 * max(dividing) >= max(fit) else max(fit)
+    return best, tx
 
 
 def compiler() -> str | None:

@@ -24,7 +24,7 @@ def library() -> ctypes.CDLL | None:
         lib.tile_correlate.argtypes = [i64] * 6 + [ptr] * 6 + [c_int] * 3
         lib.flat_dot.argtypes = [i64] * 5 + [ptr] * 4 + [i64, ptr, c_int]
         lib.pad_planes.argtypes = [i64] * 3 + [ptr] + [i64] * 4 + [ptr, c_int]
-        lib.pointwise.argtypes = [i64] * 4 + [ptr] * 6 + [c_int]
+        lib.pointwise.argtypes = [i64] * 5 + [ptr] * 6 + [c_int]
         lib.linear_rows.argtypes = [i64] * 3 + [ptr] * 7 + [c_int]
         lib.batchnorm_forward.argtypes = [i64] * 3 + [ptr] * 3 + [c_float] + [ptr] * 4 + [c_int]
         lib.batchnorm_backward.argtypes = [i64] * 3 + [ptr] * 8 + [c_int]

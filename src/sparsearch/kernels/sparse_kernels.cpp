@@ -122,40 +122,43 @@ void tile_correlate(i64 N, i64 O, i64 OH, i64 OW, i64 src_img, i64 src_row, cons
 }
 
 // A 1x1 stride-1 convolution (and its input gradient): out[n, o, p] = bias[o] + sum over kept k of row o: val[k] *
-// x[n, col[k], p], planes of P floats. Threads take tiles of TP positions of one image and run every output channel
-// over them, so the tile's input columns (C x TP floats) stay in cache across all the output channels; the whole-plane
-// tile above would stream each input plane from L2 once per output channel that keeps it.
+// x[n, col[k], p], p < P, planes Ps floats apart (Ps a multiple of 16 at least P: a tile's last vector reads and writes
+// whole vectors inside its plane). Threads take tiles of TP positions of one image and run every output channel over
+// them, so the tile's input columns (C x TP floats) stay in cache across all the output channels; the whole-plane tile
+// above would stream each input plane from L2 once per output channel that keeps it.
 enum { TP = 64, NT = TP / V };
-void pointwise(i64 N, i64 O, i64 C, i64 P, const float* x, const i64* rows, const int32_t* col, const float* val,
+}  // extern "C": templates next
+template <int NV>  // NV vectors of positions: a plane's last, partial tile computes only the vectors it has
+static void pointwise_tile(i64 O, i64 Ps, const float* xs, const i64* rows, const int32_t* col, const float* val,
+                           const float* bias, float* os) {
+    for (i64 o = 0; o < O; ++o) {
+        const float b = bias ? bias[o] : 0.0f;
+        vec acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = (vec){} + b;
+        for (i64 k = rows[o]; k < rows[o + 1]; ++k) {
+            const float w = val[k];
+            const float* src = xs + col[k] * Ps;
+            for (int v = 0; v < NV; ++v) acc[v] += w * load(src + v * V);
+        }
+        for (int v = 0; v < NV; ++v) *(vec*)(os + o * Ps + v * V) = acc[v];
+    }
+}
+extern "C" {
+
+void pointwise(i64 N, i64 O, i64 C, i64 P, i64 Ps, const float* x, const i64* rows, const int32_t* col, const float* val,
                const float* bias, float* out, int threads) {
     const i64 tiles = (P + TP - 1) / TP;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
     for (i64 n = 0; n < N; ++n)
         for (i64 t = 0; t < tiles; ++t) {
             const i64 p0 = t * TP, width = P - p0 < TP ? P - p0 : TP;
-            const float* xs = x + n * C * P + p0;
-            float* os = out + n * O * P + p0;
-            for (i64 o = 0; o < O; ++o) {
-                const float b = bias ? bias[o] : 0.0f;
-                if (width == TP) {
-                    vec acc[NT];
-                    for (int v = 0; v < NT; ++v) acc[v] = (vec){} + b;
-                    for (i64 k = rows[o]; k < rows[o + 1]; ++k) {
-                        const float w = val[k];
-                        const float* src = xs + col[k] * P;
-                        for (int v = 0; v < NT; ++v) acc[v] += w * load(src + v * V);
-                    }
-                    for (int v = 0; v < NT; ++v) *(vec*)(os + o * P + v * V) = acc[v];
-                } else {
-                    float acc[TP];
-                    for (i64 q = 0; q < width; ++q) acc[q] = b;
-                    for (i64 k = rows[o]; k < rows[o + 1]; ++k) {
-                        const float w = val[k];
-                        const float* src = xs + col[k] * P;
-                        for (i64 q = 0; q < width; ++q) acc[q] += w * src[q];
-                    }
-                    for (i64 q = 0; q < width; ++q) os[o * P + q] = acc[q];
-                }
+            const float* xs = x + n * C * Ps + p0;
+            float* os = out + n * O * Ps + p0;
+            switch ((width + V - 1) / V) {  // up to NT: 4 vectors of AVX-512, 8 of AVX2, 16 of SSE
+#define TILE(K) case K: pointwise_tile<(K < NT ? K : NT)>(O, Ps, xs, rows, col, val, bias, os); break;
+                TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7) TILE(8)
+                TILE(9) TILE(10) TILE(11) TILE(12) TILE(13) TILE(14) TILE(15) TILE(16)
+#undef TILE
             }
         }
 }

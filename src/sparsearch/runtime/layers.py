@@ -23,7 +23,7 @@ DENSEST = 0.7  # a layer keeping more of its weights than this is not timed on s
 def _layer_inputs(net: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
     inputs: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0]))
-             for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+             for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d))]
     try:
         net(example)
     finally:
@@ -44,7 +44,7 @@ class Layers:
         self.net, self.rows = copy.deepcopy(net), []
         for name, x in _layer_inputs(self.net, example).items():
             layer = self.net.get_submodule(name)
-            density = float((layer.weight != 0).float().mean())
+            density = float((layer.weight != 0).float().mean()) if hasattr(layer, "weight") else 0.0  # a pool: raced
             sparse_enough = density <= DENSEST or only is not None or kernels is not None
             options = {k: v for k, v in (candidates(layer) if sparse_enough else {"dense": layer}).items()
                        if k == "dense" or only is None or k in only}
@@ -62,7 +62,8 @@ class Layers:
                 replace_module(self.net, name, options[best])
             self.rows.append({"op": name, "kind": best, "ms": round(1e3 * times[best], 4) if times else None,
                               "dense_ms": round(1e3 * times["dense"], 4) if times else None,
-                              "shape": list(layer.weight.shape), "density": round(density, 4)})
+                              **({"shape": list(layer.weight.shape), "density": round(density, 4)} if hasattr(layer, "weight")
+                                 else {})})
 
     def __call__(self, x: torch.Tensor):
         with torch.inference_mode():

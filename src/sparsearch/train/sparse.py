@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .. import sparsity as sp
 from ..kernels.loading import _ptr, library
-from ..kernels.sparse_conv import Geometry, Pattern, _pad, _pointwise, forward
+from ..kernels.sparse_conv import Geometry, Pattern, _pad, _pointwise, forward, pointwise
 from .batchnorm import native_batchnorm
 
 Mode = Literal["off", "on", "auto"]
@@ -65,9 +65,7 @@ class _SparseConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             rows, outs, order = p.by_input()
             by_input = values[order].contiguous()
-            grad_x = grad.new_empty(g.N, g.C, g.H, g.W)
-            lib.pointwise(g.N, g.C, g.O, g.H * g.W, _ptr(grad), _ptr(rows), _ptr(outs), _ptr(by_input), _ptr(None),
-                          _ptr(grad_x), threads)
+            grad_x = pointwise(grad, rows, outs, by_input, None, g.C, threads)
         if ctx.needs_input_grad[1]:  # each kept weight: its gradient plane dotted with its input plane
             off, kept = p.cin.long() * (g.H * g.W), values.new_empty(len(values))
             lib.flat_dot(g.N, g.O, g.H * g.W, g.H * g.W, g.C * g.H * g.W, _ptr(grad), _ptr(x), _ptr(p.rows), _ptr(off),
