@@ -4,6 +4,9 @@ plan: dense layers stay PyTorch's), against the masked PyTorch model. Timings li
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 import torch.nn as nn
@@ -16,9 +19,14 @@ from sparsearch.runtime import compile, export, load
 from sparsearch.runtime.attention import Attention, unpack_attention
 
 
-def _masked(name: str, kwargs: dict, sparsity: float, allocation: str = "uniform") -> nn.Module:
+@functools.lru_cache(maxsize=1)
+def _built(name: str, kwargs: tuple) -> nn.Module:
     torch.manual_seed(0)
-    model = build_model(name, num_classes=10, **kwargs)
+    return build_model(name, num_classes=10, **dict(kwargs))  # ResNet-50's initialisation alone takes a second
+
+
+def _masked(name: str, kwargs: dict, sparsity: float, allocation: str = "uniform") -> nn.Module:
+    model = copy.deepcopy(_built(name, tuple(sorted(kwargs.items()))))
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -28,7 +28,7 @@ import torch.nn as nn
 from .. import sparsity as sp
 from ..models import build_model
 from ..runtime import compile
-from ..runtime.common import prepare
+from ..runtime.common import prepare, settle
 from ..runtime.engines import BUILDERS, Unavailable
 from .common import machine, print_table, stats, write_json
 
@@ -57,10 +57,10 @@ def _model(name: str, genotype: str, sparsity: float, kind: str = "unstructured"
 
 
 def _time(fn, x: torch.Tensor, calls: int) -> float:
-    """Median seconds of `calls` calls after two untimed ones. The untimed calls matter on a small machine:
-    the engine that ran before leaves its thread pool spinning for a while (onnxruntime, OpenMP), which would
-    otherwise land on whichever engine is timed next."""
+    """Median seconds of `calls` calls after the previous engine's thread pool parked (`settle`) and two untimed
+    calls (caches, this engine's own pool)."""
     samples = []
+    settle()
     with torch.inference_mode():
         fn(x)
         fn(x)

@@ -73,18 +73,19 @@ class ViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
-@register_model("vit_tiny")
-def vit_tiny(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, attention: str = "torch") -> nn.Module:
+@register_model("vit_tiny", widen=scaled("dim", 192, multiple=12))
+def vit_tiny(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, attention: str = "torch",
+             dim: int = 192) -> nn.Module:
     """ViT-Tiny/16 (Touvron et al. 2021's DeiT-Tiny shape): 224x224 in 196 patches of 16x16 plus a class token, dim 192,
     depth 12, 3 heads, MLP ratio 4; 5.7M parameters for 1000 classes."""
-    return ViT(num_classes, in_channels, image_size, 16, dim=192, depth=12, heads=3, mlp_ratio=4.0, attention=attention)
+    return ViT(num_classes, in_channels, image_size, 16, dim=dim, depth=12, heads=3, mlp_ratio=4.0, attention=attention)
 
 
 @register_model("encoder")
 class Encoder(nn.Module):
     """A BERT-style encoder (Devlin et al. 2019: post-norm layers, GELU, nn.TransformerEncoder's own layers) over
     embedded tokens: input (batch, tokens, dim) floats, output the classes from the first token. BERT-Tiny's shape by
-    default (dim 128, 2 layers, 2 heads, MLP 512)."""
+    default (dim 128, 2 layers, 2 heads, MLP 512). No width rule: its input is as wide as it is."""
 
     def __init__(self, num_classes: int = 2, in_channels: int = 3, dim: int = 128, depth: int = 2, heads: int = 2,
                  hidden: int = 512):

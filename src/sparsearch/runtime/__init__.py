@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..errors import SparsearchError
 from ..files import write_json
-from .common import fold_batchnorm, logits, lower_quartile, prepare, reference_output, relative_error
+from .common import fold_batchnorm, logits, lower_quartile, prepare, reference_output, relative_error, settle
 from .engines import BUILDERS, DENSE, Unavailable
 from .export import export, to_onnx
 from .export import load as load_export
@@ -115,7 +115,9 @@ def _race(runners: dict, x: torch.Tensor, repeats: int, rounds: int = 3) -> dict
     def timed(names, n_rounds):
         for r in range(n_rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:  # rotated: no fixed predecessor
-                runners[name](x)  # warm: caches, and the previous engine's thread pool, still spinning, settles
+                if len(runners) > 1:
+                    settle()  # the previous engine's thread pool parks
+                runners[name](x)  # warm: caches, this engine's own pool
                 runners[name](x)
                 for _ in range(repeats):
                     t0 = time.perf_counter()

@@ -68,6 +68,16 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.reshape(want.shape) - want).abs().max()) / max(1.0, float(want.abs().max()))
 
 
+SETTLE_S = 0.1
+
+
+def settle() -> None:
+    """Wait until other engines' worker threads park: after its last call an engine's pool spins for a while
+    (OpenMP's, onnxruntime's) and, on a 2-core machine, takes a core from whichever engine is timed next (an
+    onnxruntime session measured 3.8 or 6.6-8 ms for MobileNetV2 at 2 threads by what ran just before it)."""
+    time.sleep(SETTLE_S)
+
+
 def median_seconds(fn, x: torch.Tensor, repeats: int) -> float:
     fn(x)  # warm-up (allocations, MKL handles)
     samples = []

@@ -240,11 +240,12 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
         return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
-def candidates(layer: nn.Module) -> dict[str, nn.Module]:
-    """The kernels that can run `layer`, by name; "dense" is the layer itself."""
+def candidates(layer: nn.Module, only: tuple[str, ...] | None = None) -> dict[str, nn.Module]:
+    """The kernels that can run `layer`, by name (those in `only`, where given); "dense" is the layer itself."""
     out: dict[str, nn.Module] = {"dense": layer}
+    wanted = (lambda kind: only is None or kind in only)  # noqa: E731 - building a kernel costs a layout
     if isinstance(layer, nn.MaxPool2d):
-        if not layer.return_indices:
+        if not layer.return_indices and wanted("nhwc"):
             out["nhwc"] = ChannelsLastMaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                                                 ceil_mode=layer.ceil_mode)
         return out
@@ -252,11 +253,12 @@ def candidates(layer: nn.Module) -> dict[str, nn.Module]:
     if isinstance(layer, nn.Conv2d) and not (isinstance(layer.padding, tuple) and layer.padding_mode == "zeros"):
         return out
     if matmul is not None and getattr(layer, "groups", 1) == 1:
-        out["csr"] = matmul(layer)
-        if blocks := block_size(layer.weight.detach().reshape(layer.weight.shape[0], -1)):
+        if wanted("csr"):
+            out["csr"] = matmul(layer)
+        if wanted("bsr") and (blocks := block_size(layer.weight.detach().reshape(layer.weight.shape[0], -1))):
             out["bsr"] = matmul(layer, blocks)
-    if numba is not None and isinstance(layer, (nn.Linear, nn.Conv2d)):
+    if numba is not None and isinstance(layer, (nn.Linear, nn.Conv2d)) and wanted("taps"):
         out["taps"] = TapsConv2d(layer)
-    if library() is not None and (isinstance(layer, nn.Linear) or layer.stride[0] == layer.stride[1]):
+    if library() is not None and (isinstance(layer, nn.Linear) or layer.stride[0] == layer.stride[1]) and wanted("native"):
         out["native"] = NativeConv2d(layer)
     return out

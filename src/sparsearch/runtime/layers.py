@@ -46,18 +46,17 @@ class Layers:
             layer = self.net.get_submodule(name)
             density = float((layer.weight != 0).float().mean()) if hasattr(layer, "weight") else 0.0  # a pool: raced
             sparse_enough = density <= DENSEST or only is not None or kernels is not None
-            options = {k: v for k, v in (candidates(layer) if sparse_enough else {"dense": layer}).items()
-                       if k == "dense" or only is None or k in only}
+            allowed = (kernels.get(name, "dense"),) if kernels is not None else only
+            options = candidates(layer, allowed) if sparse_enough else {"dense": layer}
             if kernels is not None:
                 best, times = kernels.get(name, "dense"), {}
                 if best not in options:
                     best = "dense"  # a kernel this machine lacks (numba): the layer runs dense
-            elif len(options) == 1:
-                best, times = "dense", {}
+            elif only is not None or len(options) == 1:  # forced (not timed), or nothing to choose
+                best, times = next((k for k in options if k != "dense"), "dense"), {}
             else:
                 times = quick_race(options, x, rounds)
-                forced = [k for k in options if k != "dense"] if only else []
-                best = forced[0] if forced else min(times, key=times.get)
+                best = min(times, key=times.get)
             if best != "dense":
                 replace_module(self.net, name, options[best])
             self.rows.append({"op": name, "kind": best, "ms": round(1e3 * times[best], 4) if times else None,
