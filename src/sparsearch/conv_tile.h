@@ -50,10 +50,44 @@ template <> struct Load<16, 2> {
     }
 };
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// One output (a linear layer or a convolution on a 1x1 map, one image): a dot product of the kept weights with the
+// inputs they read, 16 gathered at a time (it was one scalar multiply-add a weight: MobileNetV2's dense 1280 x 1000
+// classifier took 1.4 ms of its 6.9 at batch 1).
+template <bool IN_RELU>
+static inline float gathered_dot(const float* __restrict in, const int32_t* __restrict off, const float* __restrict val,
+                                 int nnz) {
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= nnz; k += 16) {
+        __m512 x = _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(off + k)), in, 4);
+        if (IN_RELU) x = _mm512_max_ps(x, _mm512_setzero_ps());
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), x, acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    for (; k < nnz; ++k) {
+        float x = in[off[k]];
+        if (IN_RELU) x = x < 0 ? 0.0f : x;
+        sum += val[k] * x;
+    }
+    return sum;
+}
+#endif
+
 template <int R, int TX, int S, bool IN_RELU>
 static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __restrict off, const float* __restrict val,
                       int nnz, float bias, const float* __restrict res, i64 rrow, int act, float lo, float hi,
                       float* __restrict out, i64 orow, int nx) {
+#if defined(__AVX512F__)
+    if constexpr (R == 1 && TX == 1) {
+        float v = bias + gathered_dot<IN_RELU>(in, off, val, nnz);
+        if (res) v += *res;
+        if (act) v = clamp(v, lo, hi);
+        *out = v;
+        return;
+    }
+#endif
     constexpr int V = TX < WIDEST ? TX : WIDEST, J = TX / V;
     typedef typename Vec<V>::type vec;
     vec acc[R][J];
