@@ -194,7 +194,7 @@ class TapsConv2d(nn.Module):
         out = torch.zeros(self.out_channels, n * hp * wp)
         _taps_product(self.indptr, self.cols, self.tap_rows * wp + self.tap_cols, self.values, flat, out.numpy(),
                       n * hp * wp - (sh * wp + sw), self.block)
-        torch.set_num_threads(threads)  # numba's OpenMP layer shares torch's runtime and left it at all the cores
+        torch.set_num_threads(threads)  # numba's OpenMP layer left torch's thread count at every core
         y = out.view(self.out_channels, n, hp, wp)[:, :, : hp - sh: self.stride[0], : wp - sw: self.stride[1]]
         y = y.transpose(0, 1).contiguous()
         if self.bias is not None:
@@ -257,8 +257,12 @@ def candidates(layer: nn.Module, only: tuple[str, ...] | None = None) -> dict[st
             out["csr"] = matmul(layer)
         if wanted("bsr") and (blocks := block_size(layer.weight.detach().reshape(layer.weight.shape[0], -1))):
             out["bsr"] = matmul(layer, blocks)
-    if numba is not None and isinstance(layer, (nn.Linear, nn.Conv2d)) and wanted("taps"):
-        out["taps"] = TapsConv2d(layer)
-    if library() is not None and (isinstance(layer, nn.Linear) or layer.stride[0] == layer.stride[1]) and wanted("native"):
+    native = library() is not None and (isinstance(layer, nn.Linear) or layer.stride[0] == layer.stride[1])
+    if native and wanted("native"):
         out["native"] = NativeConv2d(layer)
+    # taps only where native cannot run (or asked for by name): numba's OpenMP is a second thread pool beside torch's,
+    # whose workers spin after each call and take a core from the next operation on a small machine
+    if numba is not None and isinstance(layer, (nn.Linear, nn.Conv2d)) and (only is not None and "taps" in only
+                                                                              or only is None and not native):
+        out["taps"] = TapsConv2d(layer)
     return out
