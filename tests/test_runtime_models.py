@@ -62,7 +62,7 @@ CASES = [("resnet50", {}, (3, 32, 32)), ("mobilenetv2_imagenet", {}, (3, 64, 64)
 
 
 @pytest.mark.parametrize("name,kwargs,shape", CASES, ids=[f"{c[0]}-{c[1].get('attention', '')}" for c in CASES])
-def test_native_kernels_equal_the_masked_model(name, kwargs, shape):
+def test_native_kernels_equal_the_masked_model_and_the_saved_plan_reloads(name, kwargs, shape, tmp_path):
     before = torch.get_num_threads()
     try:
         for i, sparsity in enumerate((0.0, 0.5, 0.9, 0.95, 0.99)):
@@ -75,6 +75,11 @@ def test_native_kernels_equal_the_masked_model(name, kwargs, shape):
             with torch.no_grad():
                 want = model(x)
             assert_same_sum(compiled(x), want, _terms(model, x))
+        export(model, tmp_path, name, num_classes=10, **kwargs)  # the 99% one
+        compiled.save(tmp_path)
+        loaded = load(tmp_path)
+        assert loaded.engine == "layers" and loaded.runner.options() == compiled.runner.options()
+        assert_same_sum(loaded(x), want, _terms(model, x))
     finally:
         torch.set_num_threads(before)
 
