@@ -1,7 +1,8 @@
 """A sparse convolution on the native kernels: `Pattern`, a mask's kept weights by output channel (and by input
 channel, for a 1x1 convolution's input gradient); `_Flat`, their offsets into the input padded once and split into
-its stride's phase planes, for one input geometry; and `forward`, the convolution itself. Training
-(`train/sparse.py`, which adds both backwards) and the per-layer inference engine (`runtime/kernels.py`) run it."""
+its stride's phase planes, for one input geometry; `forward`, the convolution itself (`pointwise` for 1x1 ones); and
+`linear_rows`, a linear layer on token rows (inference). Training (`train/sparse.py`, which adds both backwards) and
+the per-layer inference engine (`runtime/kernels.py`) run them."""
 
 from __future__ import annotations
 
