@@ -151,7 +151,10 @@ def compile(model: nn.Module, example_input: torch.Tensor, repeats: int = 9, tol
         # convolution's output is also read elsewhere, say): the model as it is, masks baked in, in PyTorch
         unfolded = prepare(model, example_input, fold=False)
         runners, errors, still = _build(["eager"], unfolded, example_input, reference, tolerance)
-        skipped.pop("eager") if runners else skipped.update(still)
+        if runners:
+            skipped.pop("eager", None)
+        else:
+            skipped.update(still)
     if not runners:
         raise SparsearchError("no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     samples = _race(runners, example_input, max(3, repeats // 2))
