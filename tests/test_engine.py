@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from sparsearch import sparsity as sp
+from sparsearch.bench.runtime import masked_for_bench
 from sparsearch.models import build_model
 from sparsearch.runtime import compile, export, load, native
 from sparsearch.runtime.graph import Unsupported, lower
@@ -85,16 +86,7 @@ REGISTRY = [("resnet20", {}, 3, 15), pytest.param("resnet56", {}, 3, 16, marks=S
 
 def _masked(name, kwargs, channels, sparsity, kind="unstructured"):
     torch.manual_seed(0)
-    model = build_model(name, num_classes=10, in_channels=channels, **kwargs)
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-    if sparsity > 0:
-        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", "uniform", kind)
-        sp.attach(model, masks, densities=densities)
-    return model.eval()
+    return masked_for_bench(build_model(name, num_classes=10, in_channels=channels, **kwargs), sparsity, kind)
 
 
 @pytest.mark.parametrize("name,kwargs,channels,size", REGISTRY,

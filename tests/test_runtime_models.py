@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from floats import assert_same_sum
-from sparsearch import sparsity as sp
+from sparsearch.bench.runtime import masked_for_bench
 from sparsearch.kernels.sparse_conv import Pattern, linear_rows
 from sparsearch.models import build_model
 from sparsearch.runtime import compile, export, load
@@ -26,16 +26,7 @@ def _built(name: str, kwargs: tuple) -> nn.Module:
 
 
 def _masked(name: str, kwargs: dict, sparsity: float, allocation: str = "uniform") -> nn.Module:
-    model = copy.deepcopy(_built(name, tuple(sorted(kwargs.items()))))
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-    if sparsity > 0:
-        masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", allocation)
-        sp.attach(model, masks, densities=densities)
-    return model.eval()
+    return masked_for_bench(copy.deepcopy(_built(name, tuple(sorted(kwargs.items())))), sparsity, allocation=allocation)
 
 
 def _terms(model: nn.Module, x: torch.Tensor) -> int:

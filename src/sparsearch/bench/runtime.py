@@ -42,9 +42,11 @@ MODELS = {  # name: (builder, input size)
 }
 
 
-def _model(name: str, genotype: str, sparsity: float, kind: str = "unstructured", allocation: str = "uniform") -> nn.Module:
-    torch.manual_seed(0)
-    model = MODELS[name][0](genotype).eval()
+def masked_for_bench(model: nn.Module, sparsity: float, kind: str = "unstructured",
+                     allocation: str = "uniform") -> nn.Module:
+    """`model` (changed in place) as the bench and the runtime tests measure it, in eval mode: BatchNorm statistics
+    randomised (seeded), so folding is not a no-op, and magnitude masks at `sparsity` on every conv and linear layer
+    but the first conv and the classifier."""
     gen = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -53,7 +55,12 @@ def _model(name: str, genotype: str, sparsity: float, kind: str = "unstructured"
     if sparsity > 0:
         masks, densities = sp.compute_masks(model, sp.find_layers(model), sparsity, "magnitude", allocation, kind)
         sp.attach(model, masks, densities=densities)
-    return model
+    return model.eval()
+
+
+def _model(name: str, genotype: str, sparsity: float, kind: str = "unstructured", allocation: str = "uniform") -> nn.Module:
+    torch.manual_seed(0)
+    return masked_for_bench(MODELS[name][0](genotype).eval(), sparsity, kind, allocation)
 
 
 def _time(fn, x: torch.Tensor, calls: int) -> float:

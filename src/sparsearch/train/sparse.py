@@ -47,8 +47,11 @@ class _SparseConv(torch.autograd.Function):
         values = weight.detach().reshape(-1)[pattern.at].contiguous()
         ctx.pattern, ctx.geometry, ctx.threads, ctx.weight_shape = pattern, g, threads, weight.shape
         ctx.has_bias = bias is not None
+        x = x.detach()
+        if _pointwise(g):
+            x = x.contiguous()  # its backward's flat_dot reads the planes directly; the general one takes any layout
         out = forward(x, values, None if bias is None else bias.detach().contiguous(), pattern, g, threads)
-        ctx.save_for_backward(x.detach().contiguous(), values)  # not the padded input: x is kept alive anyway
+        ctx.save_for_backward(x, values)  # not the padded input: x is kept alive anyway (by the ReLU before it, say)
         return out
 
     @staticmethod
