@@ -185,3 +185,78 @@ def test_outputs_are_the_callers_not_the_engines_buffers():
     kept = first.clone()
     compiled(b)  # a (1, C) output's view of its buffer is contiguous: it must still be copied out
     assert torch.equal(first, kept)
+
+
+def _fused(model: nn.Module, shape: tuple) -> list[str]:
+    plan = Plan(lower(model.eval(), shape))
+    return [op.name for op in plan.graph.ops if op.attrs.get("expand") is not None]
+
+
+def test_a_fuzz_over_producer_depthwise_pairs_equals_torch():
+    """A convolution -> (activation) -> depthwise pair runs as one fused operation (engine.cpp's fused_depthwise)
+    and computes the pair's function: producers of every kernel size, stride and dilation, the ReLU read in either
+    place, depthwise channels with no weights, several pairs of one geometry in a row (the scratch is reused)."""
+    rng, gen = random.Random(1), torch.Generator().manual_seed(1)
+    for case in range(40):
+        c_in, c = rng.choice([1, 3, 8]), rng.choice([4, 16, 24])
+        k, stride, dilation = rng.choice([(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 2)])
+        producer = nn.Conv2d(c_in, c, k, stride, dilation * (k // 2), dilation, bias=rng.random() < 0.5)
+        kd, sd = rng.choice([(3, 1), (3, 2), (5, 1), (1, 1)])
+        depthwise = nn.Conv2d(c, c, kd, sd, rng.randint(0, kd // 2 + 1), groups=c, bias=rng.random() < 0.5)
+        act = [rng.choice([nn.ReLU(), nn.ReLU6()])] if rng.random() < 0.7 else []
+        layers = [producer, *act, depthwise, *([nn.ReLU6()] if rng.random() < 0.5 else [])]
+        for _ in range(rng.choice([0, 1])):  # a second pair on the first's output: same scratch geometry or not
+            layers += [nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1, groups=c)]
+        for m in layers:
+            if isinstance(m, nn.Conv2d):
+                _sparse_(m.weight, rng.choice([1.0, 0.3, 0.1]), gen)
+        model = nn.Sequential(*layers)
+        x = torch.randn(rng.choice([1, 3]), c_in, rng.randint(11, 23), rng.randint(11, 23), generator=gen)
+        assert _fused(model, tuple(x.shape)), f"case {case}: nothing fused"
+        with torch.no_grad():
+            want = model(x)
+        for threads in (1, 2):
+            assert _close(_run(model, x, threads), want), f"case {case}: {layers}, input {tuple(x.shape)}"
+
+
+class _Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.expand, self.dw = nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        y = self.expand(x)
+        return self.dw(y) + y  # y read twice: it must reach memory
+
+
+def test_a_producer_whose_output_is_read_elsewhere_is_not_fused():
+    torch.manual_seed(0)
+    model, x = _Shared().eval(), torch.randn(2, 4, 9, 9)
+    assert _fused(model, tuple(x.shape)) == []
+    with torch.no_grad():
+        assert _close(_run(model, x), model(x))
+
+
+class _TwoHeights(nn.Module):
+    """Two fused pairs whose scratch planes share width and border but not height: the second's bottom border
+    lies where the first wrote its interior."""
+
+    def __init__(self):
+        super().__init__()
+        self.pairs = nn.ModuleList(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4))
+                                   for _ in range(2))
+
+    def forward(self, x):
+        return self.pairs[1](self.pairs[0](x)[:, :, 5:, :])
+
+
+def test_a_scratch_reused_at_another_height_reads_zeros_below_the_plane():
+    torch.manual_seed(0)
+    model, x = _TwoHeights().eval(), torch.rand(1, 4, 16, 12)
+    with torch.no_grad():
+        for m in model.modules():  # positive everywhere: no plane is all zeros after the ReLU
+            if isinstance(m, nn.Conv2d):
+                m.weight.abs_(), m.bias.abs_()
+    assert len(_fused(model, tuple(x.shape))) == 2
+    with torch.no_grad():
+        assert _close(_run(model, x, 1), model(x))

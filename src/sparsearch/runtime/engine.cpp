@@ -14,10 +14,38 @@
 #include <omp.h>
 #include <stdint.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 
+static tile_fn pick_tile(i64 S, bool in_relu, int r, int tx) {
+    return S == 1 ? (in_relu ? pick<1, true>(r, tx) : pick<1, false>(r, tx)) : (in_relu ? pick<2, true>(r, tx) : pick<2, false>(r, tx));
+}
+
+// One output channel's plane: `in` is the channel's receptive origin (image and padding applied), `res` the
+// residual's plane or null; tiles of R rows, the plane's last rows one at a time.
+static void plane(const float* in, i64 irow, i64 S, bool in_relu, const int32_t* off, const float* val, int nnz, float b,
+                  const float* res, i64 rrow, int act, float lo, float hi, float* out, i64 orow, i64 OH, i64 OW, int R, int TX) {
+    const tile_fn full = pick_tile(S, in_relu, R, TX), row = pick_tile(S, in_relu, 1, TX);
+    for (i64 y0 = 0; y0 < OH; y0 += R)
+        for (i64 x0 = 0; x0 < OW; x0 += TX) {
+            const int nx = (int)(OW - x0 < TX ? OW - x0 : TX);
+            const float* src = in + y0 * S * irow + x0 * S;
+            float* dst = out + y0 * orow + x0;
+            const float* rs = res ? res + y0 * rrow + x0 : nullptr;
+            if (y0 + R <= OH)
+                full(src, irow, off, val, nnz, b, rs, rrow, act, lo, hi, dst, orow, nx);
+            else
+                for (i64 r = 0; y0 + r < OH; ++r)
+                    row(src + r * S * irow, irow, off, val, nnz, b, rs ? rs + r * rrow : nullptr, rrow, act, lo, hi,
+                        dst + r * orow, orow, nx);
+        }
+}
+
+static void fused_depthwise(const i64* p);
+
 static void conv(const i64* p) {
+    if (p[C_X_IN]) return fused_depthwise(p);
     const float* in = (const float*)p[C_IN];
     float* out = (float*)p[C_OUT];
     const float* res = (const float*)p[C_RES];
@@ -32,10 +60,10 @@ static void conv(const i64* p) {
     memcpy(&lo, &p[C_LO], sizeof(float));
     memcpy(&hi, &p[C_HI], sizeof(float));
     const bool ir = p[C_IN_RELU];
-    tile_fn full = S == 1 ? (ir ? pick<1, true>(R, TX) : pick<1, false>(R, TX)) : (ir ? pick<2, true>(R, TX) : pick<2, false>(R, TX));
-    tile_fn row = S == 1 ? (ir ? pick<1, true>(1, TX) : pick<1, false>(1, TX)) : (ir ? pick<2, true>(1, TX) : pick<2, false>(1, TX));
+    const tile_fn full = pick_tile(S, ir, R, TX), row = pick_tile(S, ir, 1, TX);
     const i64 YT = (OH + R - 1) / R, XT = (OW + TX - 1) / TX, items = N * YT * XT * O;
-    // a contiguous share of the items per thread, decoded once and then stepped (no divisions per tile)
+    // a contiguous share of the items per thread, decoded once and then stepped (no divisions per tile); output
+    // channels innermost, so a tile's input rows stay in L1 across them
     const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
     const i64 begin = items * id / nt, end = items * (id + 1) / nt;
     i64 oi = begin % O, xt = (begin / O) % XT, yt = (begin / (O * XT)) % YT, n = begin / (O * XT * YT);
@@ -64,6 +92,50 @@ static void conv(const i64* p) {
         }
     }
 #pragma omp barrier
+}
+
+// A depthwise convolution fused with the convolution producing its input (MobileNet's 1x1 expansion): a depthwise
+// channel reads one channel, so each (image, channel) computes that channel's input plane into a zero-bordered
+// scratch of its own thread (in L2) and convolves it there; the input map is never written out. The X_ fields
+// describe the producer (its input, weights, epilogue and tile), X_H x X_W its plane, X_PAD the scratch's border.
+static void fused_depthwise(const i64* p) {
+    const i64 O = p[C_O], N = p[C_N], XH = p[C_X_H], XW = p[C_X_W], PAD = p[C_X_PAD];
+    const i64 srow = XW + 2 * PAD, size = (XH + 2 * PAD) * srow + 4096;  // + a tile's reach past a row's end
+    static thread_local float* scratch = nullptr;
+    static thread_local i64 held = 0, shape[3] = {0, 0, 0};
+    if (held < size) {
+        free(scratch);
+        scratch = (float*)aligned_alloc(64, (size_t)((size * 4 + 63) / 64 * 64));
+        held = size, shape[0] = 0;
+    }
+    if (shape[0] != srow || shape[1] != PAD || shape[2] != XH) {  // borders (another plane's interior before) read as zeros
+        memset(scratch, 0, (size_t)size * 4);
+        shape[0] = srow, shape[1] = PAD, shape[2] = XH;
+    }
+    const int32_t* chans = (const int32_t*)p[C_CHANS];
+    const int32_t *xptr = (const int32_t*)p[C_X_INDPTR], *xoff = (const int32_t*)p[C_X_OFF], *indptr = (const int32_t*)p[C_INDPTR],
+                  *off = (const int32_t*)p[C_OFF];
+    const float *xval = (const float*)p[C_X_VAL], *xbias = (const float*)p[C_X_BIAS], *val = (const float*)p[C_VAL],
+                *bias = (const float*)p[C_BIAS], *res = (const float*)p[C_RES];
+    float lo, hi, xlo, xhi;
+    memcpy(&lo, &p[C_LO], sizeof(float));
+    memcpy(&hi, &p[C_HI], sizeof(float));
+    memcpy(&xlo, &p[C_X_LO], sizeof(float));
+    memcpy(&xhi, &p[C_X_HI], sizeof(float));
+#pragma omp for schedule(static)
+    for (i64 it = 0; it < N * O; ++it) {
+        const i64 n = it / O, o = chans ? chans[it % O] : it % O;
+        const int32_t k0 = indptr[o], nnz = indptr[o + 1] - k0;
+        if (nnz) {  // a channel without weights never reads its input
+            const int32_t x0 = xptr[o];
+            plane((const float*)p[C_X_IN] + n * p[C_X_IN_IMG], p[C_X_IN_ROW], p[C_X_S], p[C_X_IN_RELU], xoff + x0, xval + x0,
+                  xptr[o + 1] - x0, xbias ? xbias[o] : 0.0f, nullptr, 0, (int)p[C_X_RELU], xlo, xhi,
+                  scratch + PAD * srow + PAD, srow, XH, XW, (int)p[C_X_R], (int)p[C_X_TX]);
+        }
+        plane(scratch, srow, p[C_S], p[C_IN_RELU], off + k0, val + k0, nnz, bias ? bias[o] : 0.0f,
+              res ? res + o * p[C_RES_CH] + n * p[C_RES_IMG] : nullptr, p[C_RES_ROW], (int)p[C_RELU], lo, hi,
+              (float*)p[C_OUT] + o * p[C_OUT_CH] + n * p[C_OUT_IMG], p[C_OUT_ROW], p[C_OH], p[C_OW], (int)p[C_R], (int)p[C_TX]);
+    }
 }
 
 // POOL fields: in (interior origin), in strides (ch, img, row), out, out strides, C, N, H, W, OH, OW, k, stride, pad,

@@ -4,7 +4,9 @@
        that produces one operand: conv -> (+ r) -> ReLU is one convolution with a fused epilogue;
     2. a ReLU that only convolutions read into those convolutions, applied as they load (DARTS' ReLU -> conv);
     3. output channels known to be zero (no weight, no bias) dropped from the convolutions that read them, and
-       not computed at all where nothing else reads them.
+       not computed at all where nothing else reads them;
+    4. a depthwise convolution takes in the convolution producing its input (MobileNet's 1x1 expansion): each
+       input channel's plane is computed just before it is convolved, and the expanded map never reaches memory.
 Each pass applies only where the intermediate value has no other reader, so the function is unchanged.
 """
 
@@ -20,6 +22,7 @@ def fuse(g: Graph) -> None:
     _producer_fusions(g)
     _relu_into_consumers(g)
     _zero_channels(g)
+    _into_depthwise(g)
 
 
 def base(v: Value) -> Value:
@@ -29,9 +32,8 @@ def base(v: Value) -> Value:
     return v
 
 
-def _producer_fusions(g: Graph) -> None:
-    """Fold each ReLU and residual add into the operation that produces its input, where that input has no
-    other use: conv -> (+ r) -> ReLU becomes one conv."""
+def _uses(g: Graph) -> dict[int, int]:
+    """How many times each value is read: by operations (residuals included), by views of it, as the output."""
     uses: dict[int, int] = {}
     for op in g.ops:
         for v in op.inputs + ([op.attrs["residual"]] if op.attrs.get("residual") else []):
@@ -40,6 +42,13 @@ def _producer_fusions(g: Graph) -> None:
         if v.view_of is not None:
             uses[id(v.view_of)] = uses.get(id(v.view_of), 0) + 1
     uses[id(g.output)] = uses.get(id(g.output), 0) + 1
+    return uses
+
+
+def _producer_fusions(g: Graph) -> None:
+    """Fold each ReLU and residual add into the operation that produces its input, where that input has no
+    other use: conv -> (+ r) -> ReLU becomes one conv."""
+    uses = _uses(g)
     producer = {id(op.out): op for op in g.ops}
     position = {id(op): i for i, op in enumerate(g.ops)}
     keep = []
@@ -122,3 +131,20 @@ def _zero_channels(g: Graph) -> None:
             op.attrs["skip"] = zero[id(op.out)]
 
 
+
+
+def _into_depthwise(g: Graph) -> None:
+    """A depthwise convolution (one input channel per output channel) whose input nothing else reads, produced by
+    a convolution without a residual, takes that convolution in as `expand` and reads its input instead."""
+    uses, producer = _uses(g), {id(op.out): op for op in g.ops}
+    gone = set()
+    for op in g.ops:
+        v = op.inputs[0]
+        src = producer.get(id(v))
+        depthwise = op.kind == "conv" and op.attrs["weight"].shape[1] == 1 and op.attrs["groups"] == v.C == op.out.C
+        if (depthwise and src is not None and src.kind == "conv" and uses[id(v)] == 1 and v.slot is None
+                and v.view_of is None and src.attrs["residual"] is None and "expand" not in src.attrs):
+            op.attrs["expand"], op.inputs[0] = src, src.inputs[0]
+            gone.add(id(src))
+            g.values.remove(v)  # lives only in the engine's scratch
+    g.ops = [op for op in g.ops if id(op) not in gone]

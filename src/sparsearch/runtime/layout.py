@@ -8,11 +8,14 @@ import hashlib
 
 import numpy as np
 
-RECORD = 40  # int64 fields per operation; field 0 is the kind
+RECORD = 48  # int64 fields per operation; field 0 is the kind
 KINDS = {"conv": 1, "pool": 2, "ewise": 3, "gap": 4}
 FIELDS = {  # the fields after the kind, in order; addresses are pointers, strides are in floats
     "conv": ("in", "in_img", "in_row", "out", "out_ch", "out_img", "out_row", "o", "n", "oh", "ow", "s", "indptr", "off",
-             "val", "bias", "res", "res_ch", "res_img", "res_row", "relu", "lo", "hi", "tx", "r", "in_relu", "chans"),
+             "val", "bias", "res", "res_ch", "res_img", "res_row", "relu", "lo", "hi", "tx", "r", "in_relu", "chans",
+             # a depthwise convolution's fused producer (engine.cpp's fused_depthwise); x_in is 0 where there is none
+             "x_in", "x_in_img", "x_in_row", "x_s", "x_indptr", "x_off", "x_val", "x_bias", "x_relu", "x_lo", "x_hi",
+             "x_in_relu", "x_tx", "x_r", "x_h", "x_w", "x_pad"),
     "pool": ("in", "in_ch", "in_img", "in_row", "out", "out_ch", "out_img", "out_row", "c", "n", "h", "w", "oh", "ow",
              "k", "s", "pad", "mode"),
     "ewise": ("a", "a_ch", "a_img", "a_row", "a_col", "b", "b_ch", "b_img", "b_row", "b_col", "out", "out_ch", "out_img",

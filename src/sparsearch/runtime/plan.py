@@ -69,6 +69,27 @@ def _locate(v: Value) -> tuple[Value, int, int, int]:
             return v, c, y, x
 
 
+def _need(a: dict, x: Value, out: Value) -> int:
+    """The zero border a convolution with attributes `a` reads around its input x."""
+    (kh, kw), (ph, pw), (dh, dw), s = a["weight"].shape[2:], a["pad"], a["dilation"], a["stride"]
+    below = (out.H - 1) * s - ph + (kh - 1) * dh - (x.H - 1)
+    right = (out.W - 1) * s - pw + (kw - 1) * dw - (x.W - 1)
+    return max(ph, pw, below, right, 0)
+
+
+def _nonzeros(a: dict, ch: int, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A convolution's non-zero weights as per-output-channel lists (indptr, offsets into its input, values) for an
+    input with channel and row strides ch and row."""
+    weight, (dh, dw), groups = a["weight"], a["dilation"], a["groups"]
+    outs, cg = weight.shape[:2]
+    o, c, i, j = np.nonzero(weight)
+    cin = (o // (outs // groups)) * cg + c
+    offsets = cin * ch + i * dh * row + j * dw
+    order = np.lexsort((offsets, o))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=outs))]).astype(np.int32)
+    return indptr, offsets[order].astype(np.int32), weight[o, c, i, j][order].astype(np.float32)
+
+
 class Plan:
     """One input shape's memory and records, from a lowered graph it fuses first (ReLUs and residual adds into the
     operations that produce their inputs: `fusion.fuse`). Not re-entrant: one call at a time."""
@@ -104,15 +125,14 @@ class Plan:
         for op in self.graph.ops:
             if op.kind != "conv":
                 continue
+            producer = op.attrs.get("expand")
+            if producer is not None:  # the depthwise part reads its own scratch; its producer reads the buffer
+                op.attrs["scratch_pad"] = _need(op.attrs, op.attrs["expand"].out, op.out)
+                op = producer
             v = op.inputs[0]
             buf, _, y0, x0 = self.buffer(v)
-            (kh, kw), (ph, pw), (dh, dw), s = op.attrs["weight"].shape[2:], op.attrs["pad"], op.attrs["dilation"], op.attrs["stride"]
-            oh, ow = op.out.H, op.out.W
-            below = (oh - 1) * s - ph + (kh - 1) * dh - (v.H - 1)
-            right = (ow - 1) * s - pw + (kw - 1) * dw - (v.W - 1)
-            need = max(ph, pw, below, right, 0)
-            window = (y0, x0, v.H, v.W) != (0, 0, buf.H, buf.W)
-            if need and window:
+            need = _need(op.attrs, v, op.out)
+            if need and (y0, x0, v.H, v.W) != (0, 0, buf.H, buf.W):
                 raise Unsupported(f"{op.name}: a padded convolution of a cropped map")
             buf.pad = max(buf.pad, need)
 
@@ -156,26 +176,25 @@ class Plan:
 
     def _conv(self, r: np.ndarray, op: Op) -> None:
         a = op.attrs
-        weight, s, (dh, dw), (ph, pw), groups = a["weight"], a["stride"], a["dilation"], a["pad"], a["groups"]
+        s, (ph, pw) = a["stride"], a["pad"]
         x, out = op.inputs[0], op.out
         buf, c0, y0, x0 = self.buffer(x)
         ob, oc0, oy0, ox0 = self.buffer(out)
         ch, img, row = buf.strides
-        outs, cg = weight.shape[:2]
-        o, c, i, j = np.nonzero(weight)
-        cin = (o // (outs // groups)) * cg + c
-        offsets = cin * ch + i * dh * row + j * dw
-        order = np.lexsort((offsets, o))
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=outs))]).astype(np.int32)
-        off, val = offsets[order].astype(np.int32), weight[o, c, i, j][order].astype(np.float32)
-        bias = a["bias"]
         N, OH, OW = out.N, out.H, out.W
         ochs, oimg, orow = ob.strides
-        flat = (weight.shape[2:] == (1, 1) and s == 1 and buf.pad == 0 and ob.pad == 0
+        producer = a.get("expand")
+        flat = (producer is None and a["weight"].shape[2:] == (1, 1) and s == 1 and buf.pad == 0 and ob.pad == 0
                 and (y0, x0, x.H, x.W) == (0, 0, buf.H, buf.W) and (oy0, ox0, OH, OW) == (0, 0, ob.H, ob.W))
         if flat:  # a pointwise layer over unpadded maps: all images' positions are one contiguous row
             N, OH, OW = 1, 1, N * OH * OW
         rows, tx = tile_shape(OH, OW)
+        if producer is not None:  # the depthwise weights read one channel of the scratch (engine.cpp)
+            indptr, off, val = _nonzeros(a, 0, producer.out.W + 2 * a["scratch_pad"])
+            self._producer(r, producer, a["scratch_pad"])
+        else:
+            indptr, off, val = _nonzeros(a, ch, row)
+        outs, bias = a["weight"].shape[0], a["bias"]
         self.keep += [indptr, off, val, bias]
         if a.get("skip") is not None:  # output channels known to be zero that no one reads
             chans = np.flatnonzero(~a["skip"]).astype(np.int32)
@@ -192,10 +211,26 @@ class Plan:
         if a.get("skip") is not None:
             write(r, "conv", chans=chans.ctypes.data)
 
+    def _producer(self, r: np.ndarray, op: Op, pad: int) -> None:
+        """The x_ fields of a depthwise convolution's record: the producer `op` it computes channel by channel into
+        a scratch plane with a border of `pad`."""
+        a, x = op.attrs, op.inputs[0]
+        buf, c0, y0, x0 = self.buffer(x)
+        ch, img, row = buf.strides
+        indptr, off, val = _nonzeros(a, ch, row)
+        rows, tx = tile_shape(op.out.H, op.out.W)
+        self.keep += [indptr, off, val, a["bias"]]
+        write(r, "conv", x_in=buf.address(c0, 0, y0 - a["pad"][0], x0 - a["pad"][1]), x_in_img=img, x_in_row=row,
+              x_s=a["stride"], x_indptr=indptr.ctypes.data, x_off=off.ctypes.data, x_val=val.ctypes.data,
+              x_bias=0 if a["bias"] is None else a["bias"].ctypes.data, x_in_relu=int(a.get("in_relu", False)),
+              x_tx=tx, x_r=rows, x_h=op.out.H, x_w=op.out.W, x_pad=pad)
+        self._act(r, "conv", "x_relu", a["act"])
+
     @staticmethod
     def _act(r: np.ndarray, kind: str, flag: str, act) -> None:
-        if act is not None:
-            write(r, kind, **{flag: 1, "lo": _float_bits(act[0]), "hi": _float_bits(act[1])})
+        if act is not None:  # flag "relu", "act" or "x_relu", with its bounds beside it
+            lo, hi = ("x_lo", "x_hi") if flag.startswith("x_") else ("lo", "hi")
+            write(r, kind, **{flag: 1, lo: _float_bits(act[0]), hi: _float_bits(act[1])})
 
     def _pool(self, r: np.ndarray, op: Op) -> None:
         x, out, a = op.inputs[0], op.out, op.attrs
@@ -250,6 +285,8 @@ class Plan:
                 w = op.attrs["weight"]
                 row.update(shape=list(w.shape), density=round(float((w != 0).mean()), 4),
                            fused=[k for k in ("residual", "act") if op.attrs[k] is not None])
+                if op.attrs.get("expand") is not None:
+                    row["fused"].append("producer " + op.attrs["expand"].name)
             rows.append(row)
         return rows
 
