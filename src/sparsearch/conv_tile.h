@@ -7,9 +7,45 @@
 
 typedef int64_t i64;
 
-static inline float clamp(float v, float lo, float hi) {  // plain compares: vectorised, unlike fminf / fmaxf
-    v = v < lo ? lo : v;
-    return v > hi ? hi : v;
+// Activations by code (runtime/graph.py's ACT): 1 clamp to [lo, hi] (ReLU, ReLU6), 2 SiLU, 3 sigmoid; 0 none.
+enum { CLAMP = 1, SILU = 2, SIGMOID = 3 };
+
+// e^x for a vector (or a float) of any width: 2^k e^f with k = round(x / ln 2), ln 2 split in two so f is exact, e^f
+// by its Taylor series to degree 6 (|f| <= ln 2 / 2: relative error ~1e-7), 2^k built in the exponent bits.
+template <class vec> static inline vec splat(float x) { return (vec){} + x; }  // every lane x (a float: x)
+template <class ivec, class vec> static inline ivec to_ints(vec k) { return __builtin_convertvector(k, ivec); }
+template <> inline int32_t to_ints<int32_t, float>(float k) { return (int32_t)k; }
+
+template <class vec, class ivec>
+static inline vec exp_approx(vec x) {
+    x = x < splat<vec>(-87.0f) ? splat<vec>(-87.0f) : x;
+    x = x > splat<vec>(88.0f) ? splat<vec>(88.0f) : x;
+    const vec k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest (the 1.5 * 2^23 trick)
+    const vec f = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    vec p = splat<vec>(1.0f / 720);
+    p = p * f + 1.0f / 120;
+    p = p * f + 1.0f / 24;
+    p = p * f + 1.0f / 6;
+    p = p * f + 0.5f;
+    p = p * f + 1.0f;
+    p = p * f + 1.0f;
+    const ivec bits = (to_ints<ivec, vec>(k) + 127) << 23;
+    vec scale;
+    __builtin_memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+template <class vec, class ivec>
+static inline vec activate(vec v, int act, float lo, float hi) {
+    if (act == CLAMP) {
+        v = v < splat<vec>(lo) ? splat<vec>(lo) : v;
+        return v > splat<vec>(hi) ? splat<vec>(hi) : v;
+    }
+    if (act == SILU || act == SIGMOID) {
+        const vec s = 1.0f / (1.0f + exp_approx<vec, ivec>(-v));
+        return act == SILU ? v * s : s;
+    }
+    return v;
 }
 
 // Explicit vectors (GCC/Clang vector extensions; unaligned: rows start anywhere): the tile's shape is fixed at
@@ -22,10 +58,22 @@ enum { WIDEST = 8 };
 enum { WIDEST = 4 };
 #endif
 template <int V> struct Vec;
-template <> struct Vec<16> { typedef float type __attribute__((vector_size(64), aligned(4))); };
-template <> struct Vec<8> { typedef float type __attribute__((vector_size(32), aligned(4))); };
-template <> struct Vec<4> { typedef float type __attribute__((vector_size(16), aligned(4))); };
-template <> struct Vec<1> { typedef float type; };
+template <> struct Vec<16> {
+    typedef float type __attribute__((vector_size(64), aligned(4)));
+    typedef int32_t ints __attribute__((vector_size(64)));
+};
+template <> struct Vec<8> {
+    typedef float type __attribute__((vector_size(32), aligned(4)));
+    typedef int32_t ints __attribute__((vector_size(32)));
+};
+template <> struct Vec<4> {
+    typedef float type __attribute__((vector_size(16), aligned(4)));
+    typedef int32_t ints __attribute__((vector_size(16)));
+};
+template <> struct Vec<1> {
+    typedef float type;
+    typedef int32_t ints;
+};
 
 template <int V, int S> struct Load {  // V lanes from p, p + S, p + 2S, ...
     static inline typename Vec<V>::type at(const float* p) { return *(const typename Vec<V>::type*)p; }
@@ -83,8 +131,7 @@ static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __res
     if constexpr (R == 1 && TX == 1) {
         float v = bias + gathered_dot<IN_RELU>(in, off, val, nnz);
         if (res) v += *res;
-        if (act) v = clamp(v, lo, hi);
-        *out = v;
+        *out = activate<float, int32_t>(v, act, lo, hi);
         return;
     }
 #endif
@@ -103,16 +150,12 @@ static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __res
                 acc[r][j] += w * x;
             }
     }
-    const vec lov = (vec){} + lo, hiv = (vec){} + hi;
     for (int r = 0; r < R; ++r) {
         float* o = out + r * orow;
         for (int j = 0; j < J; ++j) {
             vec v = acc[r][j];
             if (res) v += Load<V, 1>::at(res + r * rrow + j * V);
-            if (act) {
-                v = v < lov ? lov : v;
-                v = v > hiv ? hiv : v;
-            }
+            v = activate<vec, typename Vec<V>::ints>(v, act, lo, hi);
             if (nx == TX) {
                 *(vec*)(o + j * V) = v;
             } else {

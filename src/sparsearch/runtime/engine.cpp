@@ -169,9 +169,10 @@ static void pool(const i64* p) {
     }
 }
 
-// EWISE fields: out[c, n, y, x] = clamp(scale[c] * (a[c, n, y, x] + b[c, n, y, x]) + shift[c]), each operand with
-// its own four strides (channel, image, row, column); b, scale, shift optional. Covers ReLU, add, copies into
-// slices, subsampling, flattening, the network's input and output, and BatchNorms that no convolution absorbed.
+// EWISE fields: out[c, n, y, x] = act(scale[c] * (a[c, n, y, x] (+ or x) b[c, n, y, x]) + shift[c]), each operand
+// with its own four strides (channel, image, row, column; b's row and column strides 0 where it is one value per
+// channel and image: squeeze-excitation's gate); b, scale, shift optional. Covers activations, add, the gate,
+// copies into slices, subsampling, flattening, the network's input and output, and BatchNorms no convolution absorbed.
 
 static void ewise(const i64* p) {
     const float* a = (const float*)p[E_A];
@@ -181,10 +182,13 @@ static void ewise(const i64* p) {
     const float* shift = (const float*)p[E_SHIFT];
     const i64 C = p[E_C], N = p[E_N], H = p[E_H], W = p[E_W];
     const int act = (int)p[E_ACT];
+    const bool mul = p[E_MUL];
     float lo, hi;
     memcpy(&lo, &p[E_LO], sizeof(float));
     memcpy(&hi, &p[E_HI], sizeof(float));
     const i64 ac = p[E_A_COL], bc = p[E_B_COL], oc = p[E_OUT_COL];
+    typedef Vec<WIDEST>::type vec;
+    typedef Vec<WIDEST>::ints ints;
 #pragma omp for schedule(static)
     for (i64 it = 0; it < C * N * H; ++it) {
         const i64 y = it % H, n = (it / H) % N, c = it / (H * N);
@@ -192,22 +196,20 @@ static void ewise(const i64* p) {
         const float* br = b ? b + c * p[E_B_CH] + n * p[E_B_IMG] + y * p[E_B_ROW] : nullptr;
         float* orow = out + c * p[E_OUT_CH] + n * p[E_OUT_IMG] + y * p[E_OUT_ROW];
         const float sc = scale ? scale[c] : 1.0f, sh = shift ? shift[c] : 0.0f;
-        if (ac == 1 && oc == 1 && (!br || bc == 1)) {  // the common case, vectorised
-            if (br)
-                for (i64 x = 0; x < W; ++x) {
-                    float v = sc * (ar[x] + br[x]) + sh;
-                    orow[x] = act ? clamp(v, lo, hi) : v;
+        i64 x = 0;
+        if (ac == 1 && oc == 1 && (!br || bc <= 1))  // the common case, in vectors (b a row or one value)
+            for (; x + WIDEST <= W; x += WIDEST) {
+                vec v = Load<WIDEST, 1>::at(ar + x);
+                if (br) {
+                    const vec bv = bc ? Load<WIDEST, 1>::at(br + x) : splat<vec>(*br);
+                    v = mul ? v * bv : v + bv;
                 }
-            else
-                for (i64 x = 0; x < W; ++x) {
-                    float v = sc * ar[x] + sh;
-                    orow[x] = act ? clamp(v, lo, hi) : v;
-                }
-        } else {
-            for (i64 x = 0; x < W; ++x) {
-                float v = sc * (ar[x * ac] + (br ? br[x * bc] : 0.0f)) + sh;
-                orow[x * oc] = act ? clamp(v, lo, hi) : v;
+                *(vec*)(orow + x) = activate<vec, ints>(sc * v + sh, act, lo, hi);
             }
+        for (; x < W; ++x) {
+            float v = ar[x * ac];
+            if (br) v = mul ? v * br[x * bc] : v + br[x * bc];
+            orow[x * oc] = activate<float, int32_t>(sc * v + sh, act, lo, hi);
         }
     }
 }
@@ -222,9 +224,16 @@ static void gap(const i64* p) {
     for (i64 it = 0; it < C * N; ++it) {
         const i64 n = it % N, c = it / N;
         const float* plane = in + c * p[G_IN_CH] + n * p[G_IN_IMG];
+        typedef Vec<WIDEST>::type vec;
+        vec lanes = {};  // in vectors: a scalar sum is one dependent add per element
         float acc = 0.0f;
-        for (i64 y = 0; y < H; ++y)
-            for (i64 x = 0; x < W; ++x) acc += plane[y * p[G_IN_ROW] + x];
+        for (i64 y = 0; y < H; ++y) {
+            const float* row = plane + y * p[G_IN_ROW];
+            i64 x = 0;
+            for (; x + WIDEST <= W; x += WIDEST) lanes += Load<WIDEST, 1>::at(row + x);
+            for (; x < W; ++x) acc += row[x];
+        }
+        for (int j = 0; j < WIDEST; ++j) acc += lanes[j];
         out[c * p[G_OUT_CH] + n * p[G_OUT_IMG]] = acc / (float)(H * W);
     }
 }

@@ -54,7 +54,7 @@ def _producer_fusions(g: Graph) -> None:
     keep = []
     for i, op in enumerate(g.ops):
         src = producer.get(id(op.inputs[0]))
-        plain = op.kind == "ewise" and op.attrs.get("scale") is None and op.attrs["stride"] == 1
+        plain = op.kind == "ewise" and op.attrs.get("scale") is None and op.attrs["stride"] == 1 and not op.attrs.get("mul")
         fusible = src is not None and uses[id(op.inputs[0])] == 1 and op.inputs[0].slot is None and src.attrs.get("act") is None
         if plain and fusible and len(op.inputs) == 1 and op.attrs["act"] and src.kind in ("conv", "ewise"):
             src.attrs["act"], src.out = op.attrs["act"], op.out  # ReLU into its producer
@@ -115,7 +115,7 @@ def _zero_channels(g: Graph) -> None:
         if id(op.inputs[0]) in zero:
             cin = (np.arange(outs)[:, None] // (outs // a["groups"])) * cg + np.arange(cg)[None, :]
             w[zero[id(op.inputs[0])][cin]] = 0
-        keeps_zero = a["act"] is None or a["act"][0] <= 0 <= a["act"][1]
+        keeps_zero = a["act"] is None or a["act"] == ACT[nn.SiLU] or a["act"][0] == 1 and a["act"][1] <= 0 <= a["act"][2]
         if a["residual"] is None and keeps_zero:
             empty = ~w.reshape(outs, -1).any(1) & (True if a["bias"] is None else a["bias"] == 0)
             if empty.any():

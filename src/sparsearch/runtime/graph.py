@@ -112,6 +112,16 @@ def _ewise(g: Graph, inputs: list[Value], name: str, stride: int = 1, **attrs) -
     return g.op("ewise", inputs, out, name, stride=stride, **attrs)
 
 
+def _gate(g: Graph, a: Value, b: Value, name: str) -> Value:
+    """a * b where one is a map and the other the same map or one value per channel (squeeze-excitation's gate)."""
+    if (a.H, a.W) == (1, 1) and (b.H, b.W) != (1, 1):
+        a, b = b, a
+    if a.C != b.C or (b.H, b.W) not in ((1, 1), (a.H, a.W)):
+        raise Unsupported(f"{name}: a product of shapes {(a.C, a.H, a.W)} and {(b.C, b.H, b.W)}")
+    out = g.value(a.C, a.H, a.W)
+    return g.op("ewise", [a, b], out, name, stride=1, act=None, mul=True)
+
+
 def _place(g: Graph, parts: list[tuple[Value, int]], C: int, name: str) -> Value:
     """A value of C channels holding each part at its channel offset (cat, channel padding): a part that can be
     written there directly is, the others are copied."""
@@ -145,7 +155,11 @@ def _getitem(g: Graph, x: Value, index, name: str) -> Value:
     return _ewise(g, [view], name, stride=ystep) if ystep > 1 else view
 
 
-ACT = {nn.ReLU: (0.0, float("inf")), nn.ReLU6: (0.0, 6.0)}
+# activations as (conv_tile.h's code, lo, hi): 1 clamps to [lo, hi]
+ACT = {nn.ReLU: (1, 0.0, float("inf")), nn.ReLU6: (1, 0.0, 6.0), nn.SiLU: (2, 0.0, 0.0), nn.Sigmoid: (3, 0.0, 0.0)}
+FUNCTIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.silu: nn.SiLU, torch.sigmoid: nn.Sigmoid,
+             F.sigmoid: nn.Sigmoid}
+METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU, "sigmoid": nn.Sigmoid, "sigmoid_": nn.Sigmoid}
 
 
 def _module(g: Graph, m: nn.Module, args, name: str) -> Value:
@@ -182,8 +196,10 @@ def _function(g: Graph, fn, args, kwargs, name: str):
             return a
         if isinstance(a, Value) and isinstance(b, Value):
             return _ewise(g, [a, b], name)
-    if fn in (F.relu, torch.relu):
-        return _ewise(g, [args[0]], name, act=ACT[nn.ReLU])
+    if fn in FUNCTIONS:
+        return _ewise(g, [args[0]], name, act=ACT[FUNCTIONS[fn]])
+    if fn in (operator.mul, torch.mul) and not kwargs and all(isinstance(v, Value) for v in args):
+        return _gate(g, *args, name)
     if fn is torch.cat:
         parts, dim = args[0], kwargs.get("dim", args[1] if len(args) > 1 else 0)
         if dim != 1:
@@ -209,8 +225,8 @@ def _method(g: Graph, method: str, args, kwargs, name: str):
     x = args[0]
     if method == "mul" and args[1] == 0:
         return g.value(x.C, x.H, x.W, zero_channels=True)
-    if method in ("relu", "relu_"):
-        return _ewise(g, [x], name, act=ACT[nn.ReLU])
+    if method in METHODS:
+        return _ewise(g, [x], name, act=ACT[METHODS[method]])
     if method == "flatten" and args[1:] == (1,):
         return _flat(g, x, name)
     raise Unsupported(f"{name}: .{method}()")

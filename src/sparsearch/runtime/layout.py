@@ -19,7 +19,7 @@ FIELDS = {  # the fields after the kind, in order; addresses are pointers, strid
     "pool": ("in", "in_ch", "in_img", "in_row", "out", "out_ch", "out_img", "out_row", "c", "n", "h", "w", "oh", "ow",
              "k", "s", "pad", "mode"),
     "ewise": ("a", "a_ch", "a_img", "a_row", "a_col", "b", "b_ch", "b_img", "b_row", "b_col", "out", "out_ch", "out_img",
-              "out_row", "out_col", "c", "n", "h", "w", "scale", "shift", "act", "lo", "hi"),
+              "out_row", "out_col", "c", "n", "h", "w", "scale", "shift", "act", "lo", "hi", "mul"),
     "gap": ("in", "in_ch", "in_img", "in_row", "out", "out_ch", "out_img", "c", "n", "h", "w"),
 }
 PREFIX = {"conv": "C", "pool": "P", "ewise": "E", "gap": "G"}  # the C++ names: C_IN, P_MODE, E_ACT, ...

@@ -228,9 +228,9 @@ class Plan:
 
     @staticmethod
     def _act(r: np.ndarray, kind: str, flag: str, act) -> None:
-        if act is not None:  # flag "relu", "act" or "x_relu", with its bounds beside it
+        if act is not None:  # flag "relu", "act" or "x_relu" takes the code (graph.ACT), with the bounds beside it
             lo, hi = ("x_lo", "x_hi") if flag.startswith("x_") else ("lo", "hi")
-            write(r, kind, **{flag: 1, lo: _float_bits(act[0]), hi: _float_bits(act[1])})
+            write(r, kind, **{flag: act[0], lo: _float_bits(act[1]), hi: _float_bits(act[2])})
 
     def _pool(self, r: np.ndarray, op: Op) -> None:
         x, out, a = op.inputs[0], op.out, op.attrs
@@ -245,7 +245,9 @@ class Plan:
                                                      self._operand(v, stride)))
         write(r, "ewise", **operand("a", op.inputs[0], a["stride"]), **operand("out", op.out))
         if len(op.inputs) > 1:
-            write(r, "ewise", **operand("b", op.inputs[1], a["stride"]))
+            write(r, "ewise", **operand("b", op.inputs[1], a["stride"]), mul=int(a.get("mul", False)))
+            if (op.inputs[1].H, op.inputs[1].W) != (op.inputs[0].H, op.inputs[0].W):  # a gate: one value per channel
+                write(r, "ewise", b_row=0, b_col=0)
         out = op.out
         write(r, "ewise", c=out.C, n=out.N, h=out.H, w=out.W)
         if a.get("flatten"):  # input position (c, y, x) -> output channel (c * H + y) * W + x
