@@ -44,6 +44,20 @@ static void plane(const float* in, i64 irow, i64 S, bool in_relu, const int32_t*
 
 static void fused_depthwise(const i64* p);
 
+static float mean(const float* plane, i64 row, i64 H, i64 W) {
+    typedef Vec<WIDEST>::type vec;
+    vec lanes = {};  // in vectors: a scalar sum is one dependent add per element
+    float acc = 0.0f;
+    for (i64 y = 0; y < H; ++y) {
+        const float* r = plane + y * row;
+        i64 x = 0;
+        for (; x + WIDEST <= W; x += WIDEST) lanes += Load<WIDEST, 1>::at(r + x);
+        for (; x < W; ++x) acc += r[x];
+    }
+    for (int j = 0; j < WIDEST; ++j) acc += lanes[j];
+    return acc / (float)(H * W);
+}
+
 static void conv(const i64* p) {
     if (p[C_X_IN]) return fused_depthwise(p);
     const float* in = (const float*)p[C_IN];
@@ -61,6 +75,17 @@ static void conv(const i64* p) {
     memcpy(&hi, &p[C_HI], sizeof(float));
     const bool ir = p[C_IN_RELU];
     const tile_fn full = pick_tile(S, ir, R, TX), row = pick_tile(S, ir, 1, TX);
+    if (p[C_GATE]) {  // each image's weights times its gate, shared by the threads (the omp for's barrier)
+        const float* gate = (const float*)p[C_GATE];
+        const int32_t* cin = (const int32_t*)p[C_GATE_CIN];
+        float* gated = (float*)p[C_GATE_VAL];
+        const i64 nnz = p[C_NNZ];
+#pragma omp for schedule(static)
+        for (i64 i = 0; i < N * nnz; ++i)
+            gated[i] = val[i % nnz] * gate[cin[i % nnz] * p[C_GATE_CH] + (i / nnz) * p[C_GATE_IMG]];
+    }
+    const i64 image_vals = p[C_GATE] ? p[C_NNZ] : 0;  // where the image's weights start
+    const float* vals = p[C_GATE] ? (const float*)p[C_GATE_VAL] : val;
     const i64 YT = (OH + R - 1) / R, XT = (OW + TX - 1) / TX, items = N * YT * XT * O;
     // a contiguous share of the items per thread, decoded once and then stepped (no divisions per tile); output
     // channels innermost, so a tile's input rows stay in L1 across them
@@ -73,14 +98,15 @@ static void conv(const i64* p) {
         const int nx = (int)(OW - x0 < TX ? OW - x0 : TX);
         const float b = bias ? bias[o] : 0.0f;
         const int32_t k0 = indptr[o], nnz = indptr[o + 1] - k0;
+        const float* w = vals + n * image_vals + k0;
         const float* src = in + n * p[C_IN_IMG] + y0 * S * p[C_IN_ROW] + x0 * S;
         float* dst = out + o * p[C_OUT_CH] + n * p[C_OUT_IMG] + y0 * p[C_OUT_ROW] + x0;
         const float* rs = res ? res + o * p[C_RES_CH] + n * p[C_RES_IMG] + y0 * p[C_RES_ROW] + x0 : nullptr;
         if (y0 + R <= OH) {
-            full(src, p[C_IN_ROW], off + k0, val + k0, nnz, b, rs, p[C_RES_ROW], act, lo, hi, dst, p[C_OUT_ROW], nx);
+            full(src, p[C_IN_ROW], off + k0, w, nnz, b, rs, p[C_RES_ROW], act, lo, hi, dst, p[C_OUT_ROW], nx);
         } else {
             for (i64 r = 0; y0 + r < OH; ++r)
-                row(src + r * S * p[C_IN_ROW], p[C_IN_ROW], off + k0, val + k0, nnz, b, rs ? rs + r * p[C_RES_ROW] : nullptr,
+                row(src + r * S * p[C_IN_ROW], p[C_IN_ROW], off + k0, w, nnz, b, rs ? rs + r * p[C_RES_ROW] : nullptr,
                     p[C_RES_ROW], act, lo, hi, dst + r * p[C_OUT_ROW], p[C_OUT_ROW], nx);
         }
         if (++oi == O) {
@@ -132,9 +158,12 @@ static void fused_depthwise(const i64* p) {
                   xptr[o + 1] - x0, xbias ? xbias[o] : 0.0f, nullptr, 0, (int)p[C_X_RELU], xlo, xhi,
                   scratch + PAD * srow + PAD, srow, XH, XW, (int)p[C_X_R], (int)p[C_X_TX]);
         }
+        float* dst = (float*)p[C_OUT] + o * p[C_OUT_CH] + n * p[C_OUT_IMG];
         plane(scratch, srow, p[C_S], p[C_IN_RELU], off + k0, val + k0, nnz, bias ? bias[o] : 0.0f,
               res ? res + o * p[C_RES_CH] + n * p[C_RES_IMG] : nullptr, p[C_RES_ROW], (int)p[C_RELU], lo, hi,
-              (float*)p[C_OUT] + o * p[C_OUT_CH] + n * p[C_OUT_IMG], p[C_OUT_ROW], p[C_OH], p[C_OW], (int)p[C_R], (int)p[C_TX]);
+              dst, p[C_OUT_ROW], p[C_OH], p[C_OW], (int)p[C_R], (int)p[C_TX]);
+        if (p[C_SUM])  // the squeeze-excitation's pool, from the plane just written
+            ((float*)p[C_SUM])[o * p[C_SUM_CH] + n * p[C_SUM_IMG]] = mean(dst, p[C_OUT_ROW], p[C_OH], p[C_OW]);
     }
 }
 
@@ -224,17 +253,7 @@ static void gap(const i64* p) {
     for (i64 it = 0; it < C * N; ++it) {
         const i64 n = it % N, c = it / N;
         const float* plane = in + c * p[G_IN_CH] + n * p[G_IN_IMG];
-        typedef Vec<WIDEST>::type vec;
-        vec lanes = {};  // in vectors: a scalar sum is one dependent add per element
-        float acc = 0.0f;
-        for (i64 y = 0; y < H; ++y) {
-            const float* row = plane + y * p[G_IN_ROW];
-            i64 x = 0;
-            for (; x + WIDEST <= W; x += WIDEST) lanes += Load<WIDEST, 1>::at(row + x);
-            for (; x < W; ++x) acc += row[x];
-        }
-        for (int j = 0; j < WIDEST; ++j) acc += lanes[j];
-        out[c * p[G_OUT_CH] + n * p[G_OUT_IMG]] = acc / (float)(H * W);
+        out[c * p[G_OUT_CH] + n * p[G_OUT_IMG]] = mean(plane, p[G_IN_ROW], H, W);
     }
 }
 

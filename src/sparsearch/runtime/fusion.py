@@ -6,7 +6,10 @@
     3. output channels known to be zero (no weight, no bias) dropped from the convolutions that read them, and
        not computed at all where nothing else reads them;
     4. a depthwise convolution takes in the convolution producing its input (MobileNet's 1x1 expansion): each
-       input channel's plane is computed just before it is convolved, and the expanded map never reaches memory.
+       input channel's plane is computed just before it is convolved, and the expanded map never reaches memory;
+    5. squeeze-excitation: the global pool of such a depthwise convolution's output is summed as each plane is
+       written, and the gate multiplying that output is folded into the weights of the pointwise convolution
+       reading the product (per image), so the gated map is never written.
 Each pass applies only where the intermediate value has no other reader, so the function is unchanged.
 """
 
@@ -23,6 +26,7 @@ def fuse(g: Graph) -> None:
     _relu_into_consumers(g)
     _zero_channels(g)
     _into_depthwise(g)
+    _squeeze_excitation(g)
 
 
 def base(v: Value) -> Value:
@@ -36,7 +40,7 @@ def _uses(g: Graph) -> dict[int, int]:
     """How many times each value is read: by operations (residuals included), by views of it, as the output."""
     uses: dict[int, int] = {}
     for op in g.ops:
-        for v in op.inputs + ([op.attrs["residual"]] if op.attrs.get("residual") else []):
+        for v in op.inputs + [op.attrs[k] for k in ("residual", "gate") if op.attrs.get(k) is not None]:
             uses[id(v)] = uses.get(id(v), 0) + 1
     for v in g.values:  # a view reads its base
         if v.view_of is not None:
@@ -147,4 +151,28 @@ def _into_depthwise(g: Graph) -> None:
             op.attrs["expand"], op.inputs[0] = src, src.inputs[0]
             gone.add(id(src))
             g.values.remove(v)  # lives only in the engine's scratch
+    g.ops = [op for op in g.ops if id(op) not in gone]
+
+
+def _squeeze_excitation(g: Graph) -> None:
+    uses, producer = _uses(g), {id(op.out): op for op in g.ops}
+    readers: dict[int, list[Op]] = {}
+    for op in g.ops:
+        for v in op.inputs:
+            readers.setdefault(id(v), []).append(op)
+    gone = set()
+    for op in g.ops:
+        src = producer.get(id(op.inputs[0]))
+        if op.kind == "gap" and src is not None and src.attrs.get("expand") is not None and "sum" not in src.attrs:
+            src.attrs["sum"] = op.out
+            gone.add(id(op))
+        if op.kind == "ewise" and op.attrs.get("mul") and (op.inputs[1].H, op.inputs[1].W) == (1, 1) and op.attrs["act"] is None:
+            y, users = op.out, readers.get(id(op.out), [])
+            conv = users[0] if len(users) == 1 else None
+            pointwise = (conv is not None and conv.kind == "conv" and conv.attrs["weight"].shape[2:] == (1, 1)
+                         and conv.attrs["groups"] == 1 and conv.attrs["stride"] == 1 and not conv.attrs.get("in_relu"))
+            if pointwise and uses[id(y)] == 1 and y.slot is None and op.inputs[0].view_of is None:
+                conv.inputs[0], conv.attrs["gate"] = op.inputs[0], op.inputs[1]
+                gone.add(id(op))
+                g.values.remove(y)
     g.ops = [op for op in g.ops if id(op) not in gone]

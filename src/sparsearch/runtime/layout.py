@@ -8,14 +8,19 @@ import hashlib
 
 import numpy as np
 
-RECORD = 48  # int64 fields per operation; field 0 is the kind
+RECORD = 64  # int64 fields per operation; field 0 is the kind
 KINDS = {"conv": 1, "pool": 2, "ewise": 3, "gap": 4}
 FIELDS = {  # the fields after the kind, in order; addresses are pointers, strides are in floats
     "conv": ("in", "in_img", "in_row", "out", "out_ch", "out_img", "out_row", "o", "n", "oh", "ow", "s", "indptr", "off",
              "val", "bias", "res", "res_ch", "res_img", "res_row", "relu", "lo", "hi", "tx", "r", "in_relu", "chans",
              # a depthwise convolution's fused producer (engine.cpp's fused_depthwise); x_in is 0 where there is none
              "x_in", "x_in_img", "x_in_row", "x_s", "x_indptr", "x_off", "x_val", "x_bias", "x_relu", "x_lo", "x_hi",
-             "x_in_relu", "x_tx", "x_r", "x_h", "x_w", "x_pad"),
+             "x_in_relu", "x_tx", "x_r", "x_h", "x_w", "x_pad",
+             # the mean of each output plane, written while it is in cache (fused_depthwise only); sum is 0 where not
+             "sum", "sum_ch", "sum_img",
+             # a per-image, per-input-channel gate multiplying the input (squeeze-excitation), folded into the weights:
+             # gate_val[n * nnz + k] = val[k] * gate[gate_cin[k] * gate_ch + n * gate_img]; gate is 0 where there is none
+             "gate", "gate_ch", "gate_img", "gate_cin", "gate_val", "nnz"),
     "pool": ("in", "in_ch", "in_img", "in_row", "out", "out_ch", "out_img", "out_row", "c", "n", "h", "w", "oh", "ow",
              "k", "s", "pad", "mode"),
     "ewise": ("a", "a_ch", "a_img", "a_row", "a_col", "b", "b_ch", "b_img", "b_row", "b_col", "out", "out_ch", "out_img",

@@ -138,8 +138,9 @@ class Plan:
 
     def _lifetimes(self) -> None:
         for i, op in enumerate(self.graph.ops):
-            reads = [v for v in op.inputs + [op.attrs.get("residual")] if v is not None and not _locate(v)[0].external]
-            for v in reads + [op.out]:
+            reads = [v for v in op.inputs + [op.attrs.get("residual"), op.attrs.get("gate")]
+                     if v is not None and not _locate(v)[0].external]
+            for v in reads + [op.out] + ([op.attrs["sum"]] if op.attrs.get("sum") is not None else []):
                 buf = self.buffer(v)[0]
                 buf.first = i if buf.first < 0 else buf.first
                 buf.last = max(buf.last, i)
@@ -184,7 +185,8 @@ class Plan:
         N, OH, OW = out.N, out.H, out.W
         ochs, oimg, orow = ob.strides
         producer = a.get("expand")
-        flat = (producer is None and a["weight"].shape[2:] == (1, 1) and s == 1 and buf.pad == 0 and ob.pad == 0
+        flat = (producer is None and (a.get("gate") is None or N == 1) and a["weight"].shape[2:] == (1, 1) and s == 1
+                and buf.pad == 0 and ob.pad == 0
                 and (y0, x0, x.H, x.W) == (0, 0, buf.H, buf.W) and (oy0, ox0, OH, OW) == (0, 0, ob.H, ob.W))
         if flat:  # a pointwise layer over unpadded maps: all images' positions are one contiguous row
             N, OH, OW = 1, 1, N * OH * OW
@@ -210,6 +212,15 @@ class Plan:
         self._act(r, "conv", "relu", a["act"])
         if a.get("skip") is not None:
             write(r, "conv", chans=chans.ctypes.data)
+        if a.get("sum") is not None:
+            ptr, sch, simg, _, _ = self._operand(a["sum"])
+            write(r, "conv", sum=ptr, sum_ch=sch, sum_img=simg)
+        if a.get("gate") is not None:  # 1x1 weights: each non-zero's offset is its input channel times ch
+            ptr, gch, gimg, _, _ = self._operand(a["gate"])
+            cin, gated = (off // ch).astype(np.int32), np.zeros(out.N * len(val), np.float32)
+            self.keep += [cin, gated]
+            write(r, "conv", gate=ptr, gate_ch=gch, gate_img=gimg, gate_cin=cin.ctypes.data, gate_val=gated.ctypes.data,
+                  nnz=len(val))
 
     def _producer(self, r: np.ndarray, op: Op, pad: int) -> None:
         """The x_ fields of a depthwise convolution's record: the producer `op` it computes channel by channel into
@@ -289,6 +300,7 @@ class Plan:
                            fused=[k for k in ("residual", "act") if op.attrs[k] is not None])
                 if op.attrs.get("expand") is not None:
                     row["fused"].append("producer " + op.attrs["expand"].name)
+                row["fused"] += [k for k in ("sum", "gate") if op.attrs.get(k) is not None]
             rows.append(row)
         return rows
 
