@@ -101,15 +101,17 @@ template <> struct Load<16, 2> {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 // One output (a linear layer or a convolution on a 1x1 map, one image): a dot product of the kept weights with the
-// inputs they read, 16 gathered at a time (it was one scalar multiply-add a weight: MobileNetV2's dense 1280 x 1000
-// classifier took 1.4 ms of its 6.9 at batch 1).
+// inputs they read, 16 at a time, gathered unless consecutive (MobileNetV2's dense 1280 x 1000 classifier: 1.4 ms as
+// one scalar multiply-add a weight, 0.49 gathered, 0.29 loaded).
 template <bool IN_RELU>
 static inline float gathered_dot(const float* __restrict in, const int32_t* __restrict off, const float* __restrict val,
                                  int nnz) {
     __m512 acc = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= nnz; k += 16) {
-        __m512 x = _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(off + k)), in, 4);
+        // offsets ascend, so 16 spanning 15 are consecutive (a dense row): one load, not a gather
+        __m512 x = off[k + 15] - off[k] == 15 ? _mm512_loadu_ps(in + off[k])
+                                              : _mm512_i32gather_ps(_mm512_loadu_si512((const void*)(off + k)), in, 4);
         if (IN_RELU) x = _mm512_max_ps(x, _mm512_setzero_ps());
         acc = _mm512_fmadd_ps(_mm512_loadu_ps(val + k), x, acc);
     }
