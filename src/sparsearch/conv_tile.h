@@ -152,12 +152,18 @@ static void conv_tile(const float* __restrict in, i64 irow, const int32_t* __res
                 acc[r][j] += w * x;
             }
     }
+    const vec lov = splat<vec>(lo), hiv = splat<vec>(hi);
     for (int r = 0; r < R; ++r) {
         float* o = out + r * orow;
         for (int j = 0; j < J; ++j) {
             vec v = acc[r][j];
             if (res) v += Load<V, 1>::at(res + r * rrow + j * V);
-            v = activate<vec, typename Vec<V>::ints>(v, act, lo, hi);
+            if (act == CLAMP) {  // the common case inline (as `activate` has it), the exp ones out of the way
+                v = v < lov ? lov : v;
+                v = v > hiv ? hiv : v;
+            } else if (act) {
+                v = activate<vec, typename Vec<V>::ints>(v, act, lo, hi);
+            }
             if (nx == TX) {
                 *(vec*)(o + j * V) = v;
             } else {
