@@ -135,8 +135,6 @@ def _zero_channels(g: Graph) -> None:
             op.attrs["skip"] = zero[id(op.out)]
 
 
-
-
 def _into_depthwise(g: Graph) -> None:
     """A depthwise convolution (one input channel per output channel) whose input nothing else reads, produced by
     a convolution without a residual, takes that convolution in as `expand` and reads its input instead."""
@@ -155,6 +153,8 @@ def _into_depthwise(g: Graph) -> None:
 
 
 def _squeeze_excitation(g: Graph) -> None:
+    """A global pool of a fused depthwise convolution's output becomes that convolution's `sum`; a per-channel product
+    whose only reader is a pointwise convolution becomes that convolution's `gate` (it reads the ungated map)."""
     uses, producer = _uses(g), {id(op.out): op for op in g.ops}
     readers: dict[int, list[Op]] = {}
     for op in g.ops:
