@@ -186,3 +186,18 @@ def test_outputs_are_the_callers_not_the_engines_buffers():
     compiled(b)  # a (1, C) output's view of its buffer is contiguous: it must still be copied out
     assert torch.equal(first, kept)
 
+
+
+def test_a_fuzz_over_pools_equals_torch():
+    """Max and average pools (padding counted or not) of every kernel, stride and padding, on maps where the
+    vectorised inner columns are many, few or none."""
+    rng, gen = random.Random(3), torch.Generator().manual_seed(3)
+    for case in range(40):
+        k = rng.choice([1, 2, 3, 5])
+        stride, pad = rng.choice([1, 1, 2]), rng.randint(0, k // 2)
+        pool = rng.choice([nn.MaxPool2d(k, stride, pad), nn.AvgPool2d(k, stride, pad, count_include_pad=True),
+                           nn.AvgPool2d(k, stride, pad, count_include_pad=False)])
+        model = nn.Sequential(nn.Conv2d(2, 3, 1), pool)
+        x = torch.randn(rng.choice([1, 2]), 2, rng.randint(k, 40), rng.randint(k, 40), generator=gen)
+        with torch.no_grad():
+            assert _close(_run(model, x), model(x)), f"case {case}: {pool}, input {tuple(x.shape)}"

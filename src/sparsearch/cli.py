@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("bench", help="benchmarks that print a table and write JSON (bench WHICH --help)")
-    p.add_argument("which", choices=["train", "sparsity", "search", "runtime"])
+    p.add_argument("which", choices=["train", "sparsity", "search", "runtime", "architecture"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -14,6 +14,8 @@ def main(which: str, argv: list[str]) -> int:
         from .search import main as run
     elif which == "runtime":
         from .runtime import main as run
+    elif which == "architecture":
+        from .architecture import main as run
     else:
         from .sparsity import main as run
     return run(argv)
