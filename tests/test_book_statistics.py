@@ -75,3 +75,25 @@ def test_power_note_says_when_seeds_are_too_few():
     assert "too few" in power_note(3, sigma=0.01, smallest=0.005)
     assert "enough" in power_note(20, sigma=0.002, smallest=0.005)
     assert "no interval" in power_note(1, 0.01, 0.005)
+
+
+def _architecture_bench(ratios: list[float], sparsity: float = 0.99) -> dict:
+    """A `bench architecture` result whose rounds have these MobileNetV2 / DASS eager latency ratios."""
+    dass = [0.010 * (1 + 0.01 * i) for i in range(len(ratios))]
+    samples = {"dass eager": dass, "mobilenetv2 eager": [d * r for d, r in zip(dass, ratios)],
+               "dass compiled": [0.002] * len(ratios), "mobilenetv2 compiled": [0.001] * len(ratios)}
+    row = {"sparsity": sparsity, "threads": 1, "genotype": "DASS_99", "engines": {"dass": "engine", "mobilenetv2": "engine"},
+           "samples_s": samples}
+    return {"results": [row], "machine": {"cpu": "test", "isa": [], "torch": "x"}, "seconds": 1.0}
+
+
+@pytest.mark.parametrize("ratios,word", [([2.0, 2.1, 1.9, 2.05, 1.95], "reproduced"),
+                                         ([0.5, 0.52, 0.48, 0.51, 0.49], "not reproduced"),
+                                         ([0.8, 1.9, 1.1, 1.6, 0.9], "inconclusive")])
+def test_claim_7_judges_the_eager_log_ratio_at_99_percent(ratios, word):
+    from sparsearch.book.architecture import dass_vs_mobilenet
+
+    chapter = dass_vs_mobilenet(_architecture_bench(ratios))
+    assert chapter.verdict.startswith(f"**{word}**") and "3.87x" in chapter.verdict
+    assert "0.50x [" in chapter.body  # the compiled ratio beside it, not judged
+    assert dass_vs_mobilenet(_architecture_bench(ratios, 0.95)).verdict.startswith("**no evidence**")
