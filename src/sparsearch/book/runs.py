@@ -20,6 +20,7 @@ from ..executors import stop_ray
 from ..files import read_json, write_atomic
 from ..host import machine
 from ..train import exclusive
+from .architecture import dass_vs_mobilenet
 from .chapters import (
     compare_seconds,
     dass_vs_darts,
@@ -70,6 +71,7 @@ GPU_RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
 SCALES = {"cpu": RUNS, "gpu": GPU_RUNS}
 RUNTIME_ARGS = ["--threads", "1", "2", "--trials", "5", "--repeats", "3"]
 BENCH_JSON = Path("book-runtime") / "runtime.json"  # under --out-dir
+ARCHITECTURE_JSON = Path("book-runtime") / "architecture.json"  # claim 7 in the paper's quantity
 INFERENCE_JSON = Path("sparse-ift-cifar10") / "inference.json"  # under --out-dir
 
 
@@ -83,6 +85,7 @@ def _load(name: str, out_dir: Path, executor: list[str], data_path: str | None, 
 
 
 def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool) -> None:
+    from ..bench import architecture as architecture_bench
     from ..bench import runtime as runtime_bench
     from ..pipeline.compare import run_compare
     from ..pipeline.run import run_all
@@ -95,6 +98,10 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         stop_ray()  # a quiet machine for the timings
         print("book: bench runtime", flush=True)
         runtime_bench.main([*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
+    if not _bench(out_dir, ARCHITECTURE_JSON):
+        stop_ray()
+        print("book: bench architecture", flush=True)
+        architecture_bench.main(["--out", str(out_dir / ARCHITECTURE_JSON)])
     ift_inference(out_dir)
 
 
@@ -161,9 +168,9 @@ def _finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path) -> dict |
     return results if wanted <= done else None
 
 
-def _bench(out_dir: Path) -> dict | None:
-    """The runtime bench's results once it has finished (it writes its file as it goes, `complete` at the end)."""
-    path = out_dir / BENCH_JSON
+def _bench(out_dir: Path, name: Path = BENCH_JSON) -> dict | None:
+    """A bench's results once it has finished (it writes its file as it goes, `complete` at the end)."""
+    path = out_dir / name
     bench = read_json(path) if path.exists() else None
     return bench if bench and bench.get("complete") else None
 
@@ -172,6 +179,7 @@ def _chapters(cfgs: dict[str, list[Config]], out_dir: Path) -> tuple[list[Chapte
     """Each chapter whose runs have finished, or the runs it waits for; and the CPU time every finished run recorded."""
     done = {name: _finished(name, cfgs, out_dir) for name in RUNS}
     done["book-runtime"] = _bench(out_dir)
+    done["book-architecture"] = _bench(out_dir, ARCHITECTURE_JSON)
     ift_json = out_dir / INFERENCE_JSON
     done["sparse-ift-inference"] = read_json(ift_json) if ift_json.exists() else None
     st_dir = out_dir / "sparse-training-cifar10"
@@ -185,11 +193,12 @@ def _chapters(cfgs: dict[str, list[Config]], out_dir: Path) -> tuple[list[Chapte
              (["sparse-training-cifar10"], lambda: imp_vs_oneshot(done["sparse-training-cifar10"], st_dir)),
              (["sparse-training-cifar10"], lambda: soup_vs_best_ingredient(done["sparse-training-cifar10"], st_dir)),
              (["book-runtime"], lambda: speedup(done["book-runtime"])),
+             (["book-architecture"], lambda: dass_vs_mobilenet(done["book-architecture"])),
              (["sparse-ift-cifar10", "sparse-ift-inference"],
               lambda: sparse_ift(done["sparse-ift-cifar10"], done["sparse-ift-inference"]))]
     chapters = [build() if all(done[n] for n in needs) else [n for n in needs if not done[n]] for needs, build in specs]
     seconds = sum(run_seconds(done[n]["rows"]) if RUNS[n][0] == "run" else compare_seconds(done[n], out_dir / n)
-                  for n in RUNS if done[n]) + (done["book-runtime"] or {}).get("seconds", 0.0)
+                  for n in RUNS if done[n]) + sum((done[n] or {}).get("seconds", 0.0) for n in ("book-runtime", "book-architecture"))
     return chapters, seconds
 
 
