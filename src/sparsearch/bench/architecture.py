@@ -78,13 +78,13 @@ def main(argv: list[str]) -> int:
     path = write_json(args.out, {"benchmark": "architecture", "args": vars(args), "results": rows,
                                  "seconds": time.perf_counter() - started, "complete": True})
     ms = lambda r, k: f"{1e3 * statistics.median(r['samples_s'][k]):.2f}"  # noqa: E731
-    print_table("DASS-Small vs MobileNetV2 (CIFAR, batch 1): MobileNetV2 ms / DASS ms, median [min, max] of rounds",
+    print_table("DASS-Small vs MobileNetV2 (CIFAR, batch 1): MobileNetV2 ms / DASS ms, median (min, max) of rounds",
                 ["sparsity", "threads", "DASS eager", "MBv2 eager", "paper's quantity (eager)", "DASS compiled",
                  "MBv2 compiled", "ours (compiled)", "engines"],
                 [[f"{100 * r['sparsity']:g}%", r["threads"], ms(r, "dass eager"), ms(r, "mobilenetv2 eager"),
-                  f"{r['eager']['ratio']:.2f}x [{r['eager']['min']:.2f}, {r['eager']['max']:.2f}]",
+                  f"{r['eager']['ratio']:.2f}x ({r['eager']['min']:.2f}-{r['eager']['max']:.2f})",
                   ms(r, "dass compiled"), ms(r, "mobilenetv2 compiled"),
-                  f"{r['compiled']['ratio']:.2f}x [{r['compiled']['min']:.2f}, {r['compiled']['max']:.2f}]",
+                  f"{r['compiled']['ratio']:.2f}x ({r['compiled']['min']:.2f}-{r['compiled']['max']:.2f})",
                   " / ".join(r["engines"].values())] for r in rows])
     print(f"wrote {path}")
     return 0
