@@ -97,3 +97,22 @@ def test_claim_7_judges_the_eager_log_ratio_at_99_percent(ratios, word):
     assert chapter.verdict.startswith(f"**{word}**") and "3.87x" in chapter.verdict
     assert "0.50x [" in chapter.body  # the compiled ratio beside it, not judged
     assert dass_vs_mobilenet(_architecture_bench(ratios, 0.95)).verdict.startswith("**no evidence**")
+
+
+def test_the_architecture_bench_times_both_networks_in_both_quantities_and_the_chapter_reads_it(tmp_path, monkeypatch):
+    import json
+
+    import torch.nn as nn
+
+    from sparsearch.bench import architecture
+    from sparsearch.book.architecture import dass_vs_mobilenet
+
+    tiny = lambda width: nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 4, 1)).eval()  # noqa: E731
+    monkeypatch.setattr(architecture, "networks", lambda s: {"dass": tiny(32), "mobilenetv2": tiny(4)})
+    out = tmp_path / "architecture.json"
+    assert architecture.main(["--sparsities", "0.99", "--rounds", "3", "--calls", "1", "--out", str(out)]) == 0
+    bench = json.loads(out.read_text())
+    (row,) = bench["results"]
+    assert bench["complete"] and {len(v) for v in row["samples_s"].values()} == {3}
+    assert all(row[q]["min"] <= row[q]["ratio"] <= row[q]["max"] for q in ("eager", "compiled"))
+    assert dass_vs_mobilenet(bench).verdict.split("**")[1] in ("reproduced", "not reproduced", "inconclusive")

@@ -1,5 +1,5 @@
-"""`sparsearch bench architecture`: DASS's latency claim in its own terms (book claim 7, configuration fixed in
-docs/results/RULES.md before the run). The paper reports the DASS network 3.87x faster than a sparse MobileNet-v2
+"""`sparsearch bench architecture`: DASS's latency claim in its own terms (book claim 7, its configuration fixed in
+docs/results/RULES.md). The paper reports the DASS network 3.87x faster than a sparse MobileNet-v2
 on CIFAR-10: two architectures at one sparsity, timed at batch 1 on a CPU with the masked weights run densely
 (its reference measures `model.eval()` forwards of 1 x 3 x 32 x 32, where a pruned convolution is a dense one
 with zeros). So, per sparsity, side by side in one process:
