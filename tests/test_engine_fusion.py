@@ -16,21 +16,14 @@ from sparsearch.runtime import native
 from sparsearch.runtime.common import prepare
 from sparsearch.runtime.graph import lower
 from sparsearch.runtime.plan import Plan
+from test_engine import _close as _close_within
+from test_engine import _run, _sparse_
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C++ compiler: the engine is not built here")
 
 
-def _close(got, want, tol=1e-5):
-    return float((got - want).abs().max()) <= tol * max(1.0, float(want.abs().max()))
-
-
-def _sparse_(weight: torch.Tensor, density: float, gen: torch.Generator) -> None:
-    with torch.no_grad():
-        weight.mul_((torch.rand(weight.shape, generator=gen) < density).float())
-
-
-def _run(model: nn.Module, x: torch.Tensor, threads: int = 2) -> torch.Tensor:
-    return Plan(lower(model.eval(), tuple(x.shape))).run(x, threads)
+def _close(got, want, tol=1e-5):  # test_engine's check at this file's tolerance
+    return _close_within(got, want, tol)
 
 
 def _fused(model: nn.Module, shape: tuple, what: str = "expand") -> list[str]:

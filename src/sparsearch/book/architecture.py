@@ -8,6 +8,7 @@ judged. The paper's 3.87x is the number it is read against."""
 from __future__ import annotations
 
 import math
+import statistics
 
 from . import statistics as stats
 from .verdicts import Chapter, table
@@ -36,7 +37,7 @@ def judge(row: dict) -> str:
 
 def dass_vs_mobilenet(bench: dict) -> Chapter:
     rows = sorted(bench["results"], key=lambda r: (r["threads"], r["sparsity"]))
-    median = lambda r, k: 1e3 * sorted(r["samples_s"][k])[len(r["samples_s"][k]) // 2]  # noqa: E731
+    median = lambda r, k: 1e3 * statistics.median(r["samples_s"][k])  # noqa: E731
     body = table(["sparsity", "threads", "genotype", "DASS eager ms", "MobileNetV2 eager ms", "ratio (paper's quantity)",
                   "DASS compiled ms", "MobileNetV2 compiled ms", "ratio (compiled)", "engines"],
                  [[f"{100 * r['sparsity']:g}%", r["threads"], r["genotype"], f"{median(r, 'dass eager'):.2f}",
