@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsearch.book import runs as book
+from sparsearch.book import architecture, chapters, document, runs, searches
 from sparsearch.pipeline.run import seed_summary
 
 
@@ -29,26 +29,26 @@ def _search(dass: list[float], darts: list[float], random: list[float], seeds=(0
 @pytest.mark.parametrize("dass, verdict", [([0.5, 0.4], "**reproduced**"), ([0.3, 0.2], "**not reproduced**"),
                                            ([0.5, 0.2], "**mixed**"), ([0.404, 0.304], "**mixed**")])
 def test_dass_verdict_follows_the_numbers(dass, verdict):
-    chapter = book.dass_vs_darts(_search(dass, [0.4, 0.3], [0.4, 0.3]))
+    chapter = searches.dass_vs_darts(_search(dass, [0.4, 0.3], [0.4, 0.3]))
     assert chapter.verdict.startswith(verdict)  # the last: ahead in the mean, seed ranges overlapping: undecided
     assert f"| 90% | {100 * dass[0]:.2f} ± 0.50 (3) | 40.00 ± 0.50 (3) | {100 * (dass[0] - 0.4):+.2f} |" in chapter.body
     assert "reach 60.00% before pruning" in chapter.body
 
 
 def test_a_search_that_did_not_move_is_no_evidence():
-    chapter = book.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3], moved=False))
+    chapter = searches.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3], moved=False))
     assert chapter.verdict.startswith("**no evidence**") and "dass/seed-0" in chapter.verdict
     assert "| dass/seed-0 | 0.010 | **no** | no | 186 |" in chapter.body
 
 
 def test_one_search_seed_cannot_reproduce_the_claim():
-    chapter = book.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3], seeds=(0,)))
+    chapter = searches.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3], seeds=(0,)))
     assert chapter.verdict.startswith("**mixed**")  # ahead, but one seed has no spread to be beyond
 
 
 def test_random_search_no_better_than_one_random_configuration_within_a_point():
     searched, single = _search([0.4] * 2, [0.4] * 2, [0.405, 0.50]), _search([0.4] * 2, [0.4] * 2, [0.40, 0.40])
-    chapter = book.random_search_vs_random_configuration(searched, single)
+    chapter = searches.random_search_vs_random_configuration(searched, single)
     assert chapter.verdict.startswith("**mixed**") and "best of 4" in chapter.body
 
 
@@ -84,30 +84,34 @@ SEEDS = [0.60, 0.62, 0.64]  # three seeds' accuracies: seed-to-seed spread that 
 def test_erk_vs_uniform_follows_the_v3_rules(erk_at_98, dense, verdict):
     results = _results({("static-erk", 0.9): _shift(SEEDS, 0.0), ("static-uniform", 0.9): SEEDS,
                         ("static-erk", 0.98): erk_at_98, ("static-uniform", 0.98): SEEDS}, dense)
-    chapter = book.erk_vs_uniform(results)
+    chapter = chapters.erk_vs_uniform(results)
     assert chapter.verdict.startswith(verdict), chapter.verdict
     assert "| 98% |" in chapter.body and "(95%, paired, n=3) |" in chapter.body  # each sparsity's effect, reported
 
 
-def test_soup_counts_phases_where_the_soup_beats_its_best_ingredient(tmp_path):
-    phases = [{"phase": 1, "density": 0.3, "ingredients": [{"test_acc": 0.40}, {"test_acc": 0.42}],
-               "uniform": {"test_acc": 0.43}, "greedy": {"test_acc": 0.42}},
-              {"phase": 2, "density": 0.1, "ingredients": [{"test_acc": 0.38}, {"test_acc": 0.39}],
-               "uniform": {"test_acc": 0.385}, "greedy": {"test_acc": 0.39}}]
-    where = tmp_path / "compare" / "seed-0" / "soup-0.9"
-    where.mkdir(parents=True)
-    (where / "soup.json").write_text(json.dumps(phases))
+@pytest.mark.parametrize("gain, verdict", [(0.03, "**reproduced**"), (-0.01, "**not reproduced**"),
+                                           (0.002, "**inconclusive**")])
+def test_soup_is_judged_against_the_ingredient_chosen_on_validation(tmp_path, gain, verdict):
+    for seed, noise in enumerate((0.0, 0.004, -0.004)):  # per-seed spread of the soup's gain
+        phases = [{"phase": p, "density": d, "uniform": {"test_acc": 0.40 + gain + noise}, "greedy": {"test_acc": 0.41},
+                   # the validation's best ingredient (0.40 on test) is not the test set's best (0.45)
+                   "ingredients": [{"val_acc": 0.50, "test_acc": 0.40}, {"val_acc": 0.49, "test_acc": 0.45}]}
+                  for p, d in ((1, 0.3), (2, 0.1))]
+        where = tmp_path / "compare" / f"seed-{seed}" / "soup-0.9"
+        where.mkdir(parents=True)
+        (where / "soup.json").write_text(json.dumps(phases))
     rows = [{"variant": "soup", "train_seconds": 120.0}, {"variant": "dense", "test_acc": 0.9, "train_seconds": 60.0}]
-    chapter = book.soup_vs_best_ingredient({"rows": rows}, tmp_path)
-    assert "beats its best ingredient in 1 of 2 phases" in chapter.verdict and chapter.verdict.startswith("**mixed**")
-    assert "| seed-0, soup-0.9 | 1 | 0.300 | 41.00 | 42.00 | 43.00 | 42.00 |" in chapter.body
+    chapter = chapters.soup_vs_best_ingredient({"rows": rows}, tmp_path)
+    assert chapter.verdict.startswith(verdict), chapter.verdict
+    assert "n=3" in chapter.verdict  # two phases a seed pooled: three seeds, not six comparisons
+    assert "| seed 0, soup-0.9 | 1 | 0.300 | 42.50 | 40.00 |" in chapter.body and "Paper vs ours" in chapter.body
 
 
 def test_document_lists_every_claim_with_its_verdict_and_figure():
     bench = {"machine": {"cpu": "cpu", "torch": "2"}, "args": {"trials": 5}, "results": [
         {"model": "resnet56", "batch": 32, "threads": 2, "sparsity": 0.95, "speedup": 3.0, "speedup_vs_fastest_dense": 1.75}]}
-    chapters = [book.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3])), book.speedup(bench)]
-    text = book._document(chapters, Path("results"), 120)
+    chapters = [searches.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3])), architecture.speedup(bench)]
+    text = document._document(chapters, Path("results"), 120)
     assert "| 1 | DASS cell vs DARTS cell at equal sparsity | reproduced |" in text
     assert "| 2 | Measured speedup vs sparsity against the FLOP ideal | not reproduced |" in text
     assert "resnet56, batch 32, 2 threads: 1.75x" in text and "![" in text and "results/runtime-speedup.png" in text
@@ -115,43 +119,51 @@ def test_document_lists_every_claim_with_its_verdict_and_figure():
     from sparsearch.host import machine
 
     assert f"{machine()['cpu']} (" in text  # the CPU and its vector extensions: speed ratios are host-specific
-    assert "the fastest dense engine" in book.speedup(bench).body
+    assert "the fastest dense engine" in architecture.speedup(bench).body
 
 
-def _ift(wide_rigl: list[tuple[float, float, float]], dense: float = 0.90) -> dict:
-    """Results of the Sparse-IFT comparison: dense at `dense` (+-2 points), wide-rigl (mean, min, max) per sparsity,
-    given against a dense network at 40%."""
-    up = dense - 0.40
-    table = [{**_table("dense", 0.0, dense, dense - 0.02, dense + 0.02), "macs": 1e6, "params": 1e4, "density": 1.0}]
-    for s, (mean, lo, hi) in zip((0.5, 0.75), wide_rigl):
-        table += [{**_table("wide-rigl", s, mean + up, lo + up, hi + up), "macs": 1e6, "params": 1e4, "density": 0.3},
-                  {**_table("wide-static", s, 0.41 + up, 0.40 + up, 0.42 + up), "macs": 1e6, "params": 1e4, "density": 0.3}]
-    return {"table": table, "rows": [{"variant": "dense", "train_seconds": 60.0, "test_acc": dense}]}
+def _ift(uniform: list[float], erk: list[float], dense: float = 0.90) -> dict:
+    """A Sparse-IFT comparison: dense at `dense`, Sparse Wide + RigL (uniform, ERK) at s = 0.5, accuracies per seed."""
+    base = [dense - 0.002, dense, dense + 0.002]
+    results = _results({("wide-rigl-uniform", 0.5): [b + u for b, u in zip(base, uniform)],
+                        ("wide-rigl", 0.5): [b + e for b, e in zip(base, erk)]}, dense)
+    for row in results["table"]:
+        row.update(macs=1e6, params=1e4, density=0.5)
+    return results
 
 
 INFERENCE = {"dense": {"batch-1": {"engine": "onnxruntime", "ms": 1.0}},
              "wide-rigl-0.5": {"batch-1": {"engine": "engine", "ms": 1.5}}}
 
 
-@pytest.mark.parametrize("wide, verdict", [
-    ([(0.45, 0.43, 0.47), (0.46, 0.44, 0.48)], "**reproduced**"),  # ahead, seed ranges disjoint, at both sparsities
-    ([(0.39, 0.37, 0.41), (0.40, 0.38, 0.42)], "**not reproduced**"),  # at or below dense's mean at both
-    ([(0.45, 0.43, 0.47), (0.41, 0.39, 0.43)], "**mixed**"),  # ahead at 50%; at 75% ahead but overlapping
+@pytest.mark.parametrize("uniform, verdict", [
+    ([0.02, 0.021, 0.019], "**reproduced**"),       # 2 points ahead on every seed
+    ([-0.01, -0.011, -0.009], "**not reproduced**"),  # behind: 0.5 points ruled out
+    ([0.003, 0.013, -0.007], "**inconclusive**"),   # the interval holds 0 and 0.5 points
 ])
-def test_sparse_ift_verdict_follows_its_rule(wide, verdict):
-    chapter = book.sparse_ift(_ift(wide), INFERENCE)
-    assert chapter.verdict.startswith(verdict)
-    assert book.sparse_ift(_ift(wide, dense=0.40), INFERENCE).verdict.startswith("**no verdict**: proxy budget")
+def test_sparse_ift_judges_the_papers_uniform_allocation_against_dense(uniform, verdict):
+    chapter = chapters.sparse_ift(_ift(uniform, [-0.05] * 3), INFERENCE, "ResNet-20, 30 epochs")
+    assert chapter.verdict.startswith(verdict) and "wide-rigl-uniform - dense" in chapter.verdict, chapter.verdict
+    assert chapters.sparse_ift(_ift(uniform, [0.0] * 3, dense=0.40), INFERENCE).verdict.startswith("**no verdict**: proxy")
     assert "| wide-rigl-0.5 | 1 | engine | 1.50 | 1.50x |" in chapter.body  # inference against the compiled dense
+    assert "| wide-rigl | 50% |" in chapter.body and "-5.00 [" in chapter.body  # ERK beside it, its paired effect
+    assert "Paper vs ours" in chapter.body and "ResNet-20, 30 epochs" in chapter.body
 
 
 def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
-    for name in book.RUNS:
-        cpu, gpu = book._load(name, tmp_path, [], None, "cpu"), book._load(name, tmp_path, [], None, "gpu")
+    for name in runs.RUNS:
+        cpu, gpu = runs.load(name, tmp_path, [], None, "cpu"), runs.load(name, tmp_path, [], None, "gpu")
         assert len(cpu) == len(gpu) and all(c.name == g.name for c, g in zip(cpu, gpu))
         assert all(g.train.device == "cuda" and g.data.train_subset is None and g.train.epochs >= 160 for g in gpu)
-        assert all(c.train.device == "auto" and c.data.train_subset for c in cpu)
-    assert book._load("book-search", tmp_path, [], None, "gpu")[0].run.search_seeds == [0, 1, 2]
+        assert all(c.train.device == "auto" and c.train.epochs < g.train.epochs for c, g in zip(cpu, gpu))
+    assert runs.load("book-search", tmp_path, [], None, "gpu")[0].run.search_seeds == [0, 1, 2]
+    ablated = runs.load("cifar10-v3-rigl-every-25", tmp_path, [], None, "gpu")[0]
+    assert ablated.dst.update_every == 25  # the ablation's interval is not overridden by the GPU scale's
+    imp, dense = (runs.load(n, tmp_path, [], None, "gpu")[0] for n in ("imp-cifar10", "dense-cifar10-480"))
+    levels = 2  # 0.3 then 0.09 -> 0.1 of the weights left: two prunings after the dense level
+    assert (1 - imp.imp.prune_fraction) ** levels <= 0.1 < (1 - imp.imp.prune_fraction) ** (levels - 1)
+    imp_epochs = (levels + 1) * imp.train.epochs  # matched budgets: one-shot and dense train as long as IMP
+    assert imp.train.epochs + imp.oneshot.finetune_epochs == imp_epochs == dense.train.epochs
 
 
 def test_a_comparison_states_the_dense_accuracy_it_starts_from():
@@ -159,7 +171,7 @@ def test_a_comparison_states_the_dense_accuracy_it_starts_from():
     results = {"model": "resnet20", "rows": rows, "table": [
         _table("dense", 0.0, 0.47, 0.46, 0.48), _table("static-erk", 0.9, 0.44, 0.43, 0.45),
         _table("static-uniform", 0.9, 0.43, 0.42, 0.44)]}
-    assert "The dense network reaches 47.00 ± 1.00 (3)." in book.erk_vs_uniform(results).body
+    assert "The dense network reaches 47.00 ± 1.00 (3)." in chapters.erk_vs_uniform(results).body
 
 
 def test_random_search_is_better_only_beyond_a_point_and_the_seed_spread():
@@ -167,8 +179,8 @@ def test_random_search_is_better_only_beyond_a_point_and_the_seed_spread():
     overlapping = {**single, "by_seed": [{**r, "acc_max": r["acc_max"] + 0.1} if r["method"] == "random" else r
                                          for r in single["by_seed"]]}  # one lucky seed of the random configuration
     searched = _search([0.4] * 2, [0.4] * 2, [0.45, 0.45])  # 5 points ahead, ranges disjoint
-    assert book.random_search_vs_random_configuration(searched, single).verdict.startswith("**not reproduced**")
-    assert book.random_search_vs_random_configuration(searched, overlapping).verdict.startswith("**reproduced**")
+    assert searches.random_search_vs_random_configuration(searched, single).verdict.startswith("**not reproduced**")
+    assert searches.random_search_vs_random_configuration(searched, overlapping).verdict.startswith("**reproduced**")
 
 
 @pytest.mark.parametrize("rigl_by, set_by, verdict", [
@@ -181,7 +193,7 @@ def test_rigl_set_static_follows_the_v3_rules(rigl_by, set_by, verdict):
     for s in (0.9, 0.98):
         accs |= {("rigl", s): _shift(SEEDS, rigl_by, 0.001), ("set", s): _shift(SEEDS, set_by, 0.001),
                  ("static-erk", s): SEEDS}
-    chapter = book.rigl_set_static(_results(accs))
+    chapter = chapters.rigl_set_static(_results(accs))
     assert chapter.verdict.startswith(verdict), chapter.verdict
     assert "(a) **" in chapter.verdict and "(b) **" in chapter.verdict
 
@@ -192,11 +204,11 @@ def test_imp_counts_every_level_and_follows_the_v3_rules(tmp_path):
         where.mkdir(parents=True)
         (where / "summary.json").write_text(json.dumps({"train_seconds": seconds}))
     st = _results({("imp", 0.9): _shift(SEEDS, 0.003, 0.01), ("oneshot", 0.9): SEEDS})
-    chapter = book.imp_vs_oneshot(st, tmp_path)
+    chapter = chapters.imp_vs_oneshot(st, tmp_path)
     assert chapter.verdict.startswith("**inconclusive**")  # ahead in the mean, the interval holding 0 and 0.5 points
     assert chapter.seconds == 3 * 60.0 + 120.0  # one-shot's rows, and IMP's three levels rather than its last ones
     st = _results({("imp", 0.9): _shift(SEEDS, 0.02, 0.001), ("oneshot", 0.9): SEEDS})
-    assert book.imp_vs_oneshot(st, tmp_path).verdict.startswith("**reproduced**")
+    assert chapters.imp_vs_oneshot(st, tmp_path).verdict.startswith("**reproduced**")
 
 
 def _bench(compiled: tuple[float, float, float], dense_min: float = 1.0) -> dict:
@@ -212,31 +224,33 @@ def _bench(compiled: tuple[float, float, float], dense_min: float = 1.0) -> dict
                                                ((0.25, 0.2, 0.3), "**mixed**"),  # 4x median, 3.3x in the slowest
                                                ((0.5, 0.4, 0.6), "**not reproduced**")])  # 2x
 def test_speedup_verdict_follows_the_trials_spread(compiled, verdict):
-    chapter = book.speedup(_bench(compiled))
+    chapter = architecture.speedup(_bench(compiled))
     assert chapter.verdict.startswith(verdict) and chapter.budget == "0.5 CPU-hours (wall time of the bench on 2 cores)"
 
 
 def test_a_run_counts_each_search_and_cell_once():
     rows = [{"search": "darts/seed-0", "search_seconds": 100.0, "pretrain_seconds": 50.0, "train_seconds": 10.0,
              "sparsity": s} for s in (0.9, 0.95)]  # one DARTS cell, pruned to two sparsities
-    assert book.run_seconds(rows) == 100.0 + 50.0 + 2 * 10.0
+    assert searches.run_seconds(rows) == 100.0 + 50.0 + 2 * 10.0
 
 
 def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_path):
-    cfgs = {name: book._load(name, tmp_path, [], None) for name in book.RUNS}
+    cfgs = {name: runs.load(name, tmp_path, [], None) for name in runs.RUNS}
     search = tmp_path / "book-search"
     search.mkdir()
     (search / "results.json").write_text(json.dumps(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3])))
-    cheap = tmp_path / "sparse-training-cifar10" / "compare"  # its first invocation only: no imp, no soup yet
-    cheap.mkdir(parents=True)
-    rows = [{"variant": v, "seed": s, "train_seconds": 60.0} for v in ("dense", "static-erk", "set", "rigl", "granet")
-            for s in (0, 1, 2)]
-    (cheap / "results.json").write_text(json.dumps({"rows": rows, "table": []}))
-    chapters, seconds = book._chapters(cfgs, tmp_path)
-    assert chapters[0].verdict.startswith("**reproduced**") and chapters[1] == ["book-random-configuration"]
-    assert all(c == ["sparse-training-cifar10"] for c in chapters[3:6])
-    assert seconds == 9 * (100.0 + 50.0) + 18 * 10.0  # book-search's 9 searches and cells: the unfinished runs count nothing
-    text = book._document(chapters, Path("results"), None, "sparsearch book", seconds)
+    v3 = tmp_path / "cifar10-v3" / "compare"  # claim 3's invocation finished, claim 4's half way (no SET yet)
+    v3.mkdir(parents=True)
+    results = _results({("static-erk", 0.98): _shift(SEEDS, 0.02, 0.001), ("static-uniform", 0.98): SEEDS,
+                        ("static-erk", 0.9): SEEDS, ("rigl", 0.9): SEEDS})
+    (v3 / "results.json").write_text(json.dumps(results))
+    book, seconds = document.chapters_of(cfgs, tmp_path)
+    assert book[0].verdict.startswith("**reproduced**") and book[1] == ["book-random-configuration"]
+    assert book[2].verdict.startswith("**reproduced**") and book[3] == ["cifar10-v3 (claim 4)"]
+    assert all(c.verdict.startswith("**not run at this scale**") and "--scale gpu" in c.body for c in book[4:6])
+    assert book[8] == ["cifar10-v3 (claim 8)", "sparse-ift-inference"] and book[9] == ["vit-nm-cifar10"]
+    assert seconds == 9 * (100.0 + 50.0) + 18 * 10.0  # book-search's 9 searches and cells: unfinished runs count nothing
+    text = document._document(book, Path("results"), None, "sparsearch book", seconds)
     assert "| 2 | (waits for book-random-configuration) | pending |" in text and "ran nothing" in text
     assert "**Rule** (fixed before the numbers): no evidence when any DASS or DARTS search" in text
     assert "recorded 26 CPU-minutes in all" in text
@@ -248,3 +262,35 @@ def test_write_only_from_a_folder_without_the_books_runs_is_one_line_and_writes_
     output = tmp_path / "RESULTS.md"
     assert main(["book", "--write-only", "--out-dir", str(tmp_path / "typo"), "--output", str(output)]) == 2
     assert "holds none of the book's runs" in capsys.readouterr().err and not output.exists()
+
+
+def test_rigls_update_interval_ablation_stands_beside_the_claim():
+    st = _results({("rigl", 0.9): [0.61, 0.62, 0.63], ("set", 0.9): SEEDS, ("static-erk", 0.9): SEEDS})
+    every_25 = _results({("rigl", 0.9): [0.55]}, dense=None)
+    chapter = chapters.rigl_set_static(st, "ResNet-20", {25: every_25, 400: None})
+    assert "| every 25 steps | 55.00 |" in chapter.body and "| every 100 steps (the claim's run) | 61.00 |" in chapter.body
+    assert "not finished" in chapters.rigl_set_static(st, "ResNet-20", {25: None}).body
+
+
+@pytest.mark.parametrize("decay_by, verdict", [(0.02, "**reproduced**"), (-0.01, "**not reproduced**"),
+                                               (0.003, "**inconclusive**")])
+def test_nm_mask_decay_vs_srste_is_one_test_over_the_ratios(decay_by, verdict):
+    from sparsearch.book.nm import nm_decay_vs_srste
+
+    noise = 0.001 if decay_by != 0.003 else 0.01
+    results = _results({(v, s): _shift(SEEDS, by, noise if v == "nm-decay" else 0.0) for s in (0.875, 0.9375)
+                        for v, by in (("nm-decay", decay_by), ("nm-srste", 0.0))})
+    chapter = nm_decay_vs_srste(results, "vit")
+    assert chapter.verdict.startswith(verdict) and "over 1:8, 1:16" in chapter.verdict and "n=3" in chapter.verdict
+    assert "| 1:16 |" in chapter.body and "Paper vs ours" in chapter.body
+
+
+def test_nm_variants_take_their_pattern_from_the_compare_sparsity():
+    from sparsearch.config import Config, ConfigError
+    from sparsearch.pipeline.compare import variant_config
+
+    decay, srste = (variant_config(Config(), v, 0.9375, 1) for v in ("nm-decay", "nm-srste"))
+    assert (decay.sparsity.kind, decay.nm.decay, srste.nm.decay) == ("nm:1:16", "exp", "none")
+    assert decay.sparsity.method == "nm" and decay.seed == 1
+    with pytest.raises(ConfigError, match="1 - 1/M"):
+        variant_config(Config(), "nm-decay", 0.85, 0)  # 1:7 would be 0.857

@@ -133,7 +133,7 @@ def test_compile_refuses_a_run_another_process_holds(tmp_path, monkeypatch, capf
 def test_book_write_only_on_a_damaged_results_file_is_one_line(tmp_path, capfd):
     from sparsearch.cli import main
 
-    damaged = tmp_path / "compare-cifar10" / "compare" / "results.json"
+    damaged = tmp_path / "cifar10-v3" / "compare" / "results.json"
     damaged.parent.mkdir(parents=True)
     damaged.write_text('{"rows": [{"variant"')
     output = tmp_path / "RESULTS.md"

@@ -11,7 +11,7 @@ import math
 import statistics
 
 from . import statistics as stats
-from .verdicts import Chapter, table
+from .verdicts import Chapter, table, verdict
 
 PAPER_RATIO, DECIDING = 3.87, (0.99, "eager", 1)  # sparsity, quantity, threads
 SMALLEST = math.log(1.5)
@@ -57,3 +57,46 @@ def dass_vs_mobilenet(bench: dict) -> Chapter:
         "RULES.md claim 7: at 99%, eager, one thread, the paired log-ratio's 95% interval above 0 (DASS faster) is "
         "reproduced, below log 1.5 not reproduced, holding both inconclusive.",
         body, said, bench.get("seconds"), budget_note="wall time of the bench")
+
+
+# ---------------------------------------------------------- the kernels' quantity: sparse vs dense on one network
+PAPER_SPEEDUP = 3.87  # DASS's reported speedup of its sparse network
+
+
+def speedup(bench: dict) -> Chapter:
+    """Against the fastest dense engine a user would deploy with (eager, onnxruntime, OpenVINO)."""
+    against = "the fastest dense engine (eager, onnxruntime or OpenVINO)"
+    results = [{**r, "speedup": r["speedup_vs_fastest_dense"]} for r in bench["results"]]
+    keys = sorted({(r["model"], r["batch"], r["threads"]) for r in results})
+    sparsities = sorted({r["sparsity"] for r in results})
+    by = {(r["model"], r["batch"], r["threads"], r["sparsity"]): r for r in results}
+    rows = [[*k, *(f"{by[(*k, s)]['speedup']:.2f}x" if (*k, s) in by else "" for s in sparsities)] for k in keys]
+    best = max((r for r in results if r["sparsity"] == 0.95), key=lambda r: r["speedup"], default=None)
+    if best is None:
+        said = "**no evidence**: the bench has no 95% row"
+    else:
+        text = "{model}, batch {batch}, {threads} threads: {speedup:.2f}x".format(**best)
+        slowest = _slowest_trial_ratio(best)  # the ratio the trials' spread still guarantees
+        said = verdict(slowest is not None and slowest >= PAPER_SPEEDUP, best["speedup"] < PAPER_SPEEDUP,
+                       f"best at 95% is {text}, and {slowest or 0:.2f}x between its slowest trial and the dense "
+                       "engine's fastest",
+                       f"best at 95% is {text}, short of {PAPER_SPEEDUP}x and far below the 20x FLOP ideal")
+    info = bench["machine"]
+    return Chapter(
+        "Measured speedup vs sparsity against the FLOP ideal", "Mousavi et al., DASS (ACM TECS 2023)",
+        f"Unstructured sparsity turns into real inference speed: the DASS paper reports {PAPER_SPEEDUP}x for its sparse "
+        "network on its hardware; FLOP counting promises 1/(1-s).",
+        f"the best network, batch and thread count at 95% sparsity: reproduced when the compiled sparse network is at "
+        f"least {PAPER_SPEEDUP}x faster than the fastest dense engine even between its slowest trial and the dense "
+        f"engine's fastest, not reproduced when the median speedup is below {PAPER_SPEEDUP}x, mixed between.",
+        table(["network", "batch", "threads", *(f"{100 * s:g}% (ideal {1 / (1 - s):.0f}x)" for s in sparsities)], rows)
+        + f"\nCompiled sparse (`sparsearch.runtime.compile`) over {against} on the same network, medians of "
+        f"{bench['args']['trials']} side-by-side trials. {info['cpu']}, torch {info['torch']}.\n",
+        said, bench.get("seconds"), "runtime-speedup.png", "wall time of the bench on 2 cores")
+
+
+def _slowest_trial_ratio(r: dict) -> float | None:
+    times = r.get("times")
+    if not times or r.get("fastest_dense") not in times:
+        return None
+    return times[r["fastest_dense"]]["min"] / times["compiled"]["max"]

@@ -71,16 +71,20 @@ def difference(a: Sequence[float], b: Sequence[float], paired: bool = True, conf
     return Effect(est, est - half, est + half, n, False, confidence)
 
 
-def pooled(per_comparison: Sequence[tuple[Sequence[float], Sequence[float]]], confidence: float = 0.95) -> Effect:
-    """One paired effect for several comparisons on the same seeds (a claim at several sparsities): each seed's
-    differences averaged first, so n is the number of seeds, not of comparisons."""
+def seed_means(per_comparison: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[list[float], list[float]]:
+    """Several comparisons on the same seeds (a claim at several sparsities) as one: each seed's A and B averaged
+    over the comparisons, so a test on them counts seeds, not comparisons."""
     seeds = {len(a) for a, _ in per_comparison} | {len(b) for _, b in per_comparison}
     if len(seeds) != 1:
         raise ValueError("pooled comparisons must share their seeds")
     n = seeds.pop()
-    a = [statistics.fmean(c[0][i] for c in per_comparison) for i in range(n)]
-    b = [statistics.fmean(c[1][i] for c in per_comparison) for i in range(n)]
-    return difference(a, b, paired=True, confidence=confidence)
+    return ([statistics.fmean(c[0][i] for c in per_comparison) for i in range(n)],
+            [statistics.fmean(c[1][i] for c in per_comparison) for i in range(n)])
+
+
+def pooled(per_comparison: Sequence[tuple[Sequence[float], Sequence[float]]], confidence: float = 0.95) -> Effect:
+    """One paired effect for several comparisons on the same seeds: `seed_means`' difference."""
+    return difference(*seed_means(per_comparison), paired=True, confidence=confidence)
 
 
 def verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float, paired: bool = True) -> tuple[str, str]:
@@ -121,4 +125,4 @@ def power_note(n: int, sigma: float, smallest: float) -> str:
     return f"n={n}: expected half-width {100 * half:.2f} points against {100 * smallest:g}: {enough} seeds"
 
 
-__all__ = ["Effect", "VERDICTS", "difference", "pooled", "power_note", "verdict"]
+__all__ = ["Effect", "VERDICTS", "difference", "pooled", "power_note", "seed_means", "verdict"]

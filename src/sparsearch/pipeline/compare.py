@@ -43,8 +43,20 @@ VARIANTS: dict[str, dict] = {
     # Sparse-IFT at the dense network's MACs (the compare sparsity is the transformation's s)
     **{f"{family}-{name}": {**recipe, "ift": family} for family in ("wide", "parallel") for name, recipe in (
         ("static", {"method": "static", "criterion": "random", "allocation": "erk"}),
-        ("rigl", {"method": "rigl", "allocation": "erk"}))},
+        ("rigl", {"method": "rigl", "allocation": "erk"}),
+        ("rigl-uniform", {"method": "rigl", "allocation": "uniform"}))},  # the Sparse-IFT paper's allocation
+    # N:M from scratch at 1:M, M from the compare sparsity (0.875: 1:8): SR-STE against progressive mask decay
+    "nm-srste": {"method": "nm", "nm": {"decay": "none"}},
+    "nm-decay": {"method": "nm", "nm": {"decay": "exp"}},
 }
+
+
+def _one_in(sparsity: float) -> str:
+    """The 1:M pattern of an N:M variant's compare sparsity (1 - 1/M)."""
+    m = round(1 / (1 - sparsity))
+    if abs(1 - 1 / m - sparsity) > 1e-9:
+        raise ConfigError(f"an N:M variant's compare sparsity must be 1 - 1/M (0.75, 0.875, 0.9375, ...), got {sparsity:g}")
+    return f"nm:1:{m}"
 
 
 def variant_config(cfg: Config, variant: str, sparsity: float, seed: int) -> Config:
@@ -59,7 +71,10 @@ def variant_config(cfg: Config, variant: str, sparsity: float, seed: int) -> Con
         sparsity = 0.0
     settings = dict(settings)
     ift = dataclasses.replace(cfg.ift, family=settings.pop("ift", "none"), sparsity=None)
-    return dataclasses.replace(cfg, seed=seed, ift=ift,
+    nm = dataclasses.replace(cfg.nm, **settings.pop("nm", {}))
+    if settings["method"] == "nm":
+        settings["kind"] = _one_in(sparsity)
+    return dataclasses.replace(cfg, seed=seed, ift=ift, nm=nm,
                                sparsity=dataclasses.replace(cfg.sparsity, sparsity=sparsity, **settings))
 
 

@@ -1,0 +1,114 @@
+"""The results book's document: each chapter built from its finished runs (or marked pending, or deferred to the
+GPU scale with its command), the header that names the machine and the rules, and the markdown."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..config import Config
+from ..files import read_json, write_atomic
+from ..host import machine
+from .architecture import dass_vs_mobilenet, speedup
+from .chapters import compare_seconds, deferred, erk_vs_uniform, imp_vs_oneshot, rigl_set_static, setting, soup_vs_best_ingredient, sparse_ift
+from .nm import nm_decay_vs_srste
+from .runs import ARCHITECTURE_JSON, BENCH_JSON, COMMANDS, DST_INTERVALS, GPU_ONLY, INFERENCE_JSON, V3, V3_PARTS, bench_result, finished
+from .searches import dass_vs_darts, random_search_vs_random_configuration, run_seconds
+from .verdicts import Chapter, hours, rules_citation
+
+
+def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu") -> tuple[list[Chapter | list[str]], float]:
+    """Each chapter whose runs have finished, or the runs it waits for; and the CPU time every finished run recorded."""
+    done = {name: finished(name, cfgs, out_dir) for name in cfgs}
+    parts = list(V3_PARTS)
+    for i, part in enumerate(parts[1:], 1):  # each claim with the anchor's invocation, which trains the dense network
+        done[f"{V3} ({part})"] = finished(V3, cfgs, out_dir, [0, i])
+    done[f"{V3} ({parts[0]})"] = finished(V3, cfgs, out_dir, [0])
+    done["book-runtime"] = bench_result(out_dir)
+    done["book-architecture"] = bench_result(out_dir, ARCHITECTURE_JSON)
+    ift_json = out_dir / INFERENCE_JSON
+    done["sparse-ift-inference"] = read_json(ift_json) if ift_json.exists() else None
+    if done["book-search"]:
+        done["book-search"]["random_samples"] = cfgs["book-search"][0].search.random_samples
+    v3, at = (lambda part: done[f"{V3} ({part})"]), setting(cfgs[V3][0])
+    ablation = {n: done.get(f"{V3}-rigl-every-{n}") for n in DST_INTERVALS}
+    gpu = {name: cfgs[name][0] if name in cfgs else None for name in GPU_ONLY}
+    specs = [(["book-search"], lambda: dass_vs_darts(done["book-search"])),
+             (["book-search", "book-random-configuration"],
+              lambda: random_search_vs_random_configuration(done["book-search"], done["book-random-configuration"])),
+             ([f"{V3} (claim 3)"], lambda: erk_vs_uniform(v3("claim 3"), at)),
+             ([f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation)),
+             (["imp-cifar10"] if scale == "gpu" else [],
+              lambda: imp_vs_oneshot(done["imp-cifar10"], out_dir / "imp-cifar10", done.get("dense-cifar10-480"))
+              if scale == "gpu" else deferred("imp", gpu)),
+             (["soup-cifar10"] if scale == "gpu" else [],
+              lambda: soup_vs_best_ingredient(done["soup-cifar10"], out_dir / "soup-cifar10")
+              if scale == "gpu" else deferred("soup", gpu)),
+             (["book-runtime"], lambda: speedup(done["book-runtime"])),
+             (["book-architecture"], lambda: dass_vs_mobilenet(done["book-architecture"])),
+             ([f"{V3} (claim 8)", "sparse-ift-inference"],
+              lambda: sparse_ift(v3("claim 8"), done["sparse-ift-inference"], at)),
+             (["vit-nm-cifar10"], lambda: nm_decay_vs_srste(done["vit-nm-cifar10"], setting(cfgs["vit-nm-cifar10"][0])))]
+    chapters = [build() if all(done[n] for n in needs) else [n for n in needs if not done[n]] for needs, build in specs]
+    seconds = sum(run_seconds(done[n]["rows"]) if COMMANDS[n] == "run" else compare_seconds(done[n], out_dir / n)
+                  for n in cfgs if done[n])
+    return chapters, seconds + sum((done[n] or {}).get("seconds", 0.0) for n in ("book-runtime", "book-architecture"))
+
+
+def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, command: str, seconds: float | None,
+               scale: str = "cpu") -> Path:
+    """Write the document from every chapter whose runs have finished under `out_dir`; the others are pending."""
+    chapters, cpu_seconds = chapters_of(cfgs, out_dir, scale)
+    plots = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
+             "cifar10-accuracy.png": out_dir / V3 / "compare" / "accuracy.png",
+             "runtime-speedup.png": (out_dir / BENCH_JSON).with_suffix(".png"),
+             "vit-nm-accuracy.png": out_dir / "vit-nm-cifar10" / "compare" / "accuracy.png"}
+    figures = output.parent / "results"
+    figures.mkdir(parents=True, exist_ok=True)
+    shown = {c.plot for c in chapters if isinstance(c, Chapter)}
+    for name, source in plots.items():
+        if name in shown and source.exists():
+            shutil.copyfile(source, figures / name)
+    write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command, cpu_seconds))
+    return output
+
+
+def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float | None, command: str = "sparsearch book",
+              cpu_seconds: float | None = None) -> str:
+    info = machine()
+    spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial's training on one of the cores, "
+             "and the runtime bench's wall time where its file records it)." if cpu_seconds is not None else "")
+    lines = ["# Results book", "", f"Command: `{command}`" + (" --write-only" if seconds is None else ""), "",
+             "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
+             "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
+             f"Machine: {info['cpu']} ({', '.join(info['isa']) or 'no vector extensions listed'}), {info['threads']} "
+             "threads" + (f", {info['gpu']}" if info.get("gpu") else "")
+             + f", torch {info['torch']}. "
+             + ("This invocation ran nothing: it wrote the document from the finished runs." if seconds is None else
+                f"This invocation took {seconds / 60:.0f} min.") + spent, "",
+             "Every network here is far from converged (minutes of CPU training, not GPU days): read the rankings and "
+             "their spreads, not the absolute accuracies, and expect some published findings to need the full budget. "
+             "Each chapter states its verdict rule, fixed before the numbers were run. Claims 3-5 follow the book v3 "
+             f"rules ({rules_citation()}): paired effects with 95% intervals, a smallest effect of interest, "
+             "reproduced / not reproduced / inconclusive, and no verdict where the dense network is below 85%; claims 6 "
+             "and 8 take that dense anchor and keep book v2's rules otherwise, as claims 1, 2 and 7 do, until their v3 "
+             "runs: \"disjoint seed ranges\" (every seed of one above every seed of the other) is v2's significance "
+             "check, p = 0.05 with three seeds each.", "",
+             "| # | claim | verdict |", "|---|---|---|"]
+    for i, c in enumerate(chapters, 1):
+        if isinstance(c, Chapter):
+            lines.append(f"| {i} | {c.title} | {c.verdict.split(':')[0].strip('*')} |")
+        else:
+            lines.append(f"| {i} | (waits for {', '.join(c)}) | pending |")
+    lines.append("")
+    for i, c in enumerate(chapters, 1):
+        lines += render_chapter(i, c, figures) if isinstance(c, Chapter) else [
+            f"## {i}. Pending", "", f"Waits for the runs {', '.join(c)}: `{command}` runs them (it resumes).", ""]
+    return "\n".join(lines)
+
+
+def render_chapter(number: int, c: Chapter, figures: Path) -> list[str]:
+    lines = [f"## {number}. {c.title}", "", f"**Paper:** {c.source}. **Claim:** {c.claim}", "",
+             f"**Rule** (fixed before the numbers): {c.rule}", "", c.body.rstrip(), "",
+             f"**Verdict:** {c.verdict}.", "", f"**Budget:** {c.budget}.", ""]
+    return lines + ([f"![{c.title}]({(figures / c.plot).as_posix()})", ""] if c.plot else [])

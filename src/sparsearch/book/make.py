@@ -1,0 +1,83 @@
+"""`sparsearch book`: run what the book is missing (`runs.py` lists it), at CPU scale on CIFAR-10 or at `--scale gpu`,
+then write one document (`docs/RESULTS.md` plus plots, `document.py`) that gives for each claim the paper's claim,
+our numbers and a verdict by the rules fixed before the runs. Independent trials (comparison runs, random-search
+samples, soup ingredients) go to `--executor`: two at once, a core each, on this machine's two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..config import Config
+from ..errors import SparsearchError
+from ..executors import stop_ray
+from ..files import read_json, write_atomic
+from ..train import exclusive
+from .document import write_book
+from .runs import ARCHITECTURE_JSON, BENCH_JSON, COMMANDS, INFERENCE_BATCHES, INFERENCE_JSON, RUNTIME_ARGS, SCALES, bench_result, load
+
+
+def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool) -> None:
+    from ..bench import architecture as architecture_bench
+    from ..bench import runtime as runtime_bench
+    from ..pipeline.compare import run_compare
+    from ..pipeline.run import run_all
+
+    for name, invocations in cfgs.items():
+        for cfg in invocations:
+            print(f"book: {name} ({COMMANDS[name]}, {cfg.train.epochs} epochs on {cfg.train.device})", flush=True)
+            (run_all if COMMANDS[name] == "run" else run_compare)(cfg, show_progress=show_progress)  # same at any scale
+    if not bench_result(out_dir):
+        stop_ray()  # a quiet machine for the timings
+        print("book: bench runtime", flush=True)
+        runtime_bench.main([*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
+    if not bench_result(out_dir, ARCHITECTURE_JSON):
+        stop_ray()
+        print("book: bench architecture", flush=True)
+        architecture_bench.main(["--out", str(out_dir / ARCHITECTURE_JSON)])
+    ift_inference(out_dir)
+
+
+def ift_inference(out_dir: Path) -> dict:
+    """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
+    network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it)."""
+    from ..pipeline.compile import run_compile
+
+    out = out_dir / INFERENCE_JSON
+    if out.exists():
+        return read_json(out)
+    stop_ray()
+    result: dict = {}
+    for where in sorted((out.parent / "compare" / "seed-0").iterdir()):
+        if where.name == "dense" or where.name.startswith("wide-"):
+            for batch in INFERENCE_BATCHES:
+                print(f"book: compile {where.name} at batch {batch}", flush=True)
+                plan = run_compile(where, batch=batch, threads=2)
+                result.setdefault(where.name, {})[f"batch-{batch}"] = {
+                    "engine": plan["engine"], "ms": plan["times_ms"][plan["engine"]]["median"]}
+    write_atomic(out, json.dumps(result, indent=2))
+    return result
+
+
+def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md", executor: str = "local",
+             workers: int = 2, data_path: str | None = None, show_progress: bool = True, scale: str = "cpu",
+             write_only: bool = False) -> Path:
+    """Run what is missing under `out_dir` (nothing with `write_only`), then write the document from every chapter
+    whose runs have finished; the others are listed as pending."""
+    out_dir, output = Path(out_dir), Path(output)
+    trials = [f"run.executor={executor}", f"run.workers={workers}"]
+    cfgs = {name: load(name, out_dir, trials, data_path, scale) for name in SCALES[scale]}  # checked before any work
+    started = time.time()
+    command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
+    if not write_only and data_path is None:
+        raise SparsearchError("the book trains on CIFAR-10: give its path with --data-path (an image-folder archive "
+                              "such as ../shared/data/cifar10-images.tar.xz, or the python batches)")
+    if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
+        if not any((out_dir / name).is_dir() for name in cfgs):
+            raise SparsearchError(f"{out_dir} holds none of the book's runs ({', '.join(cfgs)}): nothing to write from")
+        return write_book(cfgs, out_dir, output, command, None, scale)
+    with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
+        _run_chapters(cfgs, out_dir, show_progress)
+        return write_book(cfgs, out_dir, output, command, time.time() - started, scale)

@@ -1,0 +1,99 @@
+"""Book claims 1 and 2, the searched cells: DASS's cell against DARTS' (both pruned by HYDRA), and random search
+against one random sparse configuration, from `sparsearch run` results."""
+
+from __future__ import annotations
+
+import statistics
+
+from .verdicts import Chapter, apart, by_rule, pct, seeds_text, table
+
+
+def _by_seed(search: dict) -> dict[tuple[str, float], dict]:
+    """Per (method, sparsity): mean, std, range and n over search seeds."""
+    return {(r["method"], r["sparsity"]): r for r in search["by_seed"]}
+
+
+def run_seconds(rows: list[dict]) -> float:
+    """The CPU time of a `sparsearch run`'s rows: each search and each cell's dense pretraining once (the rows of a
+    cell's sparsities share them), and every row's HYDRA pruning and finetuning."""
+    searches = {r["search"]: r["search_seconds"] + r["pretrain_seconds"] for r in rows}
+    return sum(searches.values()) + sum(r["train_seconds"] for r in rows)
+
+
+def _frozen(search: dict, methods: tuple[str, ...]) -> list[str]:
+    """The searches of `methods` whose architecture weights did not move away from uniform (search verdicts)."""
+    return [key for key, s in search.get("searches", {}).items()
+            if s["method"] in methods and s.get("verdict") and not s["verdict"]["moved"]]
+
+
+def _search_verdicts(search: dict, methods: tuple[str, ...]) -> str:
+    verdicts = [(key, s["verdict"]) for key, s in search.get("searches", {}).items()
+                if s["method"] in methods and s.get("verdict")]
+    if not verdicts:
+        return ""
+    caption = ("Search verdicts (deviation: max over operations of |softmax(alpha) - 1/K|, the mean over a cell's "
+               f"edges, the larger cell's; moved: at least {verdicts[0][1].get('threshold', 0.025)}; settled: the cell "
+               "did not change in the last epochs):\n\n")
+    return caption + table(["search", "deviation", "moved", "settled", "steps"],
+                 [[key, f"{v['deviation']:.3f}" if "deviation" in v else "", "yes" if v["moved"] else "**no**",
+                   "yes" if v.get("settled") else "no", v.get("steps", "")] for key, v in verdicts])
+
+
+def dass_vs_darts(search: dict) -> Chapter:
+    by, methods = _by_seed(search), ("dass", "darts")
+    sparsities = sorted({s for m, s in by if m == "dass"})
+    body = table(["sparsity", "DASS cell % (search seeds)", "DARTS cell % (search seeds)", "difference (points)",
+                  "seed ranges disjoint"],
+                 [[f"{100 * s:g}%", seeds_text(by["dass", s]), seeds_text(by["darts", s]),
+                   f"{100 * (by['dass', s]['acc_mean'] - by['darts', s]['acc_mean']):+.2f}",
+                   "yes" if apart(by["dass", s], by["darts", s]) else "no"] for s in sparsities])
+    dense = [r["dense_acc_mean"] for r in by.values() if r.get("dense_acc_mean") is not None]
+    body += (f"\n{search['summary']} Search seeds: {search.get('search_seeds', [0])}."
+             + (f" The cells' dense networks reach {pct(statistics.fmean(dense))}% before pruning." if dense else "")
+             + "\n\n" + _search_verdicts(search, methods))
+
+    frozen = _frozen(search, methods)
+    if frozen:
+        said = (f"**no evidence**: the searches {', '.join(frozen)} did not move away from uniform, so their cells "
+                "are noise and the accuracies above rank nothing")
+    else:
+        ahead = [apart(by["dass", s], by["darts", s]) for s in sparsities]
+        behind = [by["dass", s]["acc_mean"] <= by["darts", s]["acc_mean"] for s in sparsities]
+        said = by_rule(sparsities, ahead, behind, "DASS ahead with disjoint seed ranges", "DARTS at or ahead of DASS")
+    return Chapter(
+        "DASS cell vs DARTS cell at equal sparsity", "Mousavi et al., DASS (ACM TECS 2023)",
+        "A cell searched with sparse operations (DASS) is more accurate after pruning than the DARTS cell pruned the "
+        "same way (HYDRA) at the same sparsity.",
+        "no evidence when any DASS or DARTS search did not move its architecture weights away from uniform (its cell "
+        "is noise). Otherwise, at each sparsity: holds when every DASS search seed's cell is above every DARTS one's "
+        "(disjoint seed ranges: p = 0.05 with three seeds each), fails when DASS's mean is not above DARTS's, "
+        "undecided between. Reproduced when it holds at every sparsity, not reproduced when it fails at every one, "
+        "mixed otherwise.",
+        body, said, run_seconds([r for r in search["rows"] if r["method"] in methods]), "search-accuracy.png")
+
+
+def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter:
+    best, one = _by_seed(search), _by_seed(single)  # means over search seeds
+    sparsities = sorted({s for m, s in one if m == "random"})
+    samples = search.get("random_samples", "several")
+    diffs = [best["random", s]["acc_mean"] - one["random", s]["acc_mean"] for s in sparsities]
+    better = [d > 0.01 and apart(best["random", s], one["random", s]) for s, d in zip(sparsities, diffs)]
+    body = table(["sparsity", f"random search (best of {samples}) % (seeds)", "one random configuration % (seeds)",
+                  "difference (points)", "seed ranges disjoint"],
+                 [[f"{100 * s:g}%", seeds_text(best["random", s]), seeds_text(one["random", s]), f"{100 * d:+.2f}",
+                   "yes" if apart(best["random", s], one["random", s]) else "no"] for s, d in zip(sparsities, diffs)])
+    runs = [r for r in [*search["rows"], *single["rows"]] if r["method"] == "random"]
+    return Chapter(
+        "Random search vs random sparse configurations", "Farahani, Random Search as a Baseline for Sparse NAS (2024)",
+        "Sparse networks found by random search perform no better than random sparse configurations at the same sparsity.",
+        "at each sparsity the searched cell is better when its mean over search seeds is more than 1 point ahead of "
+        "the random configuration's and every seed of it is above every seed of the other (disjoint ranges); "
+        "otherwise it is no better. Reproduced when it is no better at every sparsity, not reproduced when it is "
+        "better at every one, mixed otherwise.",
+        body + "\nBoth cells are trained by the same HYDRA pipeline; the random configuration is the first sample of "
+        "the same search space, one per search seed.\n",
+        by_rule(sparsities, [not b for b in better], better, "the searched cell is no better than a random one",
+                "the searched cell is better beyond the seed spread"),
+        run_seconds(runs))
+
+
