@@ -164,6 +164,10 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
     assert (1 - imp.imp.prune_fraction) ** levels <= 0.1 < (1 - imp.imp.prune_fraction) ** (levels - 1)
     imp_epochs = (levels + 1) * imp.train.epochs  # matched budgets: one-shot and dense train as long as IMP
     assert imp.train.epochs + imp.oneshot.finetune_epochs == imp_epochs == dense.train.epochs
+    gpu = {name: runs.load(name, tmp_path, [], None, "gpu") for name in runs.SCALES["gpu"]}
+    book, _ = document.chapters_of(gpu, tmp_path, "gpu")  # nothing run yet: every claim waits, none is deferred
+    assert len(book) == 11 and all(isinstance(c, list) and c for c in book)
+    assert ["imp-cifar10"] in book and ["soup-cifar10"] in book and ["book-search"] in book
 
 
 def test_a_comparison_states_the_dense_accuracy_it_starts_from():
@@ -236,24 +240,40 @@ def test_a_run_counts_each_search_and_cell_once():
 
 def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_path):
     cfgs = {name: runs.load(name, tmp_path, [], None) for name in runs.RUNS}
-    search = tmp_path / "book-search"
-    search.mkdir()
-    (search / "results.json").write_text(json.dumps(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3])))
     v3 = tmp_path / "cifar10-v3" / "compare"  # claim 3's invocation finished, claim 4's half way (no SET yet)
     v3.mkdir(parents=True)
     results = _results({("static-erk", 0.98): _shift(SEEDS, 0.02, 0.001), ("static-uniform", 0.98): SEEDS,
                         ("static-erk", 0.9): SEEDS, ("rigl", 0.9): SEEDS})
     (v3 / "results.json").write_text(json.dumps(results))
     book, seconds = document.chapters_of(cfgs, tmp_path)
-    assert book[0].verdict.startswith("**reproduced**") and book[1] == ["book-random-configuration"]
-    assert book[2].verdict.startswith("**reproduced**") and book[3] == ["cifar10-v3 (claim 4)"]
-    assert all(c.verdict.startswith("**not run at this scale**") and "--scale gpu" in c.body for c in book[4:6])
+    assert book[0] == [runs.cell_run(g) for g in runs.CELLS] and book[3] == ["cifar10-v3 (claim 4)"]
+    assert book[2].verdict.startswith("**reproduced**")
+    deferred = [book[i] for i in (1, 4, 5)]  # the searches, IMP and soups run at the GPU scale only
+    assert all(c.verdict.startswith("**not run at this scale**") and "--scale gpu" in c.body for c in deferred)
     assert book[8] == ["cifar10-v3 (claim 8)", "sparse-ift-inference"] and book[9] == ["vit-nm-cifar10"]
-    assert seconds == 9 * (100.0 + 50.0) + 18 * 10.0  # book-search's 9 searches and cells: unfinished runs count nothing
+    assert seconds == 15 * 60.0  # the finished trials of an unfinished run count
     text = document._document(book, Path("results"), None, "sparsearch book", seconds)
-    assert "| 2 | (waits for book-random-configuration) | pending |" in text and "ran nothing" in text
-    assert "**Rule** (fixed before the numbers): no evidence when any DASS or DARTS search" in text
-    assert "recorded 26 CPU-minutes in all" in text
+    assert "| 4 | (waits for cifar10-v3 (claim 4)) | pending |" in text and "ran nothing" in text
+    assert "| 2 | Random search vs random sparse configurations | not run at this scale |" in text
+    assert "recorded 15 CPU-minutes in all" in text
+
+
+def _cells(dass_by: float, darts_dense: float = 0.85) -> dict[str, dict]:
+    """The published cells' runs: DARTS_V2 at 90/95/99%, each DASS cell at its own, `dass_by` apart per seed."""
+    cells = {"DARTS_V2": _results({("hydra", s): _shift(SEEDS, 0.1 * i) for i, s in enumerate((0.9, 0.95, 0.99))},
+                                  darts_dense)}
+    for i, s in enumerate((0.9, 0.95, 0.99)):
+        cells[f"DASS_{round(100 * s)}"] = _results({("hydra", s): _shift(SEEDS, 0.1 * i + dass_by, 0.001)})
+    return cells
+
+
+@pytest.mark.parametrize("dass_by, darts_dense, verdict", [(0.02, 0.85, "**reproduced**"),
+                                                           (-0.01, 0.85, "**not reproduced**"),
+                                                           (0.02, 0.75, "**no verdict**: proxy budget")])
+def test_the_published_cells_are_one_test_over_the_sparsities_behind_an_80_percent_anchor(dass_by, darts_dense, verdict):
+    chapter = searches.published_cells(_cells(dass_by, darts_dense), "genotype")
+    assert chapter.verdict.startswith(verdict), chapter.verdict
+    assert "| 99% |" in chapter.body and "(95%, paired, n=3)" in chapter.body and "Paper vs ours" in chapter.body
 
 
 def test_write_only_from_a_folder_without_the_books_runs_is_one_line_and_writes_nothing(tmp_path, capsys):

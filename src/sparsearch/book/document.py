@@ -12,8 +12,21 @@ from ..host import machine
 from .architecture import dass_vs_mobilenet, speedup
 from .chapters import compare_seconds, deferred, erk_vs_uniform, imp_vs_oneshot, rigl_set_static, setting, soup_vs_best_ingredient, sparse_ift
 from .nm import nm_decay_vs_srste
-from .runs import ARCHITECTURE_JSON, BENCH_JSON, COMMANDS, DST_INTERVALS, GPU_ONLY, INFERENCE_JSON, V3, V3_PARTS, bench_result, finished
-from .searches import dass_vs_darts, random_search_vs_random_configuration, run_seconds
+from .runs import (
+    ARCHITECTURE_JSON,
+    BENCH_JSON,
+    CELLS,
+    COMMANDS,
+    DST_INTERVALS,
+    INFERENCE_JSON,
+    V3,
+    V3_PARTS,
+    bench_result,
+    cell_run,
+    finished,
+    so_far,
+)
+from .searches import dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
 from .verdicts import Chapter, hours, rules_citation
 
 
@@ -21,37 +34,41 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     """Each chapter whose runs have finished, or the runs it waits for; and the CPU time every finished run recorded."""
     done = {name: finished(name, cfgs, out_dir) for name in cfgs}
     parts = list(V3_PARTS)
-    for i, part in enumerate(parts[1:], 1):  # each claim with the anchor's invocation, which trains the dense network
-        done[f"{V3} ({part})"] = finished(V3, cfgs, out_dir, [0, i])
-    done[f"{V3} ({parts[0]})"] = finished(V3, cfgs, out_dir, [0])
+    for i, part in enumerate(parts):  # each claim with the anchor's invocation, which trains the dense network
+        done[f"{V3} ({part})"] = finished(V3, cfgs, out_dir, sorted({0, i}))
     done["book-runtime"] = bench_result(out_dir)
     done["book-architecture"] = bench_result(out_dir, ARCHITECTURE_JSON)
     ift_json = out_dir / INFERENCE_JSON
     done["sparse-ift-inference"] = read_json(ift_json) if ift_json.exists() else None
-    if done["book-search"]:
-        done["book-search"]["random_samples"] = cfgs["book-search"][0].search.random_samples
     v3, at = (lambda part: done[f"{V3} ({part})"]), setting(cfgs[V3][0])
     ablation = {n: done.get(f"{V3}-rigl-every-{n}") for n in DST_INTERVALS}
-    gpu = {name: cfgs[name][0] if name in cfgs else None for name in GPU_ONLY}
-    specs = [(["book-search"], lambda: dass_vs_darts(done["book-search"])),
-             (["book-search", "book-random-configuration"],
-              lambda: random_search_vs_random_configuration(done["book-search"], done["book-random-configuration"])),
-             ([f"{V3} (claim 3)"], lambda: erk_vs_uniform(v3("claim 3"), at)),
-             ([f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation)),
-             (["imp-cifar10"] if scale == "gpu" else [],
-              lambda: imp_vs_oneshot(done["imp-cifar10"], out_dir / "imp-cifar10", done.get("dense-cifar10-480"))
-              if scale == "gpu" else deferred("imp", gpu)),
-             (["soup-cifar10"] if scale == "gpu" else [],
-              lambda: soup_vs_best_ingredient(done["soup-cifar10"], out_dir / "soup-cifar10")
-              if scale == "gpu" else deferred("soup", gpu)),
-             (["book-runtime"], lambda: speedup(done["book-runtime"])),
-             (["book-architecture"], lambda: dass_vs_mobilenet(done["book-architecture"])),
-             ([f"{V3} (claim 8)", "sparse-ift-inference"],
-              lambda: sparse_ift(v3("claim 8"), done["sparse-ift-inference"], at)),
-             (["vit-nm-cifar10"], lambda: nm_decay_vs_srste(done["vit-nm-cifar10"], setting(cfgs["vit-nm-cifar10"][0])))]
+    cells = [cell_run(g) for g in CELLS]
+    gpu = scale == "gpu"
+    specs = [(cells, lambda: published_cells({g: done[cell_run(g)] for g in CELLS}, setting(cfgs[cells[0]][0])))]
+    if gpu:
+        if done["book-search"]:
+            done["book-search"]["random_samples"] = cfgs["book-search"][0].search.random_samples
+        specs += [(["book-search"], lambda: dass_vs_darts(done["book-search"])),
+                  (["book-search", "book-random-configuration"],
+                   lambda: random_search_vs_random_configuration(done["book-search"], done["book-random-configuration"]))]
+    else:
+        specs.append(([], lambda: deferred("search")))
+    specs += [([f"{V3} (claim 3)"], lambda: erk_vs_uniform(v3("claim 3"), at)),
+              ([f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation)),
+              (["imp-cifar10"] if gpu else [], lambda: imp_vs_oneshot(done["imp-cifar10"], out_dir / "imp-cifar10",
+                                                                       done.get("dense-cifar10-480"))
+               if gpu else deferred("imp")),
+              (["soup-cifar10"] if gpu else [], lambda: soup_vs_best_ingredient(done["soup-cifar10"], out_dir / "soup-cifar10")
+               if gpu else deferred("soup")),
+              (["book-runtime"], lambda: speedup(done["book-runtime"])),
+              (["book-architecture"], lambda: dass_vs_mobilenet(done["book-architecture"])),
+              ([f"{V3} (claim 8)", "sparse-ift-inference"],
+               lambda: sparse_ift(v3("claim 8"), done["sparse-ift-inference"], at)),
+              (["vit-nm-cifar10"], lambda: nm_decay_vs_srste(done["vit-nm-cifar10"], setting(cfgs["vit-nm-cifar10"][0])))]
     chapters = [build() if all(done[n] for n in needs) else [n for n in needs if not done[n]] for needs, build in specs]
-    seconds = sum(run_seconds(done[n]["rows"]) if COMMANDS[n] == "run" else compare_seconds(done[n], out_dir / n)
-                  for n in cfgs if done[n])
+    recorded = {n: so_far(n, out_dir) for n in cfgs}  # finished trials count, in unfinished runs too
+    seconds = sum(run_seconds(r["rows"]) if COMMANDS[n] == "run" else compare_seconds(r, out_dir / n)
+                  for n, r in recorded.items() if r)
     return chapters, seconds + sum((done[n] or {}).get("seconds", 0.0) for n in ("book-runtime", "book-architecture"))
 
 
@@ -61,6 +78,7 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
     chapters, cpu_seconds = chapters_of(cfgs, out_dir, scale)
     plots = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
              "cifar10-accuracy.png": out_dir / V3 / "compare" / "accuracy.png",
+             "cells-accuracy.png": out_dir / cell_run("DARTS_V2") / "compare" / "accuracy.png",
              "runtime-speedup.png": (out_dir / BENCH_JSON).with_suffix(".png"),
              "vit-nm-accuracy.png": out_dir / "vit-nm-cifar10" / "compare" / "accuracy.png"}
     figures = output.parent / "results"

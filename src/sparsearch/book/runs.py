@@ -12,27 +12,31 @@ from ..config import Config, load_config
 from ..errors import SparsearchError
 from ..files import read_json
 
-# the searched cell (claims 1, 2): configs/cifar10-dass-cpu.yaml (beside this module) cut to a 4,000-image subset and 1 epoch per phase
-SEARCH_SIZE = ["data.train_subset=4000", "train.epochs=3", "search.pretrain_epochs=1", "search.finetune_epochs=1",
-               "search.random_samples=6", "search.random_epochs=3", "hydra.prune_epochs=1", "hydra.finetune_epochs=1"]
 # name: (command, config file, one list of overrides per invocation)
-SEEDS = "run.search_seeds=[0, 1, 2]"  # every claim on three seeds (claims 1, 2: search seeds, a search per sparsity)
+SEEDS = "run.search_seeds=[0, 1, 2]"  # the searches (GPU scale) on three seeds, a search per sparsity
 V3 = "cifar10-v3"  # claims 3, 4 and 8 behind one dense anchor, one invocation per claim (configs/cifar10-v3.yaml)
 V3_PARTS = {"claim 3": [], "claim 4": ["compare.variants=[static-erk, set, rigl]", "compare.sparsities=[0.9]"],
             "claim 8": ["compare.variants=[wide-rigl-uniform, wide-rigl]", "compare.sparsities=[0.5]"]}
 DST_INTERVALS = (25, 400)  # RigL's update interval ablated around the 100 steps of the claim-4 run (seed 0)
+CELLS = {"DARTS_V2": (0.9, 0.95, 0.99), "DASS_90": (0.9,), "DASS_95": (0.95,), "DASS_99": (0.99,)}
+CELL_SIZE, CELL_SIZE_GPU = "channels: 16, layers: 5", "channels: 36, layers: 20, auxiliary: true"  # GPU: DASS-Small
+
+
+def cell_run(genotype: str) -> str:
+    return "cells-" + genotype.lower().replace("_", "-")
+
+
 RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
-    # in this order: the CIFAR-10 claims first (the most evidence per CPU-hour), the searches last
+    # in this order: the CIFAR-10 claims first (the most evidence per CPU-hour), the costly cells last
     V3: ("compare", "cifar10-v3.yaml", list(V3_PARTS.values())),
     **{f"{V3}-rigl-every-{n}": ("compare", "cifar10-v3.yaml", [[f"name={V3}-rigl-every-{n}", f"dst.update_every={n}",
                                                                 "compare.variants=[rigl]", "compare.sparsities=[0.9]",
                                                                 "compare.seeds=[0]"]]) for n in DST_INTERVALS},
     "vit-nm-cifar10": ("compare", "vit-nm-cifar10.yaml", [[]]),  # claim 9
-    "book-search": ("run", "cifar10-dass-cpu.yaml", [["name=book-search", *SEARCH_SIZE, SEEDS]]),
-    # one random sample of the same space, trained the same way: a random sparse configuration (claim 2)
-    "book-random-configuration": ("run", "cifar10-dass-cpu.yaml",
-                                  [["name=book-random-configuration", *SEARCH_SIZE, SEEDS, "run.methods=[random]",
-                                    "search.random_samples=1"]]),
+    # claim 1, last: the published cells through HYDRA, DARTS_V2 at every sparsity (configs/cells-cifar10.yaml)
+    **{cell_run(g): ("compare", "cells-cifar10.yaml", [[f"name={cell_run(g)}", f"compare.sparsities={list(s)}",
+                                                          f"model.kwargs={{genotype: {g}, {CELL_SIZE}}}"]])
+       for g, s in CELLS.items()},
 }
 INFERENCE_BATCHES = (1, 32)
 # `--scale gpu`: the same chapters at paper-like budgets on CUDA (full CIFAR-10 training set, full-width ResNet-20,
@@ -44,20 +48,23 @@ FULL = [*GPU, "train.epochs=160", "oneshot.finetune_epochs=40", "hydra.prune_epo
 ST, R20 = "sparse-training-cifar10.yaml", "model.kwargs={width: 16}"
 # the ViT of claim 9 at its usual CIFAR size; the decay rate carried to 160 epochs as configs/vit-nm-cifar10.yaml says
 GPU_MODELS = {"vit-nm-cifar10": ["model.kwargs={dim: 192, depth: 6, heads: 3, mlp_ratio: 2.0, attention: manual}",
-                                 "nm.decay_rate=6.0e-4"]}
-# claims 5 and 6 at this scale only (each trains several networks), at matched budgets: IMP reaches 90% in two levels
+                                 "nm.decay_rate=6.0e-4"],
+              **{cell_run(g): [f"model.kwargs={{genotype: {g}, {CELL_SIZE_GPU}}}", "train.drop_path=0.2"] for g in CELLS}}
+# claims 2, 5 and 6 at this scale only (searches; several trainings a seed); claim 1's searched cells beside its
+# published ones. IMP and one-shot at matched budgets: IMP reaches 90% in two levels
 # after its dense one (three trainings), so one-shot finetunes as long as two and a dense network trains as long as three
 GPU_ONLY: dict[str, tuple[str, str, list[list[str]]]] = {
+    "book-search": ("run", "cifar10-dass-paper.yaml", [["name=book-search", SEEDS, *GPU]]),
+    # one random sample of the same space, trained the same way: a random sparse configuration (claim 2)
+    "book-random-configuration": ("run", "cifar10-dass-paper.yaml",
+                                  [["name=book-random-configuration", SEEDS, *GPU, "run.methods=[random]",
+                                    "search.random_samples=1"]]),
     "imp-cifar10": ("compare", ST, [[*FULL, R20, "name=imp-cifar10", "compare.variants=[oneshot, imp]",
                                      "compare.sparsities=[0.9]", "oneshot.finetune_epochs=320"]]),
     "dense-cifar10-480": ("compare", ST, [[*FULL, R20, "name=dense-cifar10-480", "train.epochs=480", "compare.variants=[dense]"]]),
     "soup-cifar10": ("compare", ST, [[*FULL, R20, "name=soup-cifar10", "compare.variants=[soup]", "compare.sparsities=[0.9]"]]),
 }
 GPU_RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
-    "book-search": ("run", "cifar10-dass-paper.yaml", [["name=book-search", SEEDS, *GPU]]),
-    "book-random-configuration": ("run", "cifar10-dass-paper.yaml",
-                                  [["name=book-random-configuration", SEEDS, *GPU, "run.methods=[random]",
-                                    "search.random_samples=1"]]),
     **{name: (command, config, [[*FULL, *GPU_MODELS.get(name, []), *o] for o in invocations])
        for name, (command, config, invocations) in RUNS.items() if command == "compare"},
     **GPU_ONLY,
@@ -80,15 +87,21 @@ def load(name: str, out_dir: Path, executor: list[str], data_path: str | None, s
     return [load_config(CONFIGS / config, [*overrides, *extra]) for overrides in invocations]
 
 
+def so_far(name: str, out_dir: Path) -> dict | None:
+    """A run's results file as it stands (a row per finished trial), None before its first trial finishes."""
+    path = out_dir / name / ("results.json" if COMMANDS[name] == "run" else "compare/results.json")
+    return read_json(path) if path.exists() else None
+
+
 def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None) -> dict | None:
     """A run's results once every invocation of it (those numbered `parts`, all by default) has finished: each
     method on each search seed, or each variant at each sparsity on each seed."""
     command = COMMANDS[name]
     invocations = cfgs[name] if parts is None else [cfgs[name][i] for i in parts]
-    path = out_dir / name / ("results.json" if command == "run" else "compare/results.json")
-    if not path.exists():
+    results = so_far(name, out_dir)
+    if results is None:
         return None
-    results = read_json(path)
+    path = out_dir / name / ("results.json" if command == "run" else "compare/results.json")
     try:
         if command == "run":
             done = {(r["method"], r["search_seed"]) for r in results["rows"]}
