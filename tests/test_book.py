@@ -157,8 +157,10 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
         assert all(g.train.device == "cuda" and g.data.train_subset is None and g.train.epochs >= 160 for g in gpu)
         assert all(c.train.device == "auto" and c.train.epochs < g.train.epochs for c, g in zip(cpu, gpu))
     assert runs.load("book-search", tmp_path, [], None, "gpu")[0].run.search_seeds == [0, 1, 2]
-    ablated = runs.load("cifar10-v3-rigl-every-25", tmp_path, [], None, "gpu")[0]
-    assert ablated.dst.update_every == 25  # the ablation's interval is not overridden by the GPU scale's
+    from sparsearch.pipeline.compare import variant_config
+
+    ablated = variant_config(runs.load("cifar10-v3", tmp_path, [], None, "gpu")[-1], "rigl-every-25", 0.9, 0)
+    assert ablated.dst.update_every == 25 and ablated.sparsity.allocation == "erk"  # not the GPU scale's 100
     imp, dense = (runs.load(n, tmp_path, [], None, "gpu")[0] for n in ("imp-cifar10", "dense-cifar10-480"))
     levels = 2  # 0.3 then 0.09 -> 0.1 of the weights left: two prunings after the dense level
     assert (1 - imp.imp.prune_fraction) ** levels <= 0.1 < (1 - imp.imp.prune_fraction) ** (levels - 1)
@@ -286,12 +288,10 @@ def test_write_only_from_a_folder_without_the_books_runs_is_one_line_and_writes_
 
 def test_rigls_update_interval_ablation_stands_beside_the_claim():
     st = _results({("rigl", 0.9): [0.61, 0.62, 0.63], ("set", 0.9): SEEDS, ("static-erk", 0.9): SEEDS})
-    every_25 = _results({("rigl", 0.9): [0.55]}, dense=None)
-    chapter = chapters.rigl_set_static(st, "ResNet-20", {25: every_25, 400: None})
-    assert "| every 25 steps | 55.00 |" in chapter.body and "| every 100 steps (the claim's run) | 61.00 |" in chapter.body
-    assert "not finished" in chapters.rigl_set_static(st, "ResNet-20", {25: None}).body
-
-
+    ablation = _results({("rigl-every-400", 0.9): [0.58], ("rigl-every-25", 0.9): [0.55]}, dense=None)
+    chapter = chapters.rigl_set_static(st, "ResNet-20", ablation)
+    assert "| every 25 steps | 55.00 |\n| every 400 steps | 58.00 |\n| the claim's run (dst.update_every) | 61.00 |" in chapter.body
+    assert "not finished" in chapters.rigl_set_static(st, "ResNet-20", None).body
 @pytest.mark.parametrize("decay_by, verdict", [(0.02, "**reproduced**"), (-0.01, "**not reproduced**"),
                                                (0.003, "**inconclusive**")])
 def test_nm_mask_decay_vs_srste_is_one_test_over_the_ratios(decay_by, verdict):

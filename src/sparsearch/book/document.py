@@ -17,7 +17,6 @@ from .runs import (
     BENCH_JSON,
     CELLS,
     COMMANDS,
-    DST_INTERVALS,
     INFERENCE_JSON,
     V3,
     V3_PARTS,
@@ -41,7 +40,7 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     ift_json = out_dir / INFERENCE_JSON
     done["sparse-ift-inference"] = read_json(ift_json) if ift_json.exists() else None
     v3, at = (lambda part: done[f"{V3} ({part})"]), setting(cfgs[V3][0])
-    ablation = {n: done.get(f"{V3}-rigl-every-{n}") for n in DST_INTERVALS}
+    ablation = done[f"{V3} (ablation)"]
     cells = [cell_run(g) for g in CELLS]
     gpu = scale == "gpu"
     specs = [(cells, lambda: published_cells({g: done[cell_run(g)] for g in CELLS}, setting(cfgs[cells[0]][0])))]

@@ -15,9 +15,11 @@ from ..files import read_json
 # name: (command, config file, one list of overrides per invocation)
 SEEDS = "run.search_seeds=[0, 1, 2]"  # the searches (GPU scale) on three seeds, a search per sparsity
 V3 = "cifar10-v3"  # claims 3, 4 and 8 behind one dense anchor, one invocation per claim (configs/cifar10-v3.yaml)
-V3_PARTS = {"claim 3": [], "claim 4": ["compare.variants=[static-erk, set, rigl]", "compare.sparsities=[0.9]"],
-            "claim 8": ["compare.variants=[wide-rigl-uniform, wide-rigl]", "compare.sparsities=[0.5]"]}
 DST_INTERVALS = (25, 400)  # RigL's update interval ablated around the 100 steps of the claim-4 run (seed 0)
+V3_PARTS = {"claim 3": [], "claim 4": ["compare.variants=[static-erk, set, rigl]", "compare.sparsities=[0.9]"],
+            "claim 8": ["compare.variants=[wide-rigl-uniform, wide-rigl]", "compare.sparsities=[0.5]"],
+            "ablation": [f"compare.variants=[{', '.join(f'rigl-every-{n}' for n in DST_INTERVALS)}]",
+                         "compare.sparsities=[0.9]", "compare.seeds=[0]"]}
 CELLS = {"DARTS_V2": (0.9, 0.95, 0.99), "DASS_90": (0.9,), "DASS_95": (0.95,), "DASS_99": (0.99,)}
 CELL_SIZE, CELL_SIZE_GPU = "channels: 16, layers: 5", "channels: 36, layers: 20, auxiliary: true"  # GPU: DASS-Small
 
@@ -29,9 +31,6 @@ def cell_run(genotype: str) -> str:
 RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
     # in this order: the CIFAR-10 claims first (the most evidence per CPU-hour), the costly cells last
     V3: ("compare", "cifar10-v3.yaml", list(V3_PARTS.values())),
-    **{f"{V3}-rigl-every-{n}": ("compare", "cifar10-v3.yaml", [[f"name={V3}-rigl-every-{n}", f"dst.update_every={n}",
-                                                                "compare.variants=[rigl]", "compare.sparsities=[0.9]",
-                                                                "compare.seeds=[0]"]]) for n in DST_INTERVALS},
     "vit-nm-cifar10": ("compare", "vit-nm-cifar10.yaml", [[]]),  # claim 9
     # claim 1, last: the published cells through HYDRA, DARTS_V2 at every sparsity (configs/cells-cifar10.yaml)
     **{cell_run(g): ("compare", "cells-cifar10.yaml", [[f"name={cell_run(g)}", f"compare.sparsities={list(s)}",

@@ -7,8 +7,9 @@
 
 Seeds change the initialisation and the data order; the data (and any `data.train_subset`) stay those of
 `seed`. Every run is a trial of `run.executor` (local, process or Ray). The dense runs go first: the methods
-that prune a trained network (oneshot, hydra, maskspar) start from them, and they are trained (and reported)
-when those methods are compared even if `dense` is not listed. Results are rewritten after every finished
+that prune a trained network (oneshot, hydra, maskspar) start from them, so these wait for all of them (others
+take a free worker at once), and they are trained (and reported) when those methods are compared even if `dense`
+is not listed. Results are rewritten after every finished
 run, so an interrupted comparison still has a table, and a re-run skips what finished; a run that fails
 after its retries is listed in results.json and table.md, and the command then exits with an error. The
 `compare` section may change between invocations (other sections may not): adding variants or seeds trains
@@ -48,6 +49,8 @@ VARIANTS: dict[str, dict] = {
     # N:M from scratch at 1:M, M from the compare sparsity (0.875: 1:8): SR-STE against progressive mask decay
     "nm-srste": {"method": "nm", "nm": {"decay": "none"}},
     "nm-decay": {"method": "nm", "nm": {"decay": "exp"}},
+    # RigL at other topology-update intervals than dst.update_every (the book ablates its 100 steps)
+    **{f"rigl-every-{n}": {"method": "rigl", "dst": {"update_every": n}} for n in (25, 400)},
 }
 
 
@@ -72,9 +75,10 @@ def variant_config(cfg: Config, variant: str, sparsity: float, seed: int) -> Con
     settings = dict(settings)
     ift = dataclasses.replace(cfg.ift, family=settings.pop("ift", "none"), sparsity=None)
     nm = dataclasses.replace(cfg.nm, **settings.pop("nm", {}))
+    dst = dataclasses.replace(cfg.dst, **settings.pop("dst", {}))
     if settings["method"] == "nm":
         settings["kind"] = _one_in(sparsity)
-    return dataclasses.replace(cfg, seed=seed, ift=ift, nm=nm,
+    return dataclasses.replace(cfg, seed=seed, ift=ift, nm=nm, dst=dst,
                                sparsity=dataclasses.replace(cfg.sparsity, sparsity=sparsity, **settings))
 
 
@@ -164,8 +168,8 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     c = cfg.compare
     _validate(c)
     variants = list(c.variants)
-    if "dense" not in variants and any(REGISTRY[variant_config(cfg, v, 0.5, cfg.seed).sparsity.method].starts_from_dense
-                                       for v in variants):
+    from_dense = any(REGISTRY[variant_config(cfg, v, 0.5, cfg.seed).sparsity.method].starts_from_dense for v in variants)
+    if "dense" not in variants and from_dense:
         variants.insert(0, "dense")  # trained once per seed and shared: a trial of its own, reported too
     jobs = [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
     ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
@@ -185,8 +189,9 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
         earlier = json.loads(results.read_text())["rows"] if results.exists() else []
         rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
         failed: list[Failed] = []
-        # the dense runs first: the methods that prune a trained network start from them
-        for phase in ([t for t in trials if t.variant == "dense"], [t for t in trials if t.variant != "dense"]):
+        # the dense runs first, and, where a method prunes a trained network, all of them before it starts
+        dense, others = [t for t in trials if t.variant == "dense"], [t for t in trials if t.variant != "dense"]
+        for phase in ([dense, others] if from_dense else [dense + others]):
             def finished(i: int, row, phase=phase) -> None:
                 name = f"seed {phase[i].cfg.seed} {phase[i].name}"
                 if isinstance(row, Failed):
