@@ -254,7 +254,13 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     assert all(c.verdict.startswith("**not run at this scale**") and "--scale gpu" in c.body for c in deferred)
     assert book[8] == ["cifar10-v3 (claim 8)", "sparse-ift-inference"] and book[9] == ["vit-nm-cifar10"]
     assert seconds == 15 * 60.0  # the finished trials of an unfinished run count
-    text = document._document(book, Path("results"), None, "sparsearch book", seconds)
+    for seed, cpu in enumerate(("Zen 4", "Zen 4", "Zen 3")):  # sittings on other machines: the header names each
+        (v3 / f"seed-{seed}" / "dense").mkdir(parents=True)
+        (v3 / f"seed-{seed}" / "dense" / "summary.json").write_text(json.dumps({"machine": {"cpu": cpu, "isa": ["avx2"]}}))
+    machines = document.trained_on(tmp_path, cfgs)
+    assert machines == ["Zen 4 (avx2): 2 trainings", "Zen 3 (avx2): 1 training"]
+    text = document._document(book, Path("results"), None, "sparsearch book", seconds, machines)
+    assert "The trainings ran on: Zen 4 (avx2): 2 trainings; Zen 3 (avx2): 1 training." in text
     assert "| 4 | (waits for cifar10-v3 (claim 4)) | pending |" in text and "ran nothing" in text
     assert "| 2 | Random search vs random sparse configurations | not run at this scale |" in text
     assert "recorded 15 CPU-minutes in all" in text

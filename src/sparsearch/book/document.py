@@ -86,31 +86,41 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
     for name, source in plots.items():
         if name in shown and source.exists():
             shutil.copyfile(source, figures / name)
-    write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command, cpu_seconds))
+    write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command, cpu_seconds,
+                                   trained_on(out_dir, cfgs)))
     return output
 
 
+def trained_on(out_dir: Path, names) -> list[str]:
+    """The machines the book's finished trainings recorded (the CPU changes between sittings), each once."""
+    seen = {}
+    for name in names:
+        for path in sorted((out_dir / name).glob("compare/seed-*/*/summary.json")):
+            info = read_json(path).get("machine") or {}
+            text = f"{info.get('cpu', '?')} ({', '.join(info.get('isa', [])) or 'no vector extensions listed'})"
+            seen[text] = seen.get(text, 0) + 1
+    return [f"{text}: {n} training{'s' * (n != 1)}" for text, n in seen.items()]
+
+
 def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float | None, command: str = "sparsearch book",
-              cpu_seconds: float | None = None) -> str:
+              cpu_seconds: float | None = None, machines: list[str] | None = None) -> str:
     info = machine()
     spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial's training on one of the cores, "
-             "and the runtime bench's wall time where its file records it)." if cpu_seconds is not None else "")
+             "and the benches' wall time)." if cpu_seconds is not None else "")
     lines = ["# Results book", "", f"Command: `{command}`" + (" --write-only" if seconds is None else ""), "",
-             "It reruns every comparison below at CPU scale on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`) and "
-             "reuses runs that already finished under `--out-dir` (delete them to measure from scratch).", "",
-             f"Machine: {info['cpu']} ({', '.join(info['isa']) or 'no vector extensions listed'}), {info['threads']} "
+             "It reruns the seed papers' comparisons on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`, the official "
+             "images re-encoded as JPEG) and reuses runs that already finished under `--out-dir` (delete them to "
+             "measure from scratch); `docs/results/pilots.md` gives its schedule and cost.", "",
+             f"Written on: {info['cpu']} ({', '.join(info['isa']) or 'no vector extensions listed'}), {info['threads']} "
              "threads" + (f", {info['gpu']}" if info.get("gpu") else "")
              + f", torch {info['torch']}. "
              + ("This invocation ran nothing: it wrote the document from the finished runs." if seconds is None else
-                f"This invocation took {seconds / 60:.0f} min.") + spent, "",
-             "Every network here is far from converged (minutes of CPU training, not GPU days): read the rankings and "
-             "their spreads, not the absolute accuracies, and expect some published findings to need the full budget. "
-             "Each chapter states its verdict rule, fixed before the numbers were run. Claims 3-5 follow the book v3 "
-             f"rules ({rules_citation()}): paired effects with 95% intervals, a smallest effect of interest, "
-             "reproduced / not reproduced / inconclusive, and no verdict where the dense network is below 85%; claims 6 "
-             "and 8 take that dense anchor and keep book v2's rules otherwise, as claims 1, 2 and 7 do, until their v3 "
-             "runs: \"disjoint seed ranges\" (every seed of one above every seed of the other) is v2's significance "
-             "check, p = 0.05 with three seeds each.", "",
+                f"This invocation took {seconds / 60:.0f} min.") + spent
+             + (f" The trainings ran on: {'; '.join(machines)}." if machines else ""), "",
+             f"Every verdict follows the book v3 rules ({rules_citation()}), fixed before the runs: paired effects with "
+             "95% intervals, a smallest effect of interest per claim, reproduced / not reproduced / inconclusive, and no "
+             "verdict where the dense network is too weak to say anything about the paper. Each chapter states its "
+             "rule and sets the paper's setting and numbers beside ours.", "",
              "| # | claim | verdict |", "|---|---|---|"]
     for i, c in enumerate(chapters, 1):
         if isinstance(c, Chapter):
