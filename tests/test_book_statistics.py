@@ -116,3 +116,10 @@ def test_the_architecture_bench_times_both_networks_in_both_quantities_and_the_c
     assert bench["complete"] and {len(v) for v in row["samples_s"].values()} == {3}
     assert all(row[q]["min"] <= row[q]["ratio"] <= row[q]["max"] for q in ("eager", "compiled"))
     assert dass_vs_mobilenet(bench).verdict.split("**")[1] in ("reproduced", "not reproduced", "inconclusive")
+
+
+def test_a_paired_verdict_says_whether_its_seeds_were_enough():
+    noisy = verdict("superiority", [0.62, 0.64, 0.66], [0.60, 0.62, 0.645], 0.005)[1]
+    tight = verdict("superiority", [0.62, 0.64, 0.66], [0.60, 0.6201, 0.6399], 0.005)[1]
+    assert noisy.endswith("too few seeds") and tight.endswith("enough seeds")  # RULES.md: too few -> five seeds
+    assert "seeds" not in verdict("superiority", [0.6, 0.7], [0.5, 0.6], 0.005, paired=False)[1]  # Welch: no note

@@ -89,7 +89,15 @@ def pooled(per_comparison: Sequence[tuple[Sequence[float], Sequence[float]]], co
 
 def verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float, paired: bool = True) -> tuple[str, str]:
     """(verdict, reason) for a claim of `kind` about A against B, by the module's rules; `smallest` > 0 is the
-    smallest effect of interest, in the values' units."""
+    smallest effect of interest, in the values' units. A paired reason ends with `power_note` for its seeds, which
+    RULES.md reads to decide whether a claim needs five."""
+    word, reason = _verdict(kind, a, b, smallest, paired)
+    if paired and len(a) >= 2:
+        reason += "; " + power_note(len(a), statistics.stdev(x - y for x, y in zip(a, b)), smallest)
+    return word, reason
+
+
+def _verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float, paired: bool) -> tuple[str, str]:
     if smallest <= 0:
         raise ValueError(f"the smallest effect of interest must be positive, got {smallest}")
     e95 = difference(a, b, paired, 0.95)
