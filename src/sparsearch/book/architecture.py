@@ -11,7 +11,7 @@ import math
 import statistics
 
 from . import statistics as stats
-from .verdicts import Chapter, table, verdict
+from .verdicts import Chapter, table
 
 PAPER_RATIO, DECIDING = 3.87, (0.99, "eager", 1)  # sparsity, quantity, threads
 SMALLEST = math.log(1.5)
@@ -63,32 +63,36 @@ def dass_vs_mobilenet(bench: dict) -> Chapter:
 PAPER_SPEEDUP = 3.87  # DASS's reported speedup of its sparse network
 
 
+FIXED = ("dass-small", 1, 1, 0.95)  # RULES.md: the kernel table's one configuration, named before the book's bench
+
+
 def speedup(bench: dict) -> Chapter:
-    """Against the fastest dense engine a user would deploy with (eager, onnxruntime, OpenVINO)."""
+    """Against the fastest dense engine a user would deploy with (eager, onnxruntime, OpenVINO): the whole table, and
+    the configuration fixed in advance reported beside claim 7 (not judged: claim 7 is judged in its own quantity)."""
     against = "the fastest dense engine (eager, onnxruntime or OpenVINO)"
     results = [{**r, "speedup": r["speedup_vs_fastest_dense"]} for r in bench["results"]]
     keys = sorted({(r["model"], r["batch"], r["threads"]) for r in results})
     sparsities = sorted({r["sparsity"] for r in results})
     by = {(r["model"], r["batch"], r["threads"], r["sparsity"]): r for r in results}
     rows = [[*k, *(f"{by[(*k, s)]['speedup']:.2f}x" if (*k, s) in by else "" for s in sparsities)] for k in keys]
-    best = max((r for r in results if r["sparsity"] == 0.95), key=lambda r: r["speedup"], default=None)
-    if best is None:
-        said = "**no evidence**: the bench has no 95% row"
+    fixed = by.get(FIXED)
+    if fixed is None:
+        said = ("**no evidence**: the bench has no row for the configuration fixed in advance "
+                "({}, batch {}, {} thread, {:g}%)".format(*FIXED[:3], 100 * FIXED[3]))
     else:
-        text = "{model}, batch {batch}, {threads} threads: {speedup:.2f}x".format(**best)
-        slowest = _slowest_trial_ratio(best)  # the ratio the trials' spread still guarantees
-        said = verdict(slowest is not None and slowest >= PAPER_SPEEDUP, best["speedup"] < PAPER_SPEEDUP,
-                       f"best at 95% is {text}, and {slowest or 0:.2f}x between its slowest trial and the dense "
-                       "engine's fastest",
-                       f"best at 95% is {text}, short of {PAPER_SPEEDUP}x and far below the 20x FLOP ideal")
+        slowest = _slowest_trial_ratio(fixed)  # the ratio the trials' spread still guarantees
+        said = ("**reported, not judged**: {model} at {pct:g}%, batch {batch}, {threads} thread: {speedup:.2f}x the fastest "
+                "dense engine".format(**fixed, pct=100 * fixed["sparsity"])
+                + (f" ({slowest:.2f}x between its slowest round and the dense engine's fastest)" if slowest else "")
+                + f"; the paper's {PAPER_SPEEDUP}x is another quantity (chapter on claim 7 in the paper's quantity)")
     info = bench["machine"]
     return Chapter(
         "Measured speedup vs sparsity against the FLOP ideal", "Mousavi et al., DASS (ACM TECS 2023)",
-        f"Unstructured sparsity turns into real inference speed: the DASS paper reports {PAPER_SPEEDUP}x for its sparse "
-        "network on its hardware; FLOP counting promises 1/(1-s).",
-        f"the best network, batch and thread count at 95% sparsity: reproduced when the compiled sparse network is at "
-        f"least {PAPER_SPEEDUP}x faster than the fastest dense engine even between its slowest trial and the dense "
-        f"engine's fastest, not reproduced when the median speedup is below {PAPER_SPEEDUP}x, mixed between.",
+        "Unstructured sparsity turns into real inference speed: FLOP counting promises 1/(1-s); the DASS paper reports "
+        f"{PAPER_SPEEDUP}x for its sparse network over a sparse MobileNetV2, which is the claim-7 chapter's quantity.",
+        "RULES.md (book v3): no verdict here. One configuration, fixed before the book's bench ran (DASS-Small of the "
+        "DASS_95 cell, batch 1, one thread, 95%), is quoted beside claim 7; the rest of the table is description, so "
+        "no best case is picked after the fact.",
         table(["network", "batch", "threads", *(f"{100 * s:g}% (ideal {1 / (1 - s):.0f}x)" for s in sparsities)], rows)
         + f"\nCompiled sparse (`sparsearch.runtime.compile`) over {against} on the same network, medians of "
         f"{bench['args']['trials']} side-by-side trials. {info['cpu']}, torch {info['torch']}.\n",
