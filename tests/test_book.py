@@ -218,6 +218,10 @@ def test_imp_counts_every_level_and_follows_the_v3_rules(tmp_path):
     assert chapter.seconds == 3 * 60.0 + 120.0  # one-shot's rows, and IMP's three levels rather than its last ones
     st = _results({("imp", 0.9): _shift(SEEDS, 0.02, 0.001), ("oneshot", 0.9): SEEDS})
     assert chapters.imp_vs_oneshot(st, tmp_path).verdict.startswith("**reproduced**")
+    st = _results({("imp", 0.9): _shift(SEEDS, -0.01, 0.001), ("oneshot", 0.9): SEEDS})
+    assert chapters.imp_vs_oneshot(st, tmp_path).verdict.startswith("**not reproduced**")
+    long_dense = _results({}, 0.92)
+    assert "trained as long as IMP reaches 92.00 ± 1.00 (3)" in chapters.imp_vs_oneshot(st, tmp_path, long_dense).body
 
 
 def _bench(compiled: tuple[float, float, float], model: str = "dass-small") -> dict:
@@ -270,17 +274,20 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     assert "recorded 15 CPU-minutes in all" in text
 
 
-def _cells(dass_by: float, darts_dense: float = 0.85) -> dict[str, dict]:
-    """The published cells' runs: DARTS_V2 at 90/95/99%, each DASS cell at its own, `dass_by` apart per seed."""
+def _cells(dass_by: float | None, darts_dense: float = 0.85) -> dict[str, dict]:
+    """The published cells' runs: DARTS_V2 at 90/95/99%, each DASS cell at its own, `dass_by` apart per seed (None:
+    +0.3 points with a per-seed spread of a point)."""
     cells = {"DARTS_V2": _results({("hydra", s): _shift(SEEDS, 0.1 * i) for i, s in enumerate((0.9, 0.95, 0.99))},
                                   darts_dense)}
     for i, s in enumerate((0.9, 0.95, 0.99)):
-        cells[f"DASS_{round(100 * s)}"] = _results({("hydra", s): _shift(SEEDS, 0.1 * i + dass_by, 0.001)})
+        by, noise = (0.003, 0.01) if dass_by is None else (dass_by, 0.001)
+        cells[f"DASS_{round(100 * s)}"] = _results({("hydra", s): _shift(SEEDS, 0.1 * i + by, noise)})
     return cells
 
 
 @pytest.mark.parametrize("dass_by, darts_dense, verdict", [(0.02, 0.85, "**reproduced**"),
                                                            (-0.01, 0.85, "**not reproduced**"),
+                                                           (None, 0.85, "**inconclusive**"),
                                                            (0.02, 0.75, "**no verdict**: proxy budget")])
 def test_the_published_cells_are_one_test_over_the_sparsities_behind_an_80_percent_anchor(dass_by, darts_dense, verdict):
     chapter = searches.published_cells(_cells(dass_by, darts_dense), "genotype")
