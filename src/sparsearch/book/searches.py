@@ -8,7 +8,7 @@ import statistics
 
 from . import statistics as stats
 from .chapters import versus
-from .verdicts import Chapter, apart, by_rule, pct, per_seed, seeds_text, table
+from .verdicts import Chapter, pct, per_seed, seeds_text, table
 
 
 def _by_seed(search: dict) -> dict[tuple[str, float], dict]:
@@ -42,36 +42,41 @@ def _search_verdicts(search: dict, methods: tuple[str, ...]) -> str:
                    "yes" if v.get("settled") else "no", v.get("steps", "")] for key, v in verdicts])
 
 
+def _per_seed(search: dict, method: str, s: float) -> dict[int, float]:
+    """A search run's test accuracy per search seed for one method and sparsity."""
+    return {r["search_seed"]: r["test_acc"] for r in search["rows"] if r["method"] == method and r["sparsity"] == s}
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[list[float], list[float]]:
+    seeds = sorted(set(a) & set(b))
+    return [a[k] for k in seeds], [b[k] for k in seeds]
+
+
 def dass_vs_darts(search: dict) -> Chapter:
     by, methods = _by_seed(search), ("dass", "darts")
     sparsities = sorted({s for m, s in by if m == "dass"})
-    body = table(["sparsity", "DASS cell % (search seeds)", "DARTS cell % (search seeds)", "difference (points)",
-                  "seed ranges disjoint"],
-                 [[f"{100 * s:g}%", seeds_text(by["dass", s]), seeds_text(by["darts", s]),
-                   f"{100 * (by['dass', s]['acc_mean'] - by['darts', s]['acc_mean']):+.2f}",
-                   "yes" if apart(by["dass", s], by["darts", s]) else "no"] for s in sparsities])
+    pairs = [_paired(_per_seed(search, "dass", s), _per_seed(search, "darts", s)) for s in sparsities]
+    body = table(["sparsity", "DASS cell % (search seeds)", "DARTS cell % (search seeds)", "DASS - DARTS [95%, paired]"],
+                 [[f"{100 * s:g}%", seeds_text(by["dass", s]), seeds_text(by["darts", s]), stats.difference(*p).text()]
+                  for s, p in zip(sparsities, pairs)])
     dense = [r["dense_acc_mean"] for r in by.values() if r.get("dense_acc_mean") is not None]
     body += (f"\n{search['summary']} Search seeds: {search.get('search_seeds', [0])}."
              + (f" The cells' dense networks reach {pct(statistics.fmean(dense))}% before pruning." if dense else "")
              + "\n\n" + _search_verdicts(search, methods))
-
     frozen = _frozen(search, methods)
     if frozen:
         said = (f"**no evidence**: the searches {', '.join(frozen)} did not move away from uniform, so their cells "
                 "are noise and the accuracies above rank nothing")
     else:
-        ahead = [apart(by["dass", s], by["darts", s]) for s in sparsities]
-        behind = [by["dass", s]["acc_mean"] <= by["darts", s]["acc_mean"] for s in sparsities]
-        said = by_rule(sparsities, ahead, behind, "DASS ahead with disjoint seed ranges", "DARTS at or ahead of DASS")
+        word, reason = stats.verdict("superiority", *stats.seed_means(pairs), 0.005)
+        said = f"**{word}**: DASS - DARTS over {', '.join(f'{100 * s:g}%' for s in sparsities)}, {reason}"
     return Chapter(
-        "DASS cell vs DARTS cell at equal sparsity", "Mousavi et al., DASS (ACM TECS 2023)",
+        "DASS cell vs DARTS cell at equal sparsity, as searched", "Mousavi et al., DASS (ACM TECS 2023)",
         "A cell searched with sparse operations (DASS) is more accurate after pruning than the DARTS cell pruned the "
         "same way (HYDRA) at the same sparsity.",
-        "no evidence when any DASS or DARTS search did not move its architecture weights away from uniform (its cell "
-        "is noise). Otherwise, at each sparsity: holds when every DASS search seed's cell is above every DARTS one's "
-        "(disjoint seed ranges: p = 0.05 with three seeds each), fails when DASS's mean is not above DARTS's, "
-        "undecided between. Reproduced when it holds at every sparsity, not reproduced when it fails at every one, "
-        "mixed otherwise.",
+        "RULES.md (book v3): no evidence when any DASS or DARTS search did not move its architecture weights away from "
+        "uniform (its cell is noise); otherwise the paired effect DASS - DARTS over search seeds, pooled over the "
+        "sparsities, with its 95% interval: reproduced above 0, not reproduced below 0.5 points, inconclusive between.",
         body, said, run_seconds([r for r in search["rows"] if r["method"] in methods]), "search-accuracy.png")
 
 
@@ -79,27 +84,22 @@ def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter
     best, one = _by_seed(search), _by_seed(single)  # means over search seeds
     sparsities = sorted({s for m, s in one if m == "random"})
     samples = search.get("random_samples", "several")
-    diffs = [best["random", s]["acc_mean"] - one["random", s]["acc_mean"] for s in sparsities]
-    better = [d > 0.01 and apart(best["random", s], one["random", s]) for s, d in zip(sparsities, diffs)]
+    pairs = [_paired(_per_seed(search, "random", s), _per_seed(single, "random", s)) for s in sparsities]
     body = table(["sparsity", f"random search (best of {samples}) % (seeds)", "one random configuration % (seeds)",
-                  "difference (points)", "seed ranges disjoint"],
-                 [[f"{100 * s:g}%", seeds_text(best["random", s]), seeds_text(one["random", s]), f"{100 * d:+.2f}",
-                   "yes" if apart(best["random", s], one["random", s]) else "no"] for s, d in zip(sparsities, diffs)])
+                  "search - one [95%, paired]"],
+                 [[f"{100 * s:g}%", seeds_text(best["random", s]), seeds_text(one["random", s]),
+                   stats.difference(*p).text()] for s, p in zip(sparsities, pairs)])
+    word, reason = stats.verdict("no better", *stats.seed_means(pairs), 0.01)
     runs = [r for r in [*search["rows"], *single["rows"]] if r["method"] == "random"]
     return Chapter(
         "Random search vs random sparse configurations", "Farahani, Random Search as a Baseline for Sparse NAS (2024)",
         "Sparse networks found by random search perform no better than random sparse configurations at the same sparsity.",
-        "at each sparsity the searched cell is better when its mean over search seeds is more than 1 point ahead of "
-        "the random configuration's and every seed of it is above every seed of the other (disjoint ranges); "
-        "otherwise it is no better. Reproduced when it is no better at every sparsity, not reproduced when it is "
-        "better at every one, mixed otherwise.",
+        "RULES.md (book v3), a \"no better\" claim: the paired effect search - one configuration over search seeds, "
+        "pooled over the sparsities: reproduced when its 90% interval lies below 1 point (TOST at 5%), not reproduced "
+        "when its 95% interval lies above 0, inconclusive otherwise (never reproduced by default).",
         body + "\nBoth cells are trained by the same HYDRA pipeline; the random configuration is the first sample of "
         "the same search space, one per search seed.\n",
-        by_rule(sparsities, [not b for b in better], better, "the searched cell is no better than a random one",
-                "the searched cell is better beyond the seed spread"),
-        run_seconds(runs))
-
-
+        f"**{word}**: random search - one configuration, {reason}", run_seconds(runs))
 
 
 # ------------------------------------------------------------------ claim 1 without the search: the published cells

@@ -1,6 +1,5 @@
 """How a chapter of the results book states its numbers and its verdict: the `Chapter` record, the rule helpers the
-claims use (v2: seed ranges apart, reproduced / not / mixed per sparsity; v3: RULES.md's paired effects, intervals
-and three verdicts, behind a dense anchor) and the number formats."""
+claims use (RULES.md's paired effects, intervals and three verdicts, behind a dense anchor) and the number formats."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ class Chapter:
     claim: str
     rule: str  # the verdict rule, in words, fixed before the numbers; the code below it applies it
     body: str  # our numbers, markdown
-    verdict: str  # no evidence / reproduced / not reproduced / mixed, with a reason
+    verdict: str  # reproduced / not reproduced / inconclusive / no verdict / no evidence, with a reason
     seconds: float | None  # the CPU time its runs recorded (None: not recorded)
     plot: str | None = None  # file name under docs/results/
     budget_note: str = ""
@@ -45,34 +44,11 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verdict(all_hold: bool, none_hold: bool, yes: str, no: str) -> str:
-    return f"**reproduced**: {yes}" if all_hold else f"**not reproduced**: {no}" if none_hold else f"**mixed**: {yes}; {no}"
-
-
-def where(sparsities: list[float], which: dict[float, bool]) -> str:
-    return ", ".join(f"{100 * s:g}%" for s in sparsities if which[s]) or "none"
-
-
-def by_rule(sparsities: list[float], holds: list[bool], fails: list[bool], yes: str, no: str) -> str:
-    """Reproduced where the claim holds at every sparsity, not reproduced where it fails at every one, mixed
-    otherwise; each part says where."""
-    return verdict(all(holds), all(fails), f"{yes} at {where(sparsities, dict(zip(sparsities, holds)))}",
-                   f"{no} at {where(sparsities, dict(zip(sparsities, fails)))}")
-
-
-def apart(a: dict, b: dict) -> bool:
-    """`a` above `b` beyond the seed spread: every seed of `a` above every seed of `b`, with two seeds or more. With
-    three seeds each, disjoint ranges happen by chance with probability 1/20 when the two are the same (a
-    permutation test over the 6 values, one-sided)."""
-    return min(a.get("n", a.get("seeds", 1)), b.get("n", b.get("seeds", 1))) > 1 and a["acc_min"] > b["acc_max"]
-
-
 def seeds_text(r: dict) -> str:
     """Mean ± sample std (number of seeds), in percent, from a run's per-seed summary or a comparison's table row."""
     return f"{pct(r['acc_mean'])} ± {pct(r['acc_std'])} ({r.get('n', r.get('seeds'))})"
 
 
-# ---------------------------------------------------------------- book v3 (docs/results/RULES.md, book/statistics.py)
 ANCHOR = 0.85  # a CIFAR-10 chapter whose dense network is below this gives no verdict
 RULES = Path(__file__).resolve().parents[3] / "docs" / "results" / "RULES.md"  # in a checkout; not package data
 
