@@ -117,10 +117,12 @@ def test_soup_is_judged_against_the_ingredient_chosen_on_validation(tmp_path, ga
 def test_document_lists_every_claim_with_its_verdict_and_figure():
     bench = {"machine": {"cpu": "cpu", "torch": "2"}, "args": {"trials": 5}, "results": [
         {"model": "resnet56", "batch": 32, "threads": 2, "sparsity": 0.95, "speedup": 3.0, "speedup_vs_fastest_dense": 1.75}]}
-    chapters = [searches.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3])), architecture.speedup(bench)]
+    chapters = [("1", searches.dass_vs_darts(_search([0.5, 0.4], [0.4, 0.3], [0.4, 0.3]))),
+                ("7 (kernels)", architecture.speedup(bench))]
     text = document._document(chapters, Path("results"), 120)
     assert "| 1 | DASS cell vs DARTS cell at equal sparsity, as searched | reproduced |" in text
-    assert "| 2 | Measured speedup vs sparsity against the FLOP ideal | no evidence |" in text
+    assert "| 7 (kernels) | Measured speedup vs sparsity against the FLOP ideal | no evidence |" in text
+    assert "## Claim 7 (kernels): Measured speedup" in text
     assert "| resnet56 | 32 | 2 | 1.75x |" in text and "![" in text and "results/runtime-speedup.png" in text
     assert "docs/results/RULES.md, sha256 " in text  # the rules the verdicts were judged under, by their hash
     from sparsearch.host import machine
@@ -178,8 +180,10 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
     assert imp.train.epochs + imp.oneshot.finetune_epochs == imp_epochs == dense.train.epochs
     gpu = {name: runs.load(name, tmp_path, [], None, "gpu") for name in runs.SCALES["gpu"]}
     book, _ = document.chapters_of(gpu, tmp_path, "gpu")  # nothing run yet: every claim waits, none is deferred
-    assert len(book) == 11 and all(isinstance(c, list) and c for c in book)
-    assert ["imp-cifar10"] in book and ["soup-cifar10"] in book and ["book-search"] in book
+    labels, waits = zip(*book)
+    assert labels == ("1", "1 (searched)", "2", "3", "4", "5", "6", "7", "7 (kernels)", "8", "9")
+    assert all(isinstance(c, list) and c for c in waits)
+    assert ["imp-cifar10"] in waits and ["soup-cifar10"] in waits and ["book-search"] in waits
 
 
 def test_a_comparison_states_the_dense_accuracy_it_starts_from():
@@ -254,11 +258,14 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
                         ("static-erk", 0.9): SEEDS, ("rigl", 0.9): SEEDS})
     (v3 / "results.json").write_text(json.dumps(results))
     book, seconds = document.chapters_of(cfgs, tmp_path)
-    assert book[0] == [runs.cell_run(g) for g in runs.CELLS] and book[3] == ["cifar10-v3 (claim 4)"]
-    assert book[2].verdict.startswith("**reproduced**")
-    deferred = [book[i] for i in (1, 4, 5)]  # the searches, IMP and soups run at the GPU scale only
+    labels, chapters_ = zip(*book)
+    assert labels == ("1", "2", "3", "4", "5", "6", "7", "7 (kernels)", "8", "9")
+    assert chapters_[0] == [runs.cell_run(g) for g in runs.CELLS] and chapters_[3] == ["cifar10-v3 (claim 4)"]
+    assert chapters_[2].verdict.startswith("**reproduced**")
+    deferred = [chapters_[i] for i in (1, 4, 5)]  # the searches, IMP and soups run at the GPU scale only
     assert all(c.verdict.startswith("**not run at this scale**") and "--scale gpu" in c.body for c in deferred)
-    assert book[8] == ["cifar10-v3 (claim 8)", "sparse-ift-inference"] and book[9] == ["vit-nm-cifar10"]
+    assert deferred[1].claim.startswith("Pruning iteratively")
+    assert chapters_[8] == ["cifar10-v3 (claim 8)", "sparse-ift-inference"] and chapters_[9] == ["vit-nm-cifar10"]
     assert seconds == 15 * 60.0  # the finished trials of an unfinished run count
     for seed, cpu in enumerate(("Zen 4", "Zen 4", "Zen 3")):  # sittings on other machines: the header names each
         (v3 / f"seed-{seed}" / "dense").mkdir(parents=True)

@@ -36,6 +36,15 @@ def compare_seconds(results: dict, run_dir: Path | None = None, variants: set[st
 
 V3 = ("RULES.md (book v3): no verdict where the dense network is below 85%; otherwise the paired effect over seeds "
       "with its 95% interval, ")
+# (title, paper, claim) of the claims a CPU book may defer to the GPU scale
+RANDOM_SEARCH = ("Random search vs random sparse configurations", "Farahani, Random Search as a Baseline for Sparse NAS (2024)",
+                 "Sparse networks found by random search perform no better than random sparse configurations at the same "
+                 "sparsity.")
+IMP = ("Iterative magnitude pruning with rewinding vs one-shot pruning",
+       "Frankle et al., Linear Mode Connectivity and the LTH (ICML 2020)",
+       "Pruning iteratively with weight rewinding reaches higher accuracy than pruning once to the same sparsity.")
+SOUP = ("Sparse model soup vs its best ingredient", "Zimmer et al., Sparse Model Soups (ICLR 2024)",
+        "Averaging ingredients retrained from the same pruned model (same mask) gives a model better than each ingredient.")
 
 
 def setting(cfg) -> str:
@@ -135,8 +144,7 @@ def imp_vs_oneshot(st: dict, run_dir: Path, long_dense: dict | None = None) -> C
     matched = ("" if not long_dense else " The dense network trained as long as IMP reaches "
                f"{seeds_text(by_variant(long_dense)['dense', 0.0])}.")
     return Chapter(
-        "Iterative magnitude pruning with rewinding vs one-shot pruning", "Frankle et al., Linear Mode Connectivity and the LTH (ICML 2020)",
-        "Pruning iteratively with weight rewinding reaches higher accuracy than pruning once to the same sparsity.",
+        *IMP,
         V3 + "pooled over the sparsities: reproduced when the interval of IMP - one-shot lies above 0, not reproduced "
         "when it lies below 0.5 points, inconclusive between.",
         table(["sparsity", "IMP (rewinding) % (seeds)", "one-shot magnitude % (seeds)", "IMP - one-shot [95%]"],
@@ -168,8 +176,7 @@ def soup_vs_best_ingredient(st: dict, run_dir: Path) -> Chapter:
     pairs = [([d[k][0] for k in seeds], [d[k][1] for k in seeds]) for d in by_phase.values()]
     judged_ = "**no verdict**: no soup finished" if not seeds else stats_verdict(pairs, 0.003)
     return Chapter(
-        "Sparse model soup vs its best ingredient", "Zimmer et al., Sparse Model Soups (ICLR 2024)",
-        "Averaging ingredients retrained from the same pruned model (same mask) gives a model better than each ingredient.",
+        *SOUP,
         V3 + "all phases and sparsities of a seed pooled into one paired comparison of the uniform soup against the "
         "ingredient with the best validation accuracy: reproduced when the interval lies above 0, not reproduced when "
         "it lies below 0.3 points, inconclusive between.",
@@ -186,21 +193,18 @@ def stats_verdict(pairs: list[tuple[list[float], list[float]]], smallest: float)
     return f"**{word}**: uniform soup - best ingredient, {reason}"
 
 
-DEFERRED = {"search": ("Random search vs random sparse configurations",
-                       "Farahani, Random Search as a Baseline for Sparse NAS (2024)", ["book-search", "book-random-configuration"],
+DEFERRED = {"search": (RANDOM_SEARCH, ["book-search", "book-random-configuration"],
                        "a DASS, a DARTS and a random search per sparsity and seed on the reference's schedule (GPU days)"),
-            "imp": ("Iterative magnitude pruning with rewinding vs one-shot pruning",
-                    "Frankle et al., Linear Mode Connectivity and the LTH (ICML 2020)", ["imp-cifar10", "dense-cifar10-480"],
+            "imp": (IMP, ["imp-cifar10", "dense-cifar10-480"],
                     "three trainings for IMP, and one-shot and dense trained as long: ~9 dense trainings a seed"),
-            "soup": ("Sparse model soup vs its best ingredient", "Zimmer et al., Sparse Model Soups (ICLR 2024)",
-                     ["soup-cifar10"], "a dense training and 2 phases x 3 ingredients of a quarter of it: ~2.5 a seed")}
+            "soup": (SOUP, ["soup-cifar10"], "a dense training and 2 phases x 3 ingredients of a quarter of it: ~2.5 a seed")}
 
 
 def deferred(which: str) -> Chapter:
     """A claim the CPU book does not run (each seed needs several trainings or a search): where it runs instead."""
-    title, source, runs, cost = DEFERRED[which]
+    (title, source, claim), runs, cost = DEFERRED[which]
     command = "sparsearch book --scale gpu --out-dir runs-gpu --data-path ../shared/data/cifar10-images.tar.xz"
-    return Chapter(title, source, "(see the GPU book)", "RULES.md (book v3), as at the GPU scale.",
+    return Chapter(title, source, claim, "RULES.md (book v3), as at the GPU scale.",
                    f"Not run at CPU scale: {cost}, which does not fit the CPU book's ~30 core-hours at a budget whose "
                    f"dense network means something. `{command}` runs it ({', '.join(runs)}: 160 epochs a training, 3 "
                    "seeds).\n", "**not run at this scale**: runs at `--scale gpu`", None)

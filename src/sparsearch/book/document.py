@@ -28,9 +28,12 @@ from .runs import (
 from .searches import dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
 from .verdicts import Chapter, hours, rules_citation
 
+Labelled = list[tuple[str, "Chapter | list[str]"]]  # (the claim a chapter judges, the chapter or the runs it waits for)
 
-def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu") -> tuple[list[Chapter | list[str]], float]:
-    """Each chapter whose runs have finished, or the runs it waits for; and the CPU time every finished run recorded."""
+
+def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu") -> tuple[Labelled, float]:
+    """Each claim's chapter where its runs have finished, else the runs it waits for; and the CPU time the finished
+    trainings recorded."""
     done = {name: finished(name, cfgs, out_dir) for name in cfgs}
     parts = list(V3_PARTS)
     for i, part in enumerate(parts):  # each claim with the anchor's invocation, which trains the dense network
@@ -43,28 +46,29 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     ablation = done[f"{V3} (ablation)"]
     cells = [cell_run(g) for g in CELLS]
     gpu = scale == "gpu"
-    specs = [(cells, lambda: published_cells({g: done[cell_run(g)] for g in CELLS}, setting(cfgs[cells[0]][0])))]
+    specs = [("1", cells, lambda: published_cells({g: done[cell_run(g)] for g in CELLS}, setting(cfgs[cells[0]][0])))]
     if gpu:
         if done["book-search"]:
             done["book-search"]["random_samples"] = cfgs["book-search"][0].search.random_samples
-        specs += [(["book-search"], lambda: dass_vs_darts(done["book-search"])),
-                  (["book-search", "book-random-configuration"],
+        specs += [("1 (searched)", ["book-search"], lambda: dass_vs_darts(done["book-search"])),
+                  ("2", ["book-search", "book-random-configuration"],
                    lambda: random_search_vs_random_configuration(done["book-search"], done["book-random-configuration"]))]
     else:
-        specs.append(([], lambda: deferred("search")))
-    specs += [([f"{V3} (claim 3)"], lambda: erk_vs_uniform(v3("claim 3"), at)),
-              ([f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation)),
-              (["imp-cifar10"] if gpu else [], lambda: imp_vs_oneshot(done["imp-cifar10"], out_dir / "imp-cifar10",
-                                                                       done.get("dense-cifar10-480"))
+        specs.append(("2", [], lambda: deferred("search")))
+    specs += [("3", [f"{V3} (claim 3)"], lambda: erk_vs_uniform(v3("claim 3"), at)),
+              ("4", [f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation)),
+              ("5", ["imp-cifar10"] if gpu else [], lambda: imp_vs_oneshot(done["imp-cifar10"], out_dir / "imp-cifar10",
+                                                                            done.get("dense-cifar10-480"))
                if gpu else deferred("imp")),
-              (["soup-cifar10"] if gpu else [], lambda: soup_vs_best_ingredient(done["soup-cifar10"], out_dir / "soup-cifar10")
-               if gpu else deferred("soup")),
-              (["book-runtime"], lambda: speedup(done["book-runtime"])),
-              (["book-architecture"], lambda: dass_vs_mobilenet(done["book-architecture"])),
-              ([f"{V3} (claim 8)", "sparse-ift-inference"],
+              ("6", ["soup-cifar10"] if gpu else [],
+               lambda: soup_vs_best_ingredient(done["soup-cifar10"], out_dir / "soup-cifar10") if gpu else deferred("soup")),
+              ("7", ["book-architecture"], lambda: dass_vs_mobilenet(done["book-architecture"])),
+              ("7 (kernels)", ["book-runtime"], lambda: speedup(done["book-runtime"])),
+              ("8", [f"{V3} (claim 8)", "sparse-ift-inference"],
                lambda: sparse_ift(v3("claim 8"), done["sparse-ift-inference"], at)),
-              (["vit-nm-cifar10"], lambda: nm_decay_vs_srste(done["vit-nm-cifar10"], setting(cfgs["vit-nm-cifar10"][0])))]
-    chapters = [build() if all(done[n] for n in needs) else [n for n in needs if not done[n]] for needs, build in specs]
+              ("9", ["vit-nm-cifar10"], lambda: nm_decay_vs_srste(done["vit-nm-cifar10"], setting(cfgs["vit-nm-cifar10"][0])))]
+    chapters = [(label, build() if all(done[n] for n in needs) else [n for n in needs if not done[n]])
+                for label, needs, build in specs]
     recorded = {n: so_far(n, out_dir) for n in cfgs}  # finished trials count, in unfinished runs too
     seconds = sum(run_seconds(r["rows"]) if COMMANDS[n] == "run" else compare_seconds(r, out_dir / n)
                   for n, r in recorded.items() if r)
@@ -82,7 +86,7 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
              "vit-nm-accuracy.png": out_dir / "vit-nm-cifar10" / "compare" / "accuracy.png"}
     figures = output.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
-    shown = {c.plot for c in chapters if isinstance(c, Chapter)}
+    shown = {c.plot for _, c in chapters if isinstance(c, Chapter)}
     for name, source in plots.items():
         if name in shown and source.exists():
             shutil.copyfile(source, figures / name)
@@ -102,7 +106,7 @@ def trained_on(out_dir: Path, names) -> list[str]:
     return [f"{text}: {n} training{'s' * (n != 1)}" for text, n in seen.items()]
 
 
-def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float | None, command: str = "sparsearch book",
+def _document(chapters: Labelled, figures: Path, seconds: float | None, command: str = "sparsearch book",
               cpu_seconds: float | None = None, machines: list[str] | None = None) -> str:
     info = machine()
     spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial's training on one of the cores, "
@@ -121,21 +125,21 @@ def _document(chapters: list[Chapter | list[str]], figures: Path, seconds: float
              "95% intervals, a smallest effect of interest per claim, reproduced / not reproduced / inconclusive, and no "
              "verdict where the dense network is too weak to say anything about the paper. Each chapter states its "
              "rule and sets the paper's setting and numbers beside ours.", "",
-             "| # | claim | verdict |", "|---|---|---|"]
-    for i, c in enumerate(chapters, 1):
+             "| claim | chapter | verdict |", "|---|---|---|"]
+    for label, c in chapters:
         if isinstance(c, Chapter):
-            lines.append(f"| {i} | {c.title} | {c.verdict.split(':')[0].strip('*')} |")
+            lines.append(f"| {label} | {c.title} | {c.verdict.split(':')[0].strip('*')} |")
         else:
-            lines.append(f"| {i} | (waits for {', '.join(c)}) | pending |")
+            lines.append(f"| {label} | (waits for {', '.join(c)}) | pending |")
     lines.append("")
-    for i, c in enumerate(chapters, 1):
-        lines += render_chapter(i, c, figures) if isinstance(c, Chapter) else [
-            f"## {i}. Pending", "", f"Waits for the runs {', '.join(c)}: `{command}` runs them (it resumes).", ""]
+    for label, c in chapters:
+        lines += render_chapter(label, c, figures) if isinstance(c, Chapter) else [
+            f"## Claim {label}: pending", "", f"Waits for the runs {', '.join(c)}: `{command}` runs them (it resumes).", ""]
     return "\n".join(lines)
 
 
-def render_chapter(number: int, c: Chapter, figures: Path) -> list[str]:
-    lines = [f"## {number}. {c.title}", "", f"**Paper:** {c.source}. **Claim:** {c.claim}", "",
+def render_chapter(label: str, c: Chapter, figures: Path) -> list[str]:
+    lines = [f"## Claim {label}: {c.title}", "", f"**Paper:** {c.source}. **Claim:** {c.claim}", "",
              f"**Rule** (fixed before the numbers): {c.rule}", "", c.body.rstrip(), "",
              f"**Verdict:** {c.verdict}.", "", f"**Budget:** {c.budget}.", ""]
     return lines + ([f"![{c.title}]({(figures / c.plot).as_posix()})", ""] if c.plot else [])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 
 from . import statistics as stats
-from .chapters import versus
+from .chapters import RANDOM_SEARCH, versus
 from .verdicts import Chapter, pct, per_seed, seeds_text, table
 
 
@@ -92,8 +92,7 @@ def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter
     word, reason = stats.verdict("no better", *stats.seed_means(pairs), 0.01)
     runs = [r for r in [*search["rows"], *single["rows"]] if r["method"] == "random"]
     return Chapter(
-        "Random search vs random sparse configurations", "Farahani, Random Search as a Baseline for Sparse NAS (2024)",
-        "Sparse networks found by random search perform no better than random sparse configurations at the same sparsity.",
+        *RANDOM_SEARCH,
         "RULES.md (book v3), a \"no better\" claim: the paired effect search - one configuration over search seeds, "
         "pooled over the sparsities: reproduced when its 90% interval lies below 1 point (TOST at 5%), not reproduced "
         "when its 95% interval lies above 0, inconclusive otherwise (never reproduced by default).",
