@@ -336,3 +336,24 @@ def test_nm_variants_take_their_pattern_from_the_compare_sparsity():
     assert decay.sparsity.method == "nm" and decay.seed == 1
     with pytest.raises(ConfigError, match="1 - 1/M"):
         variant_config(Config(), "nm-decay", 0.85, 0)  # 1:7 would be 0.857
+
+
+def test_an_inconclusive_claim_with_too_few_seeds_trains_two_more(tmp_path, monkeypatch):
+    from sparsearch.book import make
+    from sparsearch.pipeline import compare
+
+    cfgs = {name: runs.load(name, tmp_path, [], None) for name in runs.RUNS}
+    v3 = tmp_path / "cifar10-v3" / "compare"
+    v3.mkdir(parents=True)
+    noisy = {("static-erk", 0.98): _shift(SEEDS, 0.003, 0.01), ("static-uniform", 0.98): SEEDS}  # inconclusive
+    (v3 / "results.json").write_text(json.dumps(_results(noisy)))
+    calls = []
+    monkeypatch.setattr(compare, "run_compare", lambda cfg, show_progress: calls.append(cfg.compare))
+    assert make.more_seeds(cfgs, tmp_path, "cpu", False) == ["3"]
+    assert calls[0].seeds == [0, 1, 2, 3, 4] and calls[0].variants == ["dense", "static-uniform", "static-erk"]
+    five = {k: [*v, v[0], v[1]] for k, v in noisy.items()}  # seeds 3 and 4 in: the verdict stands, nothing reruns
+    (v3 / "results.json").write_text(json.dumps(_results({**five, ("dense", 0.0): [0.9] * 5}, dense=None)))
+    assert make.more_seeds(cfgs, tmp_path, "cpu", False) == []
+    tight = {("static-erk", 0.98): _shift(SEEDS, 0.02, 0.001), ("static-uniform", 0.98): SEEDS}  # reproduced
+    (v3 / "results.json").write_text(json.dumps(_results(tight)))
+    assert make.more_seeds(cfgs, tmp_path, "cpu", False) == [] and len(calls) == 1

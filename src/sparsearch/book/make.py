@@ -6,6 +6,7 @@ samples, soup ingredients) go to `--executor`: two at once, a core each, on this
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,11 +16,25 @@ from ..errors import SparsearchError
 from ..executors import stop_ray
 from ..files import read_json, write_atomic
 from ..train import exclusive
-from .document import write_book
-from .runs import ARCHITECTURE_JSON, BENCH_JSON, COMMANDS, INFERENCE_BATCHES, INFERENCE_JSON, RUNTIME_ARGS, SCALES, bench_result, load
+from .document import chapters_of, write_book
+from .runs import (
+    ARCHITECTURE_JSON,
+    BENCH_JSON,
+    COMMANDS,
+    FIVE_SEEDS,
+    INFERENCE_BATCHES,
+    INFERENCE_JSON,
+    MORE_SEEDS,
+    RUNTIME_ARGS,
+    SCALES,
+    bench_result,
+    finished,
+    load,
+)
+from .verdicts import Chapter
 
 
-def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool) -> None:
+def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool, scale: str = "cpu") -> None:
     from ..bench import architecture as architecture_bench
     from ..bench import runtime as runtime_bench
     from ..pipeline.compare import run_compare
@@ -29,6 +44,7 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         for cfg in invocations:
             print(f"book: {name} ({COMMANDS[name]}, {cfg.train.epochs} epochs on {cfg.train.device})", flush=True)
             (run_all if COMMANDS[name] == "run" else run_compare)(cfg, show_progress=show_progress)  # same at any scale
+        more_seeds(cfgs, out_dir, scale, show_progress)  # as soon as a claim's three seeds are in
     if not bench_result(out_dir):
         stop_ray()  # a quiet machine for the timings
         print("book: bench runtime", flush=True)
@@ -38,6 +54,32 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         print("book: bench architecture", flush=True)
         architecture_bench.main(["--out", str(out_dir / ARCHITECTURE_JSON)])
     ift_inference(out_dir)
+    more_seeds(cfgs, out_dir, scale, show_progress)  # claim 8 waits for its inference timings
+
+
+def wants_more_seeds(verdict: str) -> bool:
+    """RULES.md: an inconclusive verdict whose power note says its seeds were too few."""
+    return "**inconclusive**" in verdict and "too few seeds" in verdict
+
+
+def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_progress: bool) -> list[str]:
+    """The second stage: each claim of MORE_SEEDS whose chapter wants more seeds trains seeds 3 and 4 (finished ones
+    are skipped, so a resumed book goes on where it stopped); returns the claims extended."""
+    from ..pipeline.compare import run_compare
+
+    extended = []
+    for label, chapter in chapters_of(cfgs, out_dir, scale)[0]:
+        if label in MORE_SEEDS and isinstance(chapter, Chapter) and wants_more_seeds(chapter.verdict):
+            name, part, variants = MORE_SEEDS[label]
+            cfg = cfgs[name][part]
+            cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, seeds=FIVE_SEEDS,
+                                                                       variants=variants or cfg.compare.variants))
+            if finished(name, {name: [cfg]}, out_dir):
+                continue  # five seeds in already: the verdict stands as it is
+            print(f"book: claim {label} is inconclusive on three seeds, too few: seeds 3 and 4 ({name})", flush=True)
+            run_compare(cfg, show_progress=show_progress)
+            extended.append(label)
+    return extended
 
 
 def ift_inference(out_dir: Path) -> dict:
@@ -79,5 +121,5 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
             raise SparsearchError(f"{out_dir} holds none of the book's runs ({', '.join(cfgs)}): nothing to write from")
         return write_book(cfgs, out_dir, output, command, None, scale)
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
-        _run_chapters(cfgs, out_dir, show_progress)
+        _run_chapters(cfgs, out_dir, show_progress, scale)
         return write_book(cfgs, out_dir, output, command, time.time() - started, scale)

@@ -20,6 +20,11 @@ V3_PARTS = {"claim 3": [], "claim 4": ["compare.variants=[static-erk, set, rigl]
             "claim 8": ["compare.variants=[wide-rigl-uniform, wide-rigl]", "compare.sparsities=[0.5]"],
             "ablation": [f"compare.variants=[{', '.join(f'rigl-every-{n}' for n in DST_INTERVALS)}]",
                          "compare.sparsities=[0.9]", "compare.seeds=[0]"]}
+# RULES.md's second stage: a claim whose three-seed verdict is inconclusive with too few seeds trains seeds 3 and 4
+# of the invocation that judges it (claim label: run, invocation, variants if not the invocation's own)
+MORE_SEEDS = {"3": (V3, 0, None), "4": (V3, 1, None), "8": (V3, 2, ["dense", "wide-rigl-uniform", "wide-rigl"]),
+              "9": ("vit-nm-cifar10", 0, None)}
+FIVE_SEEDS = [0, 1, 2, 3, 4]
 CELLS = {"DARTS_V2": (0.9, 0.95, 0.99), "DASS_90": (0.9,), "DASS_95": (0.95,), "DASS_99": (0.99,)}
 CELL_SIZE, CELL_SIZE_GPU = "channels: 16, layers: 5", "channels: 36, layers: 20, auxiliary: true"  # GPU: DASS-Small
 
