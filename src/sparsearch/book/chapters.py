@@ -205,8 +205,9 @@ def deferred(which: str) -> Chapter:
     (title, source, claim), runs, cost = DEFERRED[which]
     command = "sparsearch book --scale gpu --out-dir runs-gpu --data-path ../shared/data/cifar10-images.tar.xz"
     return Chapter(title, source, claim, "RULES.md (book v3), as at the GPU scale.",
-                   f"Not run at CPU scale: {cost}, which does not fit the CPU book's ~30 core-hours at a budget whose "
-                   f"dense network means something. `{command}` runs it ({', '.join(runs)}: 160 epochs a training, 3 "
+                   f"Not run at CPU scale: {cost}, which the CPU book cannot hold (claims 3, 4, 8 and 9 already take "
+                   "~40 core-hours at a budget whose dense network means something: docs/results/pilots.md). "
+                   f"`{command}` runs it ({', '.join(runs)}: 160 epochs a training, 3 "
                    "seeds).\n", "**not run at this scale**: runs at `--scale gpu`", None)
 
 
