@@ -95,7 +95,7 @@ def test_claim_7_judges_the_eager_log_ratio_at_99_percent(ratios, word):
 
     chapter = dass_vs_mobilenet(_architecture_bench(ratios))
     assert chapter.verdict.startswith(f"**{word}**") and "3.87x" in chapter.verdict
-    assert "0.50x [" in chapter.body  # the compiled ratio beside it, not judged
+    assert "0.50x [" in chapter.body and "Paper vs ours" in chapter.body  # the compiled ratio beside it, not judged
     assert dass_vs_mobilenet(_architecture_bench(ratios, 0.95)).verdict.startswith("**no evidence**")
 
 
