@@ -90,6 +90,29 @@ def test_a_failing_trial_is_retried_then_reported(kind, request, tmp_path):
         raise_failures(broken, "things")
 
 
+def _after_its_prerequisite(item: tuple[str, str | None]) -> str:
+    """Writes its marker; one with a prerequisite checks that the prerequisite's marker is already there."""
+    marker, needs = item
+    if needs is not None and not os.path.exists(needs):
+        raise AssertionError(f"{marker} started before {needs}")
+    if marker.endswith("broken"):
+        raise ValueError("broken dense run")
+    Path(marker).touch()
+    return marker
+
+
+@pytest.mark.parametrize("kind", ["local", "process"])
+def test_a_trial_starts_after_the_one_it_starts_from_and_fails_with_it(kind, request, tmp_path):
+    dense, broken = str(tmp_path / "dense"), str(tmp_path / "broken")
+    items = [(dense, None), (broken, None), (str(tmp_path / "pruned"), dense), (str(tmp_path / "orphan"), broken),
+             (str(tmp_path / "static"), None)]
+    results = _executor(kind, request, retries=0).map(_after_its_prerequisite, items, progress=False,
+                                                      after=[None, None, 0, 1, None])
+    assert results[0] == dense and results[2] == str(tmp_path / "pruned") and results[4] == str(tmp_path / "static")
+    assert isinstance(results[1], Failed) and isinstance(results[3], Failed)
+    assert "the trial it starts from failed" in results[3].error and not (tmp_path / "orphan").exists()
+
+
 @pytest.mark.parametrize("kind", ["process", "ray"])
 def test_a_trial_whose_worker_dies_is_retried(kind, request, tmp_path):
     items = [(str(tmp_path / "dies"), 1, "die"), (str(tmp_path / "fine"), 2, "none")]

@@ -223,34 +223,57 @@ class Executor:
         return _LocalBackend()
 
     def map(self, fn: Callable, items: Sequence[Any], label: str = "trials", progress: bool = True,
-            on_finish: Callable[[int, Any], None] | None = None) -> list[Any]:
+            on_finish: Callable[[int, Any], None] | None = None, after: Sequence[int | None] | None = None) -> list[Any]:
         """`on_finish(index, result)` is called in this process as each trial ends (result or `Failed`), so
-        callers can save as they go."""
+        callers can save as they go. `after[i]`, where given, is the index of the trial item i starts from: it is
+        submitted once that one has finished, and fails with it (a pruned network waits for its own dense one only,
+        so no worker idles at a phase's end)."""
         backend = self._backend()
         results: list[Any] = [None] * len(items)
         attempts = [1] * len(items)
+        after = list(after) if after is not None else [None] * len(items)
+        if len(after) != len(items) or any(a is not None and not 0 <= a < len(items) or a == i for i, a in enumerate(after)):
+            raise ValueError(f"`after` must give, per item, None or another item's index; got {after}")
+        waiting = {i for i, a in enumerate(after) if a is not None}
         bar = TrialProgress(len(items), label, progress, 1 if self.kind == "local" else self.workers)
+        index_of: dict[Any, int] = {}
+        pending: list[Any] = []  # submission order: the local backend runs trials in it
+
+        def submit(i: int) -> None:
+            handle = backend.submit(fn, items[i])
+            index_of[handle] = i
+            pending.append(handle)
+
+        def finish(i: int, result: Any) -> None:
+            results[i] = result
+            bar.update(in_flight=len(pending), finished=True, failed=isinstance(result, Failed))
+            if on_finish is not None:
+                on_finish(i, result)
+            for j in sorted(j for j in waiting if after[j] == i):
+                waiting.discard(j)
+                if isinstance(result, Failed):
+                    finish(j, Failed(repr(items[j])[:200], f"the trial it starts from failed: {result.error}", 0))
+                else:
+                    submit(j)
+
         try:
-            index_of = {backend.submit(fn, item): i for i, item in enumerate(items)}
-            pending = list(index_of)  # submission order: the local backend runs trials in it
+            for i in range(len(items)):
+                if i not in waiting:
+                    submit(i)
             while pending:
                 for handle in backend.first_finished(pending):
                     pending.remove(handle)
                     i = index_of.pop(handle)
                     try:
-                        results[i] = backend.result(handle)
+                        result = backend.result(handle)
                     except Exception as e:  # the trial raised, or its worker died
                         if attempts[i] <= self.retries:
                             attempts[i] += 1
-                            new = backend.submit(fn, items[i])
-                            index_of[new] = i
-                            pending.append(new)
+                            submit(i)
                             bar.update(in_flight=len(pending), retried=f"trial {i + 1}: {_one_line(e)}")
                             continue
-                        results[i] = Failed(repr(items[i])[:200], _one_line(e), attempts[i])
-                    bar.update(in_flight=len(pending), finished=True, failed=isinstance(results[i], Failed))
-                    if on_finish is not None:
-                        on_finish(i, results[i])
+                        result = Failed(repr(items[i])[:200], _one_line(e), attempts[i])
+                    finish(i, result)
         finally:
             bar.close()
             backend.close()

@@ -7,9 +7,9 @@
 
 Seeds change the initialisation and the data order; the data (and any `data.train_subset`) stay those of
 `seed`. Every run is a trial of `run.executor` (local, process or Ray). The dense runs go first: the methods
-that prune a trained network (oneshot, hydra, maskspar) start from them, so these wait for all of them (others
-take a free worker at once), and they are trained (and reported) when those methods are compared even if `dense`
-is not listed. Results are rewritten after every finished
+that prune a trained network (oneshot, hydra, maskspar) start from them, so each waits for its own seed's (the
+others take a free worker at once), and they are trained (and reported) when those methods are compared even if
+`dense` is not listed. Results are rewritten after every finished
 run, so an interrupted comparison still has a table, and a re-run skips what finished; a run that fails
 after its retries is listed in results.json and table.md, and the command then exits with an error. The
 `compare` section may change between invocations (other sections may not): adding variants or seeds trains
@@ -168,8 +168,8 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
     c = cfg.compare
     _validate(c)
     variants = list(c.variants)
-    from_dense = any(REGISTRY[variant_config(cfg, v, 0.5, cfg.seed).sparsity.method].starts_from_dense for v in variants)
-    if "dense" not in variants and from_dense:
+    if "dense" not in variants and any(REGISTRY[variant_config(cfg, v, 0.5, cfg.seed).sparsity.method].starts_from_dense
+                                       for v in variants):
         variants.insert(0, "dense")  # trained once per seed and shared: a trial of its own, reported too
     jobs = [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
     ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
@@ -189,19 +189,22 @@ def run_compare(cfg: Config, show_progress: bool = True) -> Path:
         earlier = json.loads(results.read_text())["rows"] if results.exists() else []
         rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
         failed: list[Failed] = []
-        # the dense runs first, and, where a method prunes a trained network, all of them before it starts
-        dense, others = [t for t in trials if t.variant == "dense"], [t for t in trials if t.variant != "dense"]
-        for phase in ([dense, others] if from_dense else [dense + others]):
-            def finished(i: int, row, phase=phase) -> None:
-                name = f"seed {phase[i].cfg.seed} {phase[i].name}"
-                if isinstance(row, Failed):
-                    failed.append(dataclasses.replace(row, trial=name))
-                else:
-                    rows[row["seed"], row["variant"], row["sparsity"]] = row
-                    if show_progress:
-                        print(f"compare: {name}: test acc {100 * row['test_acc']:.2f}%", flush=True)
-                _write_results(out, cfg, list(rows.values()), ds.name, failed)
+        # the dense runs first; a method that prunes a trained network waits for its own seed's dense run only
+        order = [t for t in trials if t.variant == "dense"] + [t for t in trials if t.variant != "dense"]
+        dense_of = {t.cfg.seed: i for i, t in enumerate(order) if t.variant == "dense"}
+        after = [dense_of.get(t.cfg.seed) if t.variant != "dense" and REGISTRY[t.cfg.sparsity.method].starts_from_dense
+                 else None for t in order]
 
-            executor.map(run_job, phase, label="compare", progress=show_progress, on_finish=finished)
+        def finished(i: int, row) -> None:
+            name = f"seed {order[i].cfg.seed} {order[i].name}"
+            if isinstance(row, Failed):
+                failed.append(dataclasses.replace(row, trial=name))
+            else:
+                rows[row["seed"], row["variant"], row["sparsity"]] = row
+                if show_progress:
+                    print(f"compare: {name}: test acc {100 * row['test_acc']:.2f}%", flush=True)
+            _write_results(out, cfg, list(rows.values()), ds.name, failed)
+
+        executor.map(run_job, order, label="compare", progress=show_progress, on_finish=finished, after=after)
         raise_failures(failed, "comparison runs")
         return out
