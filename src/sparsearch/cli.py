@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", help="CIFAR-10, which the book trains on (e.g. ../shared/data/cifar10-images.tar.xz); "
                    "not needed with --write-only")
     p.add_argument("--scale", choices=["cpu", "gpu"], default="cpu",
-                   help="cpu: minutes-per-training budgets for 2 cores; gpu: paper-like budgets on CUDA")
+                   help="cpu: budgets this machine can hold (tens of core-hours, resumable in sittings); gpu: paper-like "
+                   "budgets on CUDA, and the claims the CPU book defers")
     p.add_argument("--write-only", action="store_true",
                    help="run nothing: write the document from the runs finished so far (the rest marked pending)")
     p.set_defaults(func=cmd_book)
