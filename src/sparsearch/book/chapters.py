@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from . import statistics as stats
-from .verdicts import Chapter, effect_text, judged, pct, per_seed, proxy_budget, seeds_text, table
+from .verdicts import Chapter, common_seeds, effect_text, judged, pct, per_seed, proxy_budget, seeds_text, table
 
 
 # ------------------------------------------------------------------------------------------------ the comparisons
@@ -213,9 +213,7 @@ def deferred(which: str) -> Chapter:
 
 def _against_dense(results: dict, variant: str, s: float) -> tuple[list[float], list[float]]:
     """A variant at sparsity s and the dense network, on the seeds both ran (paired: same seed, same data order)."""
-    a, b = per_seed(results, variant, s), per_seed(results, "dense", 0.0)
-    seeds = sorted(set(a) & set(b))
-    return [a[k] for k in seeds], [b[k] for k in seeds]
+    return common_seeds(per_seed(results, variant, s), per_seed(results, "dense", 0.0))
 
 
 IFT = ("wide-rigl-uniform", "wide-rigl", "wide-static")  # the paper's uniform allocation first, ERK beside it

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import statistics as stats
 from .chapters import by_variant, compare_seconds, versus
-from .verdicts import Chapter, effect_text, pct, per_seed, seeds_text, table
+from .verdicts import Chapter, common_seeds, effect_text, pct, per_seed, seeds_text, table
 
 VARIANTS = ("nm-decay", "nm-srste")
 
@@ -18,11 +18,7 @@ def _ratio(s: float) -> str:
 def nm_decay_vs_srste(results: dict, at: str = "") -> Chapter:
     t = by_variant(results)
     sparsities = sorted(s for v, s in t if v == VARIANTS[0] and (VARIANTS[1], s) in t)
-    pairs = []
-    for s in sparsities:
-        a, b = per_seed(results, VARIANTS[0], s), per_seed(results, VARIANTS[1], s)
-        seeds = sorted(set(a) & set(b))
-        pairs.append(([a[k] for k in seeds], [b[k] for k in seeds]))
+    pairs = [common_seeds(per_seed(results, VARIANTS[0], s), per_seed(results, VARIANTS[1], s)) for s in sparsities]
     word, reason = stats.verdict("superiority", *stats.seed_means(pairs), 0.005)
     dense = t.get(("dense", 0.0))
     body = (table(["N:M", "mask decay % (seeds)", "SR-STE % (seeds)", "decay - SR-STE, points [95% interval]"],

@@ -91,9 +91,13 @@ def load(name: str, out_dir: Path, executor: list[str], data_path: str | None, s
     return [load_config(CONFIGS / config, [*overrides, *extra]) for overrides in invocations]
 
 
+def _results_path(name: str, out_dir: Path) -> Path:
+    return out_dir / name / ("results.json" if COMMANDS[name] == "run" else "compare/results.json")
+
+
 def so_far(name: str, out_dir: Path) -> dict | None:
     """A run's results file as it stands (a row per finished trial), None before its first trial finishes."""
-    path = out_dir / name / ("results.json" if COMMANDS[name] == "run" else "compare/results.json")
+    path = _results_path(name, out_dir)
     return read_json(path) if path.exists() else None
 
 
@@ -105,15 +109,14 @@ def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: lis
     results = so_far(name, out_dir)
     if results is None:
         return None
-    path = out_dir / name / ("results.json" if command == "run" else "compare/results.json")
     try:
         if command == "run":
             done = {(r["method"], r["search_seed"]) for r in results["rows"]}
         else:
             done = {(r["variant"], r["sparsity"], r["seed"]) for r in results["rows"]}
     except (KeyError, TypeError) as exc:
-        raise SparsearchError(f"{path} is not a sparsearch results file (no {exc} in its rows); delete it to "
-                              "recompute it") from None
+        raise SparsearchError(f"{_results_path(name, out_dir)} is not a sparsearch results file (no {exc} in its "
+                              "rows); delete it to recompute it") from None
     if command == "run":
         wanted = {(m, s) for c in invocations for m in c.run.methods for s in (c.run.search_seeds or [c.seed])}
     else:

@@ -8,7 +8,7 @@ import statistics
 
 from . import statistics as stats
 from .chapters import RANDOM_SEARCH, versus
-from .verdicts import Chapter, pct, per_seed, seeds_text, table
+from .verdicts import Chapter, common_seeds, pct, per_seed, seeds_text, table
 
 
 def _by_seed(search: dict) -> dict[tuple[str, float], dict]:
@@ -47,15 +47,10 @@ def _per_seed(search: dict, method: str, s: float) -> dict[int, float]:
     return {r["search_seed"]: r["test_acc"] for r in search["rows"] if r["method"] == method and r["sparsity"] == s}
 
 
-def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[list[float], list[float]]:
-    seeds = sorted(set(a) & set(b))
-    return [a[k] for k in seeds], [b[k] for k in seeds]
-
-
 def dass_vs_darts(search: dict) -> Chapter:
     by, methods = _by_seed(search), ("dass", "darts")
     sparsities = sorted({s for m, s in by if m == "dass"})
-    pairs = [_paired(_per_seed(search, "dass", s), _per_seed(search, "darts", s)) for s in sparsities]
+    pairs = [common_seeds(_per_seed(search, "dass", s), _per_seed(search, "darts", s)) for s in sparsities]
     body = table(["sparsity", "DASS cell % (search seeds)", "DARTS cell % (search seeds)", "DASS - DARTS [95%, paired]"],
                  [[f"{100 * s:g}%", seeds_text(by["dass", s]), seeds_text(by["darts", s]), stats.difference(*p).text()]
                   for s, p in zip(sparsities, pairs)])
@@ -84,7 +79,7 @@ def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter
     best, one = _by_seed(search), _by_seed(single)  # means over search seeds
     sparsities = sorted({s for m, s in one if m == "random"})
     samples = search.get("random_samples", "several")
-    pairs = [_paired(_per_seed(search, "random", s), _per_seed(single, "random", s)) for s in sparsities]
+    pairs = [common_seeds(_per_seed(search, "random", s), _per_seed(single, "random", s)) for s in sparsities]
     body = table(["sparsity", f"random search (best of {samples}) % (seeds)", "one random configuration % (seeds)",
                   "search - one [95%, paired]"],
                  [[f"{100 * s:g}%", seeds_text(best["random", s]), seeds_text(one["random", s]),
@@ -111,10 +106,7 @@ def published_cells(by_cell: dict[str, dict], at: str = "") -> Chapter:
     sparsities = sorted(s for s in (0.9, 0.95, 0.99) if f"DASS_{round(100 * s)}" in by_cell)
     pairs, rows = [], []
     for s in sparsities:
-        dass = by_cell[f"DASS_{round(100 * s)}"]
-        a, b = per_seed(dass, "hydra", s), per_seed(darts, "hydra", s)
-        seeds = sorted(set(a) & set(b))
-        pairs.append(([a[k] for k in seeds], [b[k] for k in seeds]))
+        pairs.append(common_seeds(per_seed(by_cell[f"DASS_{round(100 * s)}"], "hydra", s), per_seed(darts, "hydra", s)))
         rows.append([f"{100 * s:g}%", *(f"{pct(statistics.fmean(v))} ({len(v)})" for v in pairs[-1]),
                      stats.difference(*pairs[-1]).text()])
     dense = {g: [r["test_acc"] for r in res["rows"] if r["variant"] == "dense"] for g, res in by_cell.items()}

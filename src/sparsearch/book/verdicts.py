@@ -77,6 +77,12 @@ def proxy_budget(results: dict) -> str | None:
     return None
 
 
+def common_seeds(a: dict[int, float], b: dict[int, float]) -> tuple[list[float], list[float]]:
+    """Two runs' accuracies on the seeds both have, in seed order: pairs that share initialisation and data order."""
+    seeds = sorted(set(a) & set(b))
+    return [a[k] for k in seeds], [b[k] for k in seeds]
+
+
 def paired(results: dict, a: str, b: str, sparsities: list[float]) -> tuple[list[float], list[float]]:
     """A's and B's accuracies on the seeds both ran at every sparsity, each seed averaged over the sparsities (one
     test for comparisons that are not independent)."""
