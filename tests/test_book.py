@@ -348,7 +348,7 @@ def test_an_inconclusive_claim_with_too_few_seeds_trains_two_more(tmp_path, monk
     noisy = {("static-erk", 0.98): _shift(SEEDS, 0.003, 0.01), ("static-uniform", 0.98): SEEDS}  # inconclusive
     (v3 / "results.json").write_text(json.dumps(_results(noisy)))
     calls = []
-    monkeypatch.setattr(compare, "run_compare", lambda cfg, show_progress: calls.append(cfg.compare))
+    monkeypatch.setattr(compare, "run_compare", lambda parts, show_progress: calls.extend(p.compare for p in parts))
     assert make.more_seeds(cfgs, tmp_path, "cpu", False) == ["3"]
     assert calls[0].seeds == [0, 1, 2, 3, 4] and calls[0].variants == ["dense", "static-uniform", "static-erk"]
     five = {k: [*v, v[0], v[1]] for k, v in noisy.items()}  # seeds 3 and 4 in: the verdict stands, nothing reruns

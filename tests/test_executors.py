@@ -182,6 +182,31 @@ def test_a_failed_comparison_run_is_listed_and_raised(tmp_path, cache_dir, monke
     assert {r[1] for r in _rows(out / "results.json")} == {"dense", "static-uniform"}
 
 
+def test_the_parts_of_one_comparison_are_one_queue_and_must_differ_in_compare_only(tmp_path, cache_dir, monkeypatch):
+    """The book's claims share a run and its dense networks: as one queue, the dense run a later part's pruning
+    starts from goes first, and no worker idles between the parts."""
+    from sparsearch.config import ConfigError, from_dict
+    from sparsearch.pipeline import compare
+
+    base = {"out_dir": str(tmp_path), "name": "cmp", "data": {"name": "digits", "train_subset": 256},
+            "model": {"name": "cnn", "kwargs": {"width": 8}}, "train": {"epochs": 1, "log_every": 0}}
+    parts = [from_dict({**base, "compare": {"variants": variants, "sparsities": [0.8], "seeds": [0]}})
+             for variants in (["static-uniform"], ["oneshot", "static-uniform"])]
+    ran = []
+
+    def quick(job):
+        ran.append(job.name)
+        return {"variant": job.variant, "sparsity": job.cfg.sparsity.sparsity, "seed": job.cfg.seed, "test_acc": 0.5,
+                "weight_density": 1.0, "params_nonzero": 1, "macs_effective": 1, "train_seconds": 0.0}
+
+    monkeypatch.setattr(compare, "run_job", quick)
+    compare.run_compare(parts, show_progress=False)
+    assert ran == ["dense", "static-uniform-0.8", "oneshot-0.8"]  # each run once, the shared dense one first
+    longer = from_dict({**base, "train": {"epochs": 2, "log_every": 0}})
+    with pytest.raises(ConfigError, match="part 1 differs elsewhere"):
+        compare.run_compare([parts[0], longer], show_progress=False)
+
+
 def test_a_training_process_keeps_freed_memory_unless_told_not_to():
     """allocator.py: glibc keeps large freed blocks (no page faults on every step's activations); the CLI and the
     trial workers set it; SPARSEARCH_ALLOCATOR=default leaves the allocator alone."""

@@ -41,9 +41,14 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
     from ..pipeline.run import run_all
 
     for name, invocations in cfgs.items():
-        for cfg in invocations:
-            print(f"book: {name} ({COMMANDS[name]}, {cfg.train.epochs} epochs on {cfg.train.device})", flush=True)
-            (run_all if COMMANDS[name] == "run" else run_compare)(cfg, show_progress=show_progress)  # same at any scale
+        cfg = invocations[0]
+        print(f"book: {name} ({COMMANDS[name]}, {len(invocations)} part(s), {cfg.train.epochs} epochs on "
+              f"{cfg.train.device})", flush=True)
+        if COMMANDS[name] == "compare":
+            run_compare(invocations, show_progress=show_progress)  # one queue: no core idles between the parts
+        else:
+            for cfg in invocations:
+                run_all(cfg, show_progress=show_progress)
         more_seeds(cfgs, out_dir, scale, show_progress)  # as soon as a claim's three seeds are in
     if not bench_result(out_dir):
         stop_ray()  # a quiet machine for the timings
@@ -67,6 +72,7 @@ def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_pr
     are skipped, so a resumed book goes on where it stopped); returns the claims extended."""
     from ..pipeline.compare import run_compare
 
+    wanted: dict[str, list[Config]] = {}  # run -> the parts to extend, trained as one queue
     extended = []
     for label, chapter in chapters_of(cfgs, out_dir, scale)[0]:
         if label in MORE_SEEDS and isinstance(chapter, Chapter) and wants_more_seeds(chapter.verdict):
@@ -77,8 +83,10 @@ def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_pr
             if finished(name, {name: [cfg]}, out_dir):
                 continue  # five seeds in already: the verdict stands as it is
             print(f"book: claim {label} is inconclusive on three seeds, too few: seeds 3 and 4 ({name})", flush=True)
-            run_compare(cfg, show_progress=show_progress)
+            wanted.setdefault(name, []).append(cfg)
             extended.append(label)
+    for parts in wanted.values():
+        run_compare(parts, show_progress=show_progress)
     return extended
 
 

@@ -162,16 +162,30 @@ def run_job(job: CompareJob) -> dict:
             "train_seconds": summary["train_seconds"]}
 
 
-def run_compare(cfg: Config, show_progress: bool = True) -> Path:
-    """Train everything the `compare` section lists, as trials of `run.executor`; returns the directory holding
-    table.md and accuracy.png. Failed trials are listed in results.json and table.md, then raised."""
+def _jobs(cfg: Config) -> list[tuple[int, str, float]]:
+    """(seed, variant, sparsity) of every run the `compare` section lists, with the dense runs the methods that
+    prune a trained network start from (trained once per seed and shared: a trial of its own, reported too)."""
     c = cfg.compare
     _validate(c)
     variants = list(c.variants)
     if "dense" not in variants and any(REGISTRY[variant_config(cfg, v, 0.5, cfg.seed).sparsity.method].starts_from_dense
                                        for v in variants):
-        variants.insert(0, "dense")  # trained once per seed and shared: a trial of its own, reported too
-    jobs = [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
+        variants.insert(0, "dense")
+    return [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
+
+
+def run_compare(cfg: Config | list[Config], show_progress: bool = True) -> Path:
+    """Train everything the `compare` section lists, as trials of `run.executor`; returns the directory holding
+    table.md and accuracy.png. Failed trials are listed in results.json and table.md, then raised. A list of
+    configs that differ in their `compare` sections only (one run, several invocations' worth of work) is one
+    queue: no worker idles at the end of one part while the next waits."""
+    parts = [cfg] if isinstance(cfg, Config) else list(cfg)
+    cfg = parts[0]
+    if others := [i for i, p in enumerate(parts) if dataclasses.replace(p, compare=cfg.compare) != cfg]:
+        raise ConfigError(f"the parts of one comparison may differ in their compare sections only (part {others[0]} "
+                          "differs elsewhere)")
+    jobs = list(dict.fromkeys(job for part in parts for job in _jobs(part)))
+    variants = list(dict.fromkeys(v for _, v, _ in jobs))
     ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
     for v, s in dict.fromkeys((v, s) for _, v, s in jobs):  # unknown names and bad settings fail before any training
         preflight(iso_config(variant_config(cfg, v, s, cfg.seed), ds), ds)
