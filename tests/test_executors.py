@@ -6,6 +6,7 @@ import operator
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,62 @@ def test_a_trial_whose_worker_dies_is_retried(kind, request, tmp_path):
     (tmp_path / "dies").unlink()
     [result, _] = _executor(kind, request, retries=0).map(_flaky, items, progress=False)
     assert isinstance(result, Failed)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_a_process_worker_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """Otherwise it trains on for no one, and a resumed run trains the same trial in the same directory beside it."""
+    import signal
+
+    marker = tmp_path / "started"
+    code = ("import sys; from sparsearch.executors import Executor; from slow_trial import announce_then_sleep; "
+            "Executor('process', workers=1, retries=0).map(announce_then_sleep, [sys.argv[1]], progress=False)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "helpers"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    parent, workers = subprocess.Popen([sys.executable, "-c", code, str(marker)], env=env), []
+    try:
+        _wait_for(marker.exists, 120, "the trial never started")
+        workers = [pid for pid in _children(parent.pid) if "spawn_main" in _cmdline(pid)]
+        assert workers, "no worker process found"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        _wait_for(lambda: not any(_alive(pid) for pid in workers), 30, f"workers {workers} outlived their parent")
+    finally:
+        for pid in [parent.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _wait_for(condition, seconds: float, message: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass  # gone meanwhile
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_bad_executor_settings_are_refused():
