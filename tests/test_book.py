@@ -183,7 +183,8 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
     labels, waits = zip(*book)
     assert labels == ("1", "1 (searched)", "2", "3", "4", "5", "6", "7", "7 (kernels)", "8", "9")
     assert all(isinstance(c, list) and c for c in waits)
-    assert ["imp-cifar10"] in waits and ["soup-cifar10"] in waits and ["book-search"] in waits
+    assert ["imp-cifar10: 0 of 6 finished"] in waits and ["soup-cifar10: 0 of 3 finished"] in waits
+    assert ["book-search: 0 of 9 finished"] in waits  # DASS, DARTS and random search on 3 seeds
 
 
 def test_a_comparison_states_the_dense_accuracy_it_starts_from():
@@ -260,12 +261,14 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     book, seconds = document.chapters_of(cfgs, tmp_path)
     labels, chapters_ = zip(*book)
     assert labels == ("1", "2", "3", "4", "5", "6", "7", "7 (kernels)", "8", "9")
-    assert chapters_[0] == [runs.cell_run(g) for g in runs.CELLS] and chapters_[3] == ["cifar10-v3 (claim 4)"]
+    assert chapters_[0][0] == "cells-darts-v2: 0 of 9 finished" and len(chapters_[0]) == len(runs.CELLS)
+    assert chapters_[3] == ["cifar10-v3 (claim 4): 15 of 18 finished"]  # claim 3's nine and six of its own
     assert chapters_[2].verdict.startswith("**reproduced**")
     deferred = [chapters_[i] for i in (1, 4, 5)]  # the searches, IMP and soups run at the GPU scale only
     assert all(c.verdict.startswith("**not run at this scale**") and "--scale gpu" in c.body for c in deferred)
     assert deferred[1].claim.startswith("Pruning iteratively")
-    assert chapters_[8] == ["cifar10-v3 (claim 8)", "sparse-ift-inference"] and chapters_[9] == ["vit-nm-cifar10"]
+    assert chapters_[8] == ["cifar10-v3 (claim 8): 9 of 15 finished", "sparse-ift-inference"]
+    assert chapters_[9] == ["vit-nm-cifar10: 0 of 15 finished"]
     assert seconds == 15 * 60.0  # the finished trials of an unfinished run count
     for seed, cpu in enumerate(("Zen 4", "Zen 4", "Zen 3")):  # sittings on other machines: the header names each
         (v3 / f"seed-{seed}" / "dense").mkdir(parents=True)
@@ -274,7 +277,7 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     assert machines == ["Zen 4 (avx2): 2 trainings", "Zen 3 (avx2): 1 training"]
     text = document._document(book, Path("results"), None, "sparsearch book", seconds, machines)
     assert "The trainings ran on: Zen 4 (avx2): 2 trainings; Zen 3 (avx2): 1 training." in text
-    assert "| 4 | (waits for cifar10-v3 (claim 4)) | pending |" in text and "ran nothing" in text
+    assert "| 4 | (waits for cifar10-v3 (claim 4): 15 of 18 finished) | pending |" in text and "ran nothing" in text
     assert "| 2 | Random search vs random sparse configurations | not run at this scale |" in text
     assert "recorded 15 CPU-minutes in all" in text
 

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from . import statistics as stats
+from .runs import CIFAR10
 from .verdicts import Chapter, common_seeds, effect_text, judged, pct, per_seed, proxy_budget, seeds_text, table
 
 
@@ -203,7 +204,7 @@ DEFERRED = {"search": (RANDOM_SEARCH, ["book-search", "book-random-configuration
 def deferred(which: str) -> Chapter:
     """A claim the CPU book does not run (each seed needs several trainings or a search): where it runs instead."""
     (title, source, claim), runs, cost = DEFERRED[which]
-    command = "sparsearch book --scale gpu --out-dir runs-gpu --data-path ../shared/data/cifar10-images.tar.xz"
+    command = f"sparsearch book --scale gpu --out-dir runs-gpu --data-path {CIFAR10}"
     return Chapter(title, source, claim, "RULES.md (book v3), as at the GPU scale.",
                    f"Not run at CPU scale: {cost}, which the CPU book cannot hold (claims 3, 4, 8 and 9 already take "
                    "~40 core-hours at a budget whose dense network means something: docs/results/pilots.md). "

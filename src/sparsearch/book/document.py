@@ -16,6 +16,7 @@ from .runs import (
     ARCHITECTURE_JSON,
     BENCH_JSON,
     CELLS,
+    CIFAR10,
     COMMANDS,
     INFERENCE_JSON,
     V3,
@@ -23,6 +24,7 @@ from .runs import (
     bench_result,
     cell_run,
     finished,
+    progress,
     so_far,
 )
 from .searches import dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
@@ -35,9 +37,10 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     """Each claim's chapter where its runs have finished, else the runs it waits for; and the CPU time the finished
     trainings recorded."""
     done = {name: finished(name, cfgs, out_dir) for name in cfgs}
-    parts = list(V3_PARTS)
-    for i, part in enumerate(parts):  # each claim with the anchor's invocation, which trains the dense network
+    tally = {name: progress(name, cfgs, out_dir) for name in cfgs}  # what a pending chapter has so far
+    for i, part in enumerate(V3_PARTS):  # each claim with the anchor's invocation, which trains the dense network
         done[f"{V3} ({part})"] = finished(V3, cfgs, out_dir, sorted({0, i}))
+        tally[f"{V3} ({part})"] = progress(V3, cfgs, out_dir, sorted({0, i}))
     done["book-runtime"] = bench_result(out_dir)
     done["book-architecture"] = bench_result(out_dir, ARCHITECTURE_JSON)
     ift_json = out_dir / INFERENCE_JSON
@@ -67,8 +70,9 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
               ("8", [f"{V3} (claim 8)", "sparse-ift-inference"],
                lambda: sparse_ift(v3("claim 8"), done["sparse-ift-inference"], at)),
               ("9", ["vit-nm-cifar10"], lambda: nm_decay_vs_srste(done["vit-nm-cifar10"], setting(cfgs["vit-nm-cifar10"][0])))]
-    chapters = [(label, build() if all(done[n] for n in needs) else [n for n in needs if not done[n]])
-                for label, needs, build in specs]
+    chapters = [(label, build() if all(done[n] for n in needs) else
+                 [f"{n}: {len(tally[n][1])} of {len(tally[n][0])} finished" if n in tally else n
+                  for n in needs if not done[n]]) for label, needs, build in specs]
     recorded = {n: so_far(n, out_dir) for n in cfgs}  # finished trials count, in unfinished runs too
     seconds = sum(run_seconds(r["rows"]) if COMMANDS[n] == "run" else compare_seconds(r, out_dir / n)
                   for n, r in recorded.items() if r)
@@ -112,7 +116,7 @@ def _document(chapters: Labelled, figures: Path, seconds: float | None, command:
     spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial's training on one of the cores, "
              "and the benches' wall time)." if cpu_seconds is not None else "")
     lines = ["# Results book", "", f"Command: `{command}`" + (" --write-only" if seconds is None else ""), "",
-             "It reruns the seed papers' comparisons on CIFAR-10 (`../shared/data/cifar10-images.tar.xz`, the official "
+             f"It reruns the seed papers' comparisons on CIFAR-10 (`{CIFAR10}`, the official "
              "images re-encoded as JPEG) and reuses runs that already finished under `--out-dir` (delete them to "
              "measure from scratch); `docs/results/pilots.md` gives its schedule and cost.", "",
              f"Written on: {info['cpu']} ({', '.join(info['isa']) or 'no vector extensions listed'}), {info['threads']} "

@@ -20,6 +20,7 @@ from .document import chapters_of, write_book
 from .runs import (
     ARCHITECTURE_JSON,
     BENCH_JSON,
+    CIFAR10,
     COMMANDS,
     FIVE_SEEDS,
     INFERENCE_BATCHES,
@@ -120,10 +121,11 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     trials = [f"run.executor={executor}", f"run.workers={workers}"]
     cfgs = {name: load(name, out_dir, trials, data_path, scale) for name in SCALES[scale]}  # checked before any work
     started = time.time()
-    command = f"sparsearch book --out-dir {out_dir} --executor {executor} --workers {workers} --scale {scale}"
+    command = (f"sparsearch book --out-dir {out_dir} --data-path {data_path or CIFAR10} --executor {executor} "
+               f"--workers {workers} --scale {scale}")  # what reruns it, so with the data even after --write-only
     if not write_only and data_path is None:
         raise SparsearchError("the book trains on CIFAR-10: give its path with --data-path (an image-folder archive "
-                              "such as ../shared/data/cifar10-images.tar.xz, or the python batches)")
+                              f"such as {CIFAR10}, or the python batches)")
     if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
         if not any((out_dir / name).is_dir() for name in cfgs):
             raise SparsearchError(f"{out_dir} holds none of the book's runs ({', '.join(cfgs)}): nothing to write from")

@@ -43,6 +43,7 @@ RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
        for g, s in CELLS.items()},
 }
 INFERENCE_BATCHES = (1, 32)
+CIFAR10 = "../shared/data/cifar10-images.tar.xz"  # where this project keeps CIFAR-10 (never in the repository)
 # `--scale gpu`: the same chapters at paper-like budgets on CUDA (full CIFAR-10 training set, full-width ResNet-20,
 # 160 epochs; the searches on the reference's DASS schedule), bf16 autocast and channels-last
 GPU = ["train.device=cuda", "train.amp=true", "train.channels_last=true", "train.threads=null", "data.train_subset=null"]
@@ -101,28 +102,35 @@ def so_far(name: str, out_dir: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None) -> dict | None:
-    """A run's results once every invocation of it (those numbered `parts`, all by default) has finished: each
+def progress(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None
+             ) -> tuple[set, set]:
+    """What a run's invocations (those numbered `parts`, all by default) train, and which of it has finished: each
     method on each search seed, or each variant at each sparsity on each seed."""
     command = COMMANDS[name]
     invocations = cfgs[name] if parts is None else [cfgs[name][i] for i in parts]
+    if command == "run":
+        wanted = {(m, s) for c in invocations for m in c.run.methods for s in (c.run.search_seeds or [c.seed])}
+    else:
+        wanted = {(v, 0.0 if v == "dense" else s, seed) for c in invocations for v in c.compare.variants
+                  for s in c.compare.sparsities for seed in c.compare.seeds}
     results = so_far(name, out_dir)
-    if results is None:
-        return None
     try:
-        if command == "run":
+        if results is None:
+            done = set()
+        elif command == "run":
             done = {(r["method"], r["search_seed"]) for r in results["rows"]}
         else:
             done = {(r["variant"], r["sparsity"], r["seed"]) for r in results["rows"]}
     except (KeyError, TypeError) as exc:
         raise SparsearchError(f"{_results_path(name, out_dir)} is not a sparsearch results file (no {exc} in its "
                               "rows); delete it to recompute it") from None
-    if command == "run":
-        wanted = {(m, s) for c in invocations for m in c.run.methods for s in (c.run.search_seeds or [c.seed])}
-    else:
-        wanted = {(v, 0.0 if v == "dense" else s, seed) for c in invocations for v in c.compare.variants
-                  for s in c.compare.sparsities for seed in c.compare.seeds}
-    return results if wanted <= done else None
+    return wanted, done & wanted
+
+
+def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None) -> dict | None:
+    """A run's results once every invocation of it (those numbered `parts`, all by default) has finished."""
+    wanted, done = progress(name, cfgs, out_dir, parts)
+    return so_far(name, out_dir) if done == wanted else None
 
 
 def bench_result(out_dir: Path, name: Path = BENCH_JSON) -> dict | None:
