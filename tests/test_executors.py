@@ -51,7 +51,7 @@ def _executor(kind: str, request, **kwargs) -> Executor:
 def _threads_after_asking_for(threads: int) -> int:
     import torch
 
-    from sparsearch.executors import set_threads
+    from sparsearch.workers import set_threads
 
     set_threads(threads)  # what a trial's Trainer does with a config's `train.threads`
     return torch.get_num_threads()

@@ -15,17 +15,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import torch
-
-from .allocator import keep_freed_memory
 from .errors import SparsearchError
+from .workers import limit_threads, start_worker
 
 
 @dataclass
@@ -115,43 +111,6 @@ class _LocalBackend(_Backend):
         return handle.result()
 
 
-_worker_threads: int | None = None  # in a trial worker: its share of the cores, fixed for the process
-
-
-def _limit_threads(threads: int) -> None:
-    """A trial worker's setup: its share of the cores, and the allocator of a training process (allocator.py)."""
-    global _worker_threads
-    _worker_threads = threads
-    torch.set_num_threads(threads)
-    keep_freed_memory()
-
-
-def _start_worker(threads: int) -> None:
-    """A process worker's setup (Ray ends the tasks of a driver that died itself)."""
-    _limit_threads(threads)
-    _exit_with_parent()
-
-
-def _exit_with_parent(poll_seconds: float = 1.0) -> None:
-    """A worker whose parent died (even by kill -9, which no handler sees) would finish its trial for no one, and
-    a resumed run would train the same trial in the same directory beside it: the worker ends within a second."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_seconds)
-        os._exit(1)  # checkpoints are written atomically: the resumed run starts from the last whole one
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def set_threads(threads: int | None) -> None:
-    """Use `threads` intra-op threads (None: leave torch's), except in a trial worker, whose share of the cores
-    stands: a config's `train.threads: 2` in each of two workers would put four threads on two cores."""
-    if threads and _worker_threads is None:
-        torch.set_num_threads(threads)
-
-
 class _ProcessBackend(_Backend):
     """Spawned processes (spawn, not fork: safe with torch's thread pools). A worker that dies breaks the pool;
     the next submit starts a new one."""
@@ -162,7 +121,7 @@ class _ProcessBackend(_Backend):
     def submit(self, fn, item):
         if self.pool is None:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_start_worker, initargs=(self.threads,))
+                                            initializer=start_worker, initargs=(self.threads,))
         try:
             return self.pool.submit(fn, item)
         except BrokenProcessPool:
@@ -186,7 +145,7 @@ class _ProcessBackend(_Backend):
 
 
 def _ray_trial(fn: Callable, item: Any, threads: int) -> Any:
-    _limit_threads(threads)
+    limit_threads(threads)
     return fn(item)
 
 

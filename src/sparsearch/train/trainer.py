@@ -17,9 +17,9 @@ from .. import sparsity as sp
 from ..config import TrainConfig
 from ..data import TensorLoader
 from ..errors import SparsearchError
-from ..executors import set_threads
 from ..files import write_json
 from ..models import split_logits
+from ..workers import set_threads
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog, Reporter
 from .nhwc import nhwc_batchnorm
