@@ -155,15 +155,16 @@ def _wait_for(condition, seconds: float, message: str) -> None:
         time.sleep(0.2)
 
 
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (state, parent, ...); none once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            pass  # gone meanwhile
-    return out
+    return [int(p.name) for p in Path("/proc").glob("[0-9]*") if _stat(p.name)[1:2] == [str(pid)]]
 
 
 def _cmdline(pid: int) -> str:
@@ -174,10 +175,7 @@ def _cmdline(pid: int) -> str:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 def test_bad_executor_settings_are_refused():

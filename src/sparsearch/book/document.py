@@ -23,9 +23,7 @@ from .runs import (
     V3_PARTS,
     bench_result,
     cell_run,
-    finished,
     progress,
-    so_far,
 )
 from .searches import dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
 from .verdicts import Chapter, hours, rules_citation
@@ -36,11 +34,10 @@ Labelled = list[tuple[str, "Chapter | list[str]"]]  # (the claim a chapter judge
 def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu") -> tuple[Labelled, float]:
     """Each claim's chapter where its runs have finished, else the runs it waits for; and the CPU time the finished
     trainings recorded."""
-    done = {name: finished(name, cfgs, out_dir) for name in cfgs}
-    tally = {name: progress(name, cfgs, out_dir) for name in cfgs}  # what a pending chapter has so far
+    tally = {name: progress(name, cfgs, out_dir) for name in cfgs}  # also what a pending chapter has so far
     for i, part in enumerate(V3_PARTS):  # each claim with the anchor's invocation, which trains the dense network
-        done[f"{V3} ({part})"] = finished(V3, cfgs, out_dir, sorted({0, i}))
         tally[f"{V3} ({part})"] = progress(V3, cfgs, out_dir, sorted({0, i}))
+    done = {key: results if have == wanted else None for key, (wanted, have, results) in tally.items()}
     done["book-runtime"] = bench_result(out_dir)
     done["book-architecture"] = bench_result(out_dir, ARCHITECTURE_JSON)
     ift_json = out_dir / INFERENCE_JSON
@@ -73,7 +70,7 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     chapters = [(label, build() if all(done[n] for n in needs) else
                  [f"{n}: {len(tally[n][1])} of {len(tally[n][0])} finished" if n in tally else n
                   for n in needs if not done[n]]) for label, needs, build in specs]
-    recorded = {n: so_far(n, out_dir) for n in cfgs}  # finished trials count, in unfinished runs too
+    recorded = {n: tally[n][2] for n in cfgs}  # finished trials count, in unfinished runs too
     seconds = sum(run_seconds(r["rows"]) if COMMANDS[n] == "run" else compare_seconds(r, out_dir / n)
                   for n, r in recorded.items() if r)
     return chapters, seconds + sum((done[n] or {}).get("seconds", 0.0) for n in ("book-runtime", "book-architecture"))

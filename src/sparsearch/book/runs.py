@@ -103,9 +103,9 @@ def so_far(name: str, out_dir: Path) -> dict | None:
 
 
 def progress(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None
-             ) -> tuple[set, set]:
-    """What a run's invocations (those numbered `parts`, all by default) train, and which of it has finished: each
-    method on each search seed, or each variant at each sparsity on each seed."""
+             ) -> tuple[set, set, dict | None]:
+    """What a run's invocations (those numbered `parts`, all by default) train, which of it has finished (each
+    method on each search seed, or each variant at each sparsity on each seed), and its results file so far."""
     command = COMMANDS[name]
     invocations = cfgs[name] if parts is None else [cfgs[name][i] for i in parts]
     if command == "run":
@@ -124,13 +124,13 @@ def progress(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: lis
     except (KeyError, TypeError) as exc:
         raise SparsearchError(f"{_results_path(name, out_dir)} is not a sparsearch results file (no {exc} in its "
                               "rows); delete it to recompute it") from None
-    return wanted, done & wanted
+    return wanted, done & wanted, results
 
 
 def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None) -> dict | None:
     """A run's results once every invocation of it (those numbered `parts`, all by default) has finished."""
-    wanted, done = progress(name, cfgs, out_dir, parts)
-    return so_far(name, out_dir) if done == wanted else None
+    wanted, done, results = progress(name, cfgs, out_dir, parts)
+    return results if done == wanted else None
 
 
 def bench_result(out_dir: Path, name: Path = BENCH_JSON) -> dict | None:
