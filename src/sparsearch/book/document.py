@@ -112,7 +112,7 @@ def _document(chapters: Labelled, figures: Path, seconds: float | None, command:
     info = machine()
     spent = (f" The book's runs recorded {hours(cpu_seconds)} in all (each trial's training on one of the cores, "
              "and the benches' wall time)." if cpu_seconds is not None else "")
-    lines = ["# Results book", "", f"Command: `{command}`" + (" --write-only" if seconds is None else ""), "",
+    lines = ["# Results book", "", f"Command: `{command}{' --write-only' if seconds is None else ''}`", "",
              f"It reruns the seed papers' comparisons on CIFAR-10 (`{CIFAR10}`, the official "
              "images re-encoded as JPEG) and reuses runs that already finished under `--out-dir` (delete them to "
              "measure from scratch); `docs/results/pilots.md` gives its schedule and cost.", "",
