@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("book", help="rerun the seed papers' comparisons on CIFAR-10 at CPU scale; write docs/RESULTS.md")
     p.add_argument("--out-dir", default="runs", help="where the book's runs live (finished runs there are reused)")
     p.add_argument("--output", default="docs/RESULTS.md")
-    p.add_argument("--executor", choices=["local", "process", "ray"], default="ray", help="how independent trials run")
+    p.add_argument("--executor", choices=["local", "process", "ray"], default="process",
+                   help="how independent trials run (process: a core each, no extra needed; ray: also across machines)")
     p.add_argument("--workers", type=int, default=2, help="trials at once")
     p.add_argument("--data-path", help="CIFAR-10, which the book trains on (e.g. ../shared/data/cifar10-images.tar.xz); "
                    "not needed with --write-only")
