@@ -93,7 +93,7 @@ def verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float,
     RULES.md reads to decide whether a claim needs five."""
     word, reason = _verdict(kind, a, b, smallest, paired)
     if paired and len(a) >= 2:
-        reason += "; " + power_note(len(a), statistics.stdev(x - y for x, y in zip(a, b)), smallest)
+        reason += "; power: " + power_note(len(a), statistics.stdev(x - y for x, y in zip(a, b)), smallest)
     return word, reason
 
 
