@@ -4,6 +4,10 @@ branch of every verdict rule."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +120,30 @@ def test_the_architecture_bench_times_both_networks_in_both_quantities_and_the_c
     assert bench["complete"] and {len(v) for v in row["samples_s"].values()} == {3}
     assert all(row[q]["min"] <= row[q]["ratio"] <= row[q]["max"] for q in ("eager", "compiled"))
     assert dass_vs_mobilenet(bench).verdict.split("**")[1] in ("reproduced", "not reproduced", "inconclusive")
+    # what else ran while it timed: recorded beside the numbers and read out by the chapter
+    assert bench["other_cores"] >= 0 and "Other processes kept" in dass_vs_mobilenet(bench).body
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the machine's busy time is read from Linux /proc/stat")
+def test_a_benchmark_counts_the_cores_other_processes_kept_busy_and_says_so(monkeypatch, capsys):
+    from sparsearch import bench
+    from sparsearch.bench import common
+    from sparsearch.host import OtherLoad
+
+    load = OtherLoad()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.5)
+        other = load.cores()  # read before the spinner is reaped, when its time would become this process's own
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert other > 0.5  # a busy loop for 1.5 s: most of a core (of 2 at least), not this process's own time
+    monkeypatch.setattr(common.LOAD, "cores", lambda: 1.5)
+    monkeypatch.setattr("sparsearch.bench.sparsity.main", lambda argv: 0)
+    assert bench.main("sparsity", []) == 0 and "kept 1.5 cores busy" in capsys.readouterr().err
+    monkeypatch.setattr(common.LOAD, "cores", lambda: 0.01)
+    assert bench.main("sparsity", []) == 0 and capsys.readouterr().err == ""  # a quiet machine: no warning
 
 
 def test_a_paired_verdict_says_whether_its_seeds_were_enough():

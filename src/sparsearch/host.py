@@ -4,7 +4,9 @@ to another), threads, the torch build and the GPU."""
 
 from __future__ import annotations
 
+import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,4 +32,32 @@ def machine() -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-__all__ = ["machine"]
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (Linux /proc/stat: all but idle and iowait, steal
+    included; guest time is already inside user time), None where there is no such file."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks[:8]) - sum(ticks[3:5])) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How many cores other processes kept busy while a measurement ran: the machine's busy CPU time less this
+    process's own (and its reaped children's), over the wall time. Timings taken beside other work are not a quiet
+    machine's, so every benchmark records this beside its numbers."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self._wall, self._busy, self._own = time.monotonic(), _busy_seconds(), sum(os.times()[:4])
+
+    def cores(self) -> float | None:
+        busy, wall = _busy_seconds(), time.monotonic() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            return None
+        return max(0.0, (busy - self._busy - (sum(os.times()[:4]) - self._own)) / wall)
+
+
+__all__ = ["OtherLoad", "machine"]

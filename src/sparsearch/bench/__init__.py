@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def main(which: str, argv: list[str]) -> int:
+    """Run the benchmark `which` with its command-line `argv`; the load other processes put on the machine meanwhile
+    goes into its JSON, and a warning is printed when the machine was not quiet."""
+    from .common import LOAD, load_warning
+
     if which == "train" and "--sparse" in argv:
         from .sparse_train import main as run
 
@@ -18,4 +24,8 @@ def main(which: str, argv: list[str]) -> int:
         from .architecture import main as run
     else:
         from .sparsity import main as run
-    return run(argv)
+    LOAD.restart()
+    code = run(argv)
+    if warning := load_warning():
+        print(warning, file=sys.stderr)
+    return code

@@ -1,4 +1,5 @@
-"""What every benchmark reports alongside its numbers: the machine, and medians with spreads."""
+"""What every benchmark reports alongside its numbers: the machine, the load other processes put on it while the
+benchmark ran, and medians with spreads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..host import machine
+from ..host import OtherLoad, machine
+
+LOAD = OtherLoad()  # restarted by `bench.main` as each benchmark starts
+BUSY = 0.2  # cores of other work above which a benchmark's timings are flagged as not a quiet machine's
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -18,8 +22,19 @@ def stats(samples: list[float]) -> dict[str, float]:
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    other = LOAD.cores()
+    path.write_text(json.dumps({"machine": machine(), "other_cores": None if other is None else round(other, 2),
+                                **payload}, indent=2))
     return path
+
+
+def load_warning() -> str | None:
+    """A line to print when other processes kept the machine busy while the benchmark ran, else None."""
+    other = LOAD.cores()
+    if other is None or other < BUSY:
+        return None
+    return (f"warning: other processes kept {other:.1f} cores busy on average while this benchmark ran: its timings "
+            "are not a quiet machine's (the JSON records it as other_cores)")
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:

@@ -36,8 +36,7 @@ from .verdicts import Chapter
 
 
 def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool, scale: str = "cpu") -> None:
-    from ..bench import architecture as architecture_bench
-    from ..bench import runtime as runtime_bench
+    from ..bench import main as bench
     from ..pipeline.compare import run_compare
     from ..pipeline.run import run_all
 
@@ -54,11 +53,11 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
     if not bench_result(out_dir):
         stop_ray()  # a quiet machine for the timings
         print("book: bench runtime", flush=True)
-        runtime_bench.main([*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
+        bench("runtime", [*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
     if not bench_result(out_dir, ARCHITECTURE_JSON):
         stop_ray()
         print("book: bench architecture", flush=True)
-        architecture_bench.main(["--out", str(out_dir / ARCHITECTURE_JSON)])
+        bench("architecture", ["--out", str(out_dir / ARCHITECTURE_JSON)])
     ift_inference(out_dir)
     more_seeds(cfgs, out_dir, scale, show_progress)  # claim 8 waits for its inference timings
 
