@@ -151,3 +151,22 @@ def test_a_paired_verdict_says_whether_its_seeds_were_enough():
     tight = verdict("superiority", [0.62, 0.64, 0.66], [0.60, 0.6201, 0.6399], 0.005)[1]
     assert noisy.endswith("too few seeds") and tight.endswith("enough seeds")  # RULES.md: too few -> five seeds
     assert "seeds" not in verdict("superiority", [0.6, 0.7], [0.5, 0.6], 0.005, paired=False)[1]  # Welch: no note
+
+
+def test_the_book_waits_for_a_quiet_machine_before_timing_but_not_forever(monkeypatch, capsys):
+    from sparsearch.bench import common
+
+    def busy_then(values):
+        seen = iter(values)
+        monkeypatch.setattr(common, "OtherLoad", lambda: type("Load", (), {"cores": lambda self: next(seen)})())
+
+    monkeypatch.setattr(common.time, "sleep", lambda s: None)
+    busy_then([1.9, 1.9, 0.05])
+    assert common.wait_for_quiet(limit_s=60, every_s=10) == 0.05
+    out = capsys.readouterr().out
+    assert "keep 1.9 cores busy: waiting up to 1 min" in out and "quiet now after 20 s" in out
+    busy_then([1.9] * 10)
+    assert common.wait_for_quiet(limit_s=30, every_s=10) == 1.9  # after the limit it times anyway, and says so
+    assert "still busy, timing anyway" in capsys.readouterr().out
+    busy_then([0.0])
+    assert common.wait_for_quiet() == 0.0 and capsys.readouterr().out == ""  # quiet at once: silent

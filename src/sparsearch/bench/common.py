@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,26 @@ def load_warning() -> str | None:
         return None
     return (f"warning: other processes kept {other:.1f} cores busy on average while this benchmark ran: its timings "
             "are not a quiet machine's (the JSON records it as other_cores)")
+
+
+def wait_for_quiet(limit_s: float = 1800.0, every_s: float = 10.0) -> float | None:
+    """Wait (at most `limit_s`) until other processes keep less than BUSY cores busy over `every_s`, so a long
+    unattended job (the results book) does not time its benchmarks beside someone's test run; returns the last load
+    seen. A machine that stays busy is timed anyway: the bench records how busy it was."""
+    waited = 0.0
+    while True:
+        load = OtherLoad()
+        time.sleep(every_s)
+        other = load.cores()
+        if other is None or other < BUSY or waited >= limit_s:
+            if waited:
+                print(f"bench: {'quiet now' if other is None or other < BUSY else 'still busy, timing anyway'} "
+                      f"after {waited:.0f} s", flush=True)
+            return other
+        if not waited:
+            print(f"bench: other processes keep {other:.1f} cores busy: waiting up to {limit_s / 60:.0f} min for a "
+                  "quiet machine before timing", flush=True)
+        waited += every_s
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:

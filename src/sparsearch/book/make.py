@@ -37,6 +37,7 @@ from .verdicts import Chapter
 
 def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool, scale: str = "cpu") -> None:
     from ..bench import main as bench
+    from ..bench.common import wait_for_quiet
     from ..pipeline.compare import run_compare
     from ..pipeline.run import run_all
 
@@ -52,10 +53,12 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         more_seeds(cfgs, out_dir, scale, show_progress)  # as soon as a claim's three seeds are in
     if not bench_result(out_dir):
         stop_ray()  # a quiet machine for the timings
+        wait_for_quiet()
         print("book: bench runtime", flush=True)
         bench("runtime", [*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
     if not bench_result(out_dir, ARCHITECTURE_JSON):
         stop_ray()
+        wait_for_quiet()
         print("book: bench architecture", flush=True)
         bench("architecture", ["--out", str(out_dir / ARCHITECTURE_JSON)])
     ift_inference(out_dir)
@@ -93,12 +96,14 @@ def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_pr
 def ift_inference(out_dir: Path) -> dict:
     """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
     network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it)."""
+    from ..bench.common import wait_for_quiet
     from ..pipeline.compile import run_compile
 
     out = out_dir / INFERENCE_JSON
     if out.exists():
         return read_json(out)
     stop_ray()
+    wait_for_quiet()  # compile times its engines
     result: dict = {}
     for where in sorted((out.parent / "compare" / "seed-0").iterdir()):
         if where.name == "dense" or where.name.startswith("wide-"):
