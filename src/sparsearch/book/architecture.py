@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 import statistics
 
-from ..bench.common import BUSY
 from . import statistics as stats
 from .chapters import versus
-from .verdicts import Chapter, table
+from .verdicts import Chapter, load_text, table
 
 PAPER_RATIO, DECIDING = 3.87, (0.99, "eager", 1)  # sparsity, quantity, threads
 SMALLEST = math.log(1.5)
@@ -27,15 +26,6 @@ def _logs(row: dict, quantity: str) -> tuple[list[float], list[float]]:
 def ratio_text(row: dict, quantity: str) -> str:
     e = stats.difference(*_logs(row, quantity))
     return f"{math.exp(e.estimate):.2f}x [{math.exp(e.low):.2f}, {math.exp(e.high):.2f}]"
-
-
-def load_text(bench: dict) -> str:
-    """What else ran on the machine while the bench timed (its `other_cores`), as a sentence."""
-    other = bench.get("other_cores")
-    if other is None:
-        return " The load of other processes during the bench was not recorded."
-    return (f" Other processes kept {other:.2f} cores busy on average while the bench ran"
-            + (": not a quiet machine, so these timings are suspect." if other >= BUSY else "."))
 
 
 def judge(row: dict) -> str:
@@ -58,7 +48,7 @@ def dass_vs_mobilenet(bench: dict) -> Chapter:
     info = bench["machine"]
     body += (f"\nBatch 1, 3 x 32 x 32; DASS-Small (36 channels, 20 cells) of the sparsity's genotype and the CIFAR "
              f"MobileNetV2, uniform magnitude masks; ratios MobileNetV2 / DASS with 95% intervals over alternating "
-             f"rounds. {info['cpu']} ({', '.join(info.get('isa', []))}), torch {info['torch']}.{load_text(bench)}\n")
+             f"rounds. {info['cpu']} ({', '.join(info.get('isa', []))}), torch {info['torch']}.{load_text(bench.get('other_cores'))}\n")
     deciding = next((r for r in rows if (r["sparsity"], r["threads"]) == DECIDING[::2]), None)
     said = judge(deciding) if deciding else "**no evidence**: the bench has no 99%, one-thread row"
     body += versus("sparse MobileNet-v2 73.44% -> DASS 81.35% top-1 with 3.87x faster inference (the hardware, batch "
@@ -113,7 +103,7 @@ def speedup(bench: dict) -> Chapter:
         "no best case is picked after the fact.",
         table(["network", "batch", "threads", *(f"{100 * s:g}% (ideal {1 / (1 - s):.0f}x)" for s in sparsities)], rows)
         + f"\nCompiled sparse (`sparsearch.runtime.compile`) over {against} on the same network, medians of "
-        f"{bench['args']['trials']} side-by-side trials. {info['cpu']}, torch {info['torch']}.{load_text(bench)}\n",
+        f"{bench['args']['trials']} side-by-side trials. {info['cpu']}, torch {info['torch']}.{load_text(bench.get('other_cores'))}\n",
         said, bench.get("seconds"), "runtime-speedup.png", "wall time of the bench on 2 cores")
 
 

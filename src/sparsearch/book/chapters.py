@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import statistics as stats
 from .runs import CIFAR10
-from .verdicts import Chapter, common_seeds, effect_text, judged, pct, per_seed, proxy_budget, seeds_text, table
+from .verdicts import Chapter, common_seeds, effect_text, judged, load_text, pct, per_seed, proxy_budget, seeds_text, table
 
 
 # ------------------------------------------------------------------------------------------------ the comparisons
@@ -251,7 +251,9 @@ def sparse_ift(results: dict, inference: dict, at: str = "") -> Chapter:
             "Inference of seed 0's networks, compiled (`sparsearch compile`: the fastest engine by measurement), ms per "
             "batch, against the compiled dense network:\n\n"
             + table(["network", "batch", "engine", "ms", "vs dense"], timing)
-            + "\nA widened sparse network is only a win at equal cost if the engine runs it as fast as the dense one.\n"
+            + "\n" + load_text(max((p["other_cores"] for per in inference.values() for p in per.values()
+                                    if p.get("other_cores") is not None), default=None)).strip()
+            + " A widened sparse network is only a win at equal cost if the engine runs it as fast as the dense one.\n"
             + versus("ResNet-18 on ImageNet, Sparse Wide + RigL at s = 90%, uniform: about +3.5 points top-1 over "
                      "dense (70.9 -> 74.4; recalled from the paper's abstract and summaries, not read in its table); "
                      "gains on CIFAR-100 at s = 50-90%",

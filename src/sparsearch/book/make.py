@@ -97,6 +97,7 @@ def ift_inference(out_dir: Path) -> dict:
     """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
     network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it)."""
     from ..bench.common import wait_for_quiet
+    from ..host import OtherLoad
     from ..pipeline.compile import run_compile
 
     out = out_dir / INFERENCE_JSON
@@ -109,9 +110,12 @@ def ift_inference(out_dir: Path) -> dict:
         if where.name == "dense" or where.name.startswith("wide-"):
             for batch in INFERENCE_BATCHES:
                 print(f"book: compile {where.name} at batch {batch}", flush=True)
+                load = OtherLoad()
                 plan = run_compile(where, batch=batch, threads=2)
+                other = load.cores()
                 result.setdefault(where.name, {})[f"batch-{batch}"] = {
-                    "engine": plan["engine"], "ms": plan["times_ms"][plan["engine"]]["median"]}
+                    "engine": plan["engine"], "ms": plan["times_ms"][plan["engine"]]["median"],
+                    "other_cores": None if other is None else round(other, 2)}
     write_atomic(out, json.dumps(result, indent=2))
     return result
 

@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bench.common import BUSY
 from . import statistics as stats
 from .statistics import Kind
 
@@ -102,3 +103,11 @@ def judged(kind: Kind, results: dict, a: str, b: str, sparsities: list[float], s
 def effect_text(results: dict, a: str, b: str, s: float) -> str:
     """One sparsity's paired effect A - B in points with its 95% interval, for a chapter's table."""
     return stats.difference(*paired(results, a, b, [s])).text()
+
+
+def load_text(other_cores: float | None) -> str:
+    """What else ran on the machine while a bench timed (its `other_cores`, the most of several), as a sentence."""
+    if other_cores is None:
+        return " The load of other processes while it timed was not recorded."
+    return (f" Other processes kept {other_cores:.2f} cores busy on average while it timed"
+            + (": not a quiet machine, so these timings are suspect." if other_cores >= BUSY else "."))
