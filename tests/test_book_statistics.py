@@ -121,7 +121,8 @@ def test_the_architecture_bench_times_both_networks_in_both_quantities_and_the_c
     assert all(row[q]["min"] <= row[q]["ratio"] <= row[q]["max"] for q in ("eager", "compiled"))
     assert dass_vs_mobilenet(bench).verdict.split("**")[1] in ("reproduced", "not reproduced", "inconclusive")
     # what else ran while it timed: recorded beside the numbers and read out by the chapter
-    assert bench["other_cores"] >= 0 and "Other processes kept" in dass_vs_mobilenet(bench).body
+    if Path("/proc/stat").exists():  # Linux: the machine's busy time can be read
+        assert bench["other_cores"] >= 0 and "Other processes kept" in dass_vs_mobilenet(bench).body
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the machine's busy time is read from Linux /proc/stat")
