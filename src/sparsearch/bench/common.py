@@ -29,10 +29,15 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def quiet(other_cores: float | None) -> bool:
+    """Whether other processes left the machine quiet enough to time on (unknown load counts as quiet)."""
+    return other_cores is None or other_cores < BUSY
+
+
 def load_warning() -> str | None:
     """A line to print when other processes kept the machine busy while the benchmark ran, else None."""
     other = LOAD.cores()
-    if other is None or other < BUSY:
+    if quiet(other):
         return None
     return (f"warning: other processes kept {other:.1f} cores busy on average while this benchmark ran: its timings "
             "are not a quiet machine's (the JSON records it as other_cores)")
@@ -47,15 +52,15 @@ def wait_for_quiet(limit_s: float = 1800.0, every_s: float = 10.0) -> float | No
         load = OtherLoad()
         time.sleep(every_s)
         other = load.cores()
-        if other is None or other < BUSY or waited >= limit_s:
-            if waited:
-                print(f"bench: {'quiet now' if other is None or other < BUSY else 'still busy, timing anyway'} "
-                      f"after {waited:.0f} s", flush=True)
-            return other
+        if quiet(other) or waited >= limit_s:
+            break
         if not waited:
             print(f"bench: other processes keep {other:.1f} cores busy: waiting up to {limit_s / 60:.0f} min for a "
                   "quiet machine before timing", flush=True)
         waited += every_s
+    if waited:
+        print(f"bench: {'quiet now' if quiet(other) else 'still busy, timing anyway'} after {waited:.0f} s", flush=True)
+    return other
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:

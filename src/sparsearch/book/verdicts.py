@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bench.common import BUSY
+from ..bench.common import quiet
 from . import statistics as stats
 from .statistics import Kind
 
@@ -110,4 +110,4 @@ def load_text(other_cores: float | None) -> str:
     if other_cores is None:
         return " The load of other processes while it timed was not recorded."
     return (f" Other processes kept {other_cores:.2f} cores busy on average while it timed"
-            + (": not a quiet machine, so these timings are suspect." if other_cores >= BUSY else "."))
+            + ("." if quiet(other_cores) else ": not a quiet machine, so these timings are suspect."))
