@@ -189,7 +189,7 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
 
 
 def test_a_comparison_states_the_dense_accuracy_it_starts_from():
-    rows = [{"variant": v, "train_seconds": 60.0} for v in ("static-erk", "static-uniform")]
+    rows = [{"variant": v, "sparsity": 0.9, "train_seconds": 60.0} for v in ("static-erk", "static-uniform")]
     results = {"model": "resnet20", "rows": rows, "table": [
         _table("dense", 0.0, 0.47, 0.46, 0.48), _table("static-erk", 0.9, 0.44, 0.43, 0.45),
         _table("static-uniform", 0.9, 0.43, 0.42, 0.44)]}
@@ -271,11 +271,11 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     assert chapters_[8] == ["cifar10-v3 (claim 8): 9 of 15 finished", "sparse-ift-inference"]
     assert chapters_[9] == ["vit-nm-cifar10: 0 of 15 finished"]
     assert seconds == 15 * 60.0  # the finished trials of an unfinished run count
-    for seed, cpu in enumerate(("Zen 4", "Zen 4", "Zen 3")):  # sittings on other machines: the header names each
-        (v3 / f"seed-{seed}" / "dense").mkdir(parents=True)
-        (v3 / f"seed-{seed}" / "dense" / "summary.json").write_text(json.dumps({"machine": {"cpu": cpu, "isa": ["avx2"]}}))
-    machines = document.trained_on(tmp_path, cfgs)
+    rows = [{"machine": {"cpu": cpu, "isa": ["avx2"]}} for cpu in ("Zen 4", "Zen 4", "Zen 3")]  # other sittings
+    machines = document.trained_on(rows)
     assert machines == ["Zen 4 (avx2): 2 trainings", "Zen 3 (avx2): 1 training"]
+    rows[0]["provenance"] = "transcribed: the document of commit abc"  # a row the ledger kept from a lost folder
+    assert document.trained_on(rows)[0].startswith("Zen 4 (avx2): 2 trainings (1 of them transcribed")
     text = document._document(book, Path("results"), None, "sparsearch book", seconds, machines)
     assert "The trainings ran on: Zen 4 (avx2): 2 trainings; Zen 3 (avx2): 1 training." in text
     assert "| 4 | (waits for cifar10-v3 (claim 4): 15 of 18 finished) | pending |" in text and "ran nothing" in text
@@ -352,12 +352,13 @@ def test_an_inconclusive_claim_with_too_few_seeds_trains_two_more(tmp_path, monk
     noisy = {("static-erk", 0.98): _shift(SEEDS, 0.003, 0.01), ("static-uniform", 0.98): SEEDS}  # inconclusive
     (v3 / "results.json").write_text(json.dumps(_results(noisy)))
     calls = []
-    monkeypatch.setattr(compare, "run_compare", lambda parts, show_progress: calls.extend(p.compare for p in parts))
-    assert make.more_seeds(cfgs, tmp_path, "cpu", False) == ["3"]
+    monkeypatch.setattr(compare, "run_compare", lambda parts, show_progress, recorded: calls.extend(p.compare for p in parts))
+    more = lambda: make.more_seeds(cfgs, tmp_path, "cpu", False, tmp_path / "RESULTS.md", {runs.V3: []})  # noqa: E731
+    assert more() == ["3"]
     assert calls[0].seeds == [0, 1, 2, 3, 4] and calls[0].variants == ["dense", "static-uniform", "static-erk"]
     five = {k: [*v, v[0], v[1]] for k, v in noisy.items()}  # seeds 3 and 4 in: the verdict stands, nothing reruns
     (v3 / "results.json").write_text(json.dumps(_results({**five, ("dense", 0.0): [0.9] * 5}, dense=None)))
-    assert make.more_seeds(cfgs, tmp_path, "cpu", False) == []
+    assert more() == []
     tight = {("static-erk", 0.98): _shift(SEEDS, 0.02, 0.001), ("static-uniform", 0.98): SEEDS}  # reproduced
     (v3 / "results.json").write_text(json.dumps(_results(tight)))
-    assert make.more_seeds(cfgs, tmp_path, "cpu", False) == [] and len(calls) == 1
+    assert more() == [] and len(calls) == 1

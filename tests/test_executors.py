@@ -125,13 +125,18 @@ def test_a_trial_whose_worker_dies_is_retried(kind, request, tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
-def test_a_process_worker_ends_when_the_process_that_started_it_is_killed(tmp_path):
-    """Otherwise it trains on for no one, and a resumed run trains the same trial in the same directory beside it."""
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_process_worker_ends_when_the_process_that_started_it_is_stopped(tmp_path, how):
+    """Otherwise it trains on for no one, and a resumed run trains the same trial in the same directory beside it.
+    SIGKILL: the worker sees its parent go. SIGTERM, with the CLI's handler: the parent stops the map and lets go
+    of the run's folder, so it must stop its workers itself (it once waited for them, holding nothing, an hour)."""
     import signal
 
     marker = tmp_path / "started"
-    code = ("import sys; from sparsearch.executors import Executor; from slow_trial import announce_then_sleep; "
-            "Executor('process', workers=1, retries=0).map(announce_then_sleep, [sys.argv[1]], progress=False)")
+    code = ("import signal, sys; from sparsearch.cli import _terminate; from sparsearch.executors import Executor; "
+            "from slow_trial import announce_then_sleep; signal.signal(signal.SIGTERM, _terminate)\n"
+            "try:\n    Executor('process', workers=1, retries=0).map(announce_then_sleep, [sys.argv[1]], progress=False)\n"
+            "except KeyboardInterrupt:\n    sys.exit(143)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "helpers"),
                                                         os.environ.get("PYTHONPATH", "")])}
     parent, workers = subprocess.Popen([sys.executable, "-c", code, str(marker)], env=env), []
@@ -139,8 +144,8 @@ def test_a_process_worker_ends_when_the_process_that_started_it_is_killed(tmp_pa
         _wait_for(marker.exists, 120, "the trial never started")
         workers = [pid for pid in _children(parent.pid) if "spawn_main" in _cmdline(pid)]
         assert workers, "no worker process found"
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
+        os.kill(parent.pid, getattr(signal, how))
+        assert parent.wait(timeout=60) == (143 if how == "SIGTERM" else -signal.SIGKILL)
         _wait_for(lambda: not any(_alive(pid) for pid in workers), 30, f"workers {workers} outlived their parent")
     finally:
         for pid in [parent.pid, *workers]:

@@ -87,7 +87,8 @@ class _Backend:
     def submit(self, fn: Callable, item: Any) -> Any: ...
     def first_finished(self, handles: list) -> list: ...
     def result(self, handle: Any) -> Any: ...
-    def close(self) -> None: ...
+    def close(self, running: bool = False) -> None:
+        """Let go of the workers; `running`: trials are still in flight (an interrupted map), stop them."""
 
 
 class _LocalBackend(_Backend):
@@ -138,9 +139,14 @@ class _ProcessBackend(_Backend):
             self.close()  # every trial still in this pool fails with it and is resubmitted to a new one
             raise
 
-    def close(self):
+    def close(self, running: bool = False):
         if self.pool is not None:
+            workers = list((self.pool._processes or {}).values()) if running else []
             self.pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers:  # a trial left running would train on, in a folder its run no longer holds
+                process.terminate()
+            for process in workers:
+                process.join(10)
             self.pool = None
 
 
@@ -256,7 +262,7 @@ class Executor:
                     finish(i, result)
         finally:
             bar.close()
-            backend.close()
+            backend.close(running=bool(pending))
         return results
 
 

@@ -24,6 +24,7 @@ from .runs import (
     bench_result,
     cell_run,
     progress,
+    so_far,
 )
 from .searches import dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
 from .verdicts import Chapter, hours, rules_citation
@@ -31,12 +32,16 @@ from .verdicts import Chapter, hours, rules_citation
 Labelled = list[tuple[str, "Chapter | list[str]"]]  # (the claim a chapter judges, the chapter or the runs it waits for)
 
 
-def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu") -> tuple[Labelled, float]:
+Committed = dict[str, list[dict]]  # run -> the rows the book's ledger holds for it (`ledger.py`)
+
+
+def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu", committed: Committed | None = None
+                ) -> tuple[Labelled, float]:
     """Each claim's chapter where its runs have finished, else the runs it waits for; and the CPU time the finished
     trainings recorded."""
-    tally = {name: progress(name, cfgs, out_dir) for name in cfgs}  # also what a pending chapter has so far
+    tally = {name: progress(name, cfgs, out_dir, None, committed) for name in cfgs}  # what a pending one has so far
     for i, part in enumerate(V3_PARTS):  # each claim with the anchor's invocation, which trains the dense network
-        tally[f"{V3} ({part})"] = progress(V3, cfgs, out_dir, sorted({0, i}))
+        tally[f"{V3} ({part})"] = progress(V3, cfgs, out_dir, sorted({0, i}), committed)
     done = {key: results if have == wanted else None for key, (wanted, have, results) in tally.items()}
     done["book-runtime"] = bench_result(out_dir)
     done["book-architecture"] = bench_result(out_dir, ARCHITECTURE_JSON)
@@ -77,34 +82,44 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
 
 
 def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, command: str, seconds: float | None,
-               scale: str = "cpu") -> Path:
-    """Write the document from every chapter whose runs have finished under `out_dir`; the others are pending."""
-    chapters, cpu_seconds = chapters_of(cfgs, out_dir, scale)
-    plots = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
-             "cifar10-accuracy.png": out_dir / V3 / "compare" / "accuracy.png",
-             "cells-accuracy.png": out_dir / cell_run("DARTS_V2") / "compare" / "accuracy.png",
-             "runtime-speedup.png": (out_dir / BENCH_JSON).with_suffix(".png"),
-             "vit-nm-accuracy.png": out_dir / "vit-nm-cifar10" / "compare" / "accuracy.png"}
+               scale: str = "cpu", committed: Committed | None = None) -> Path:
+    """Write the document from every chapter whose runs have finished (under `out_dir` or in the ledger's
+    `committed` rows); the others are pending."""
+    from ..report.plots import comparison_plot
+
+    chapters, cpu_seconds = chapters_of(cfgs, out_dir, scale, committed)
+    drawn = {"cifar10-accuracy.png": V3, "cells-accuracy.png": cell_run("DARTS_V2"),
+             "vit-nm-accuracy.png": "vit-nm-cifar10"}  # comparisons: drawn from their rows, committed ones too
+    copied = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
+              "runtime-speedup.png": (out_dir / BENCH_JSON).with_suffix(".png")}
     figures = output.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
     shown = {c.plot for _, c in chapters if isinstance(c, Chapter)}
-    for name, source in plots.items():
+    for name, run in drawn.items():
+        if name in shown and (results := so_far(run, out_dir, committed)):
+            comparison_plot(results["table"], figures / name,
+                            f"{results.get('model', '?')} on {results.get('dataset', '?')}: accuracy by method and sparsity")
+    for name, source in copied.items():
         if name in shown and source.exists():
             shutil.copyfile(source, figures / name)
+    rows = [r for name in cfgs if COMMANDS[name] == "compare" for r in (so_far(name, out_dir, committed) or {}).get("rows", [])]
     write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command, cpu_seconds,
-                                   trained_on(out_dir, cfgs)))
+                                   trained_on(rows)))
     return output
 
 
-def trained_on(out_dir: Path, names) -> list[str]:
+def trained_on(rows: list[dict]) -> list[str]:
     """The machines the book's finished trainings recorded (the CPU changes between sittings), each once."""
-    seen = {}
-    for name in names:
-        for path in sorted((out_dir / name).glob("compare/seed-*/*/summary.json")):
-            info = read_json(path).get("machine") or {}
-            text = f"{info.get('cpu', '?')} ({', '.join(info.get('isa', [])) or 'no vector extensions listed'})"
-            seen[text] = seen.get(text, 0) + 1
-    return [f"{text}: {n} training{'s' * (n != 1)}" for text, n in seen.items()]
+    seen: dict[str, list[int]] = {}  # machine -> [trainings, of them transcribed]
+    for row in rows:
+        info = row.get("machine") or {}
+        text = f"{info.get('cpu', '?')} ({', '.join(info.get('isa', [])) or 'no vector extensions listed'})"
+        counts = seen.setdefault(text, [0, 0])
+        counts[0] += 1
+        counts[1] += "provenance" in row
+    return [f"{text}: {n} training{'s' * (n != 1)}" + (f" ({old} of them transcribed from an earlier sitting's documents, "
+                                                        "their run folders lost: the ledger's rows say from where)" if old else "")
+            for text, (n, old) in seen.items()]
 
 
 def _document(chapters: Labelled, figures: Path, seconds: float | None, command: str = "sparsearch book",

@@ -16,7 +16,8 @@ from ..errors import SparsearchError
 from ..executors import stop_ray
 from ..files import read_json, write_atomic
 from ..train import exclusive
-from .document import chapters_of, write_book
+from .document import Committed, chapters_of, write_book
+from .ledger import ledger_path, record, recorded, trial
 from .runs import (
     ARCHITECTURE_JSON,
     BENCH_JSON,
@@ -31,11 +32,28 @@ from .runs import (
     bench_result,
     finished,
     load,
+    so_far,
 )
 from .verdicts import Chapter
 
 
-def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool, scale: str = "cpu") -> None:
+def committed_rows(cfgs: dict[str, list[Config]], output: Path, scale: str) -> Committed:
+    """The ledger's rows of each comparison run (`ledger.py`); refuses rows of another config."""
+    return {name: recorded(ledger_path(output, scale, name), invocations[0])
+            for name, invocations in cfgs.items() if COMMANDS[name] == "compare"}
+
+
+def record_rows(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, scale: str, committed: Committed) -> None:
+    """Copy the rows finished under `out_dir` into the ledger (and `committed`), to be committed with the document."""
+    for name in committed:
+        results = so_far(name, out_dir, committed)
+        if new := record(ledger_path(output, scale, name), cfgs[name][0], results):
+            committed[name] = results["rows"]
+            print(f"book: {new} new row(s) of {name} recorded in {ledger_path(output, scale, name)}", flush=True)
+
+
+def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool, scale: str,
+                  output: Path, committed: Committed) -> None:
     from ..bench import main as bench
     from ..bench.common import wait_for_quiet
     from ..pipeline.compare import run_compare
@@ -45,12 +63,13 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         cfg = invocations[0]
         print(f"book: {name} ({COMMANDS[name]}, {len(invocations)} part(s), {cfg.train.epochs} epochs on "
               f"{cfg.train.device})", flush=True)
-        if COMMANDS[name] == "compare":
-            run_compare(invocations, show_progress=show_progress)  # one queue: no core idles between the parts
+        if COMMANDS[name] == "compare":  # one queue: no core idles between the parts
+            run_compare(invocations, show_progress=show_progress, recorded={trial(r) for r in committed[name]})
+            record_rows(cfgs, out_dir, output, scale, committed)
         else:
             for cfg in invocations:
                 run_all(cfg, show_progress=show_progress)
-        more_seeds(cfgs, out_dir, scale, show_progress)  # as soon as a claim's three seeds are in
+        more_seeds(cfgs, out_dir, scale, show_progress, output, committed)  # as soon as a claim's seeds are in
     if not bench_result(out_dir):
         stop_ray()  # a quiet machine for the timings
         wait_for_quiet()
@@ -62,7 +81,7 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         print("book: bench architecture", flush=True)
         bench("architecture", ["--out", str(out_dir / ARCHITECTURE_JSON)])
     ift_inference(out_dir)
-    more_seeds(cfgs, out_dir, scale, show_progress)  # claim 8 waits for its inference timings
+    more_seeds(cfgs, out_dir, scale, show_progress, output, committed)  # claim 8 waits for its inference timings
 
 
 def wants_more_seeds(verdict: str) -> bool:
@@ -70,26 +89,28 @@ def wants_more_seeds(verdict: str) -> bool:
     return "**inconclusive**" in verdict and "too few seeds" in verdict
 
 
-def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_progress: bool) -> list[str]:
+def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_progress: bool, output: Path,
+               committed: Committed) -> list[str]:
     """The second stage: each claim of MORE_SEEDS whose chapter wants more seeds trains seeds 3 and 4 (finished ones
     are skipped, so a resumed book goes on where it stopped); returns the claims extended."""
     from ..pipeline.compare import run_compare
 
     wanted: dict[str, list[Config]] = {}  # run -> the parts to extend, trained as one queue
     extended = []
-    for label, chapter in chapters_of(cfgs, out_dir, scale)[0]:
+    for label, chapter in chapters_of(cfgs, out_dir, scale, committed)[0]:
         if label in MORE_SEEDS and isinstance(chapter, Chapter) and wants_more_seeds(chapter.verdict):
             name, part, variants = MORE_SEEDS[label]
             cfg = cfgs[name][part]
             cfg = dataclasses.replace(cfg, compare=dataclasses.replace(cfg.compare, seeds=FIVE_SEEDS,
                                                                        variants=variants or cfg.compare.variants))
-            if finished(name, {name: [cfg]}, out_dir):
+            if finished(name, {name: [cfg]}, out_dir, None, committed):
                 continue  # five seeds in already: the verdict stands as it is
             print(f"book: claim {label} is inconclusive on three seeds, too few: seeds 3 and 4 ({name})", flush=True)
             wanted.setdefault(name, []).append(cfg)
             extended.append(label)
-    for parts in wanted.values():
-        run_compare(parts, show_progress=show_progress)
+    for name, parts in wanted.items():
+        run_compare(parts, show_progress=show_progress, recorded={trial(r) for r in committed[name]})
+        record_rows(cfgs, out_dir, output, scale, committed)
     return extended
 
 
@@ -134,10 +155,13 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     if not write_only and data_path is None:
         raise SparsearchError("the book trains on CIFAR-10: give its path with --data-path (an image-folder archive "
                               f"such as {CIFAR10}, or the python batches)")
+    committed = committed_rows(cfgs, output, scale)
     if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
-        if not any((out_dir / name).is_dir() for name in cfgs):
-            raise SparsearchError(f"{out_dir} holds none of the book's runs ({', '.join(cfgs)}): nothing to write from")
-        return write_book(cfgs, out_dir, output, command, None, scale)
+        if not any((out_dir / name).is_dir() for name in cfgs) and not any(committed.values()):
+            raise SparsearchError(f"{out_dir} holds none of the book's runs ({', '.join(cfgs)}) and its ledger "
+                                  f"({ledger_path(output, scale, '*')}) none of their rows: nothing to write from")
+        record_rows(cfgs, out_dir, output, scale, committed)
+        return write_book(cfgs, out_dir, output, command, None, scale, committed)
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
-        _run_chapters(cfgs, out_dir, show_progress, scale)
-        return write_book(cfgs, out_dir, output, command, time.time() - started, scale)
+        _run_chapters(cfgs, out_dir, show_progress, scale, output, committed)
+        return write_book(cfgs, out_dir, output, command, time.time() - started, scale, committed)

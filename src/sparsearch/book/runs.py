@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import Config, load_config
 from ..errors import SparsearchError
 from ..files import read_json
+from .ledger import merged
 
 # name: (command, config file, one list of overrides per invocation)
 SEEDS = "run.search_seeds=[0, 1, 2]"  # the searches (GPU scale) on three seeds, a search per sparsity
@@ -96,16 +97,18 @@ def _results_path(name: str, out_dir: Path) -> Path:
     return out_dir / name / ("results.json" if COMMANDS[name] == "run" else "compare/results.json")
 
 
-def so_far(name: str, out_dir: Path) -> dict | None:
-    """A run's results file as it stands (a row per finished trial), None before its first trial finishes."""
+def so_far(name: str, out_dir: Path, committed: dict[str, list[dict]] | None = None) -> dict | None:
+    """A run's results as they stand (a row per finished trial) under `out_dir`, with the rows `committed` to the
+    book's ledger (`ledger.py`) for it; None before its first trial finishes."""
     path = _results_path(name, out_dir)
-    return read_json(path) if path.exists() else None
+    results = read_json(path) if path.exists() else None
+    return merged(results, (committed or {}).get(name, [])) if COMMANDS[name] == "compare" else results
 
 
-def progress(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None
-             ) -> tuple[set, set, dict | None]:
+def progress(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None,
+             committed: dict[str, list[dict]] | None = None) -> tuple[set, set, dict | None]:
     """What a run's invocations (those numbered `parts`, all by default) train, which of it has finished (each
-    method on each search seed, or each variant at each sparsity on each seed), and its results file so far."""
+    method on each search seed, or each variant at each sparsity on each seed), and its results so far."""
     command = COMMANDS[name]
     invocations = cfgs[name] if parts is None else [cfgs[name][i] for i in parts]
     if command == "run":
@@ -113,7 +116,7 @@ def progress(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: lis
     else:
         wanted = {(v, 0.0 if v == "dense" else s, seed) for c in invocations for v in c.compare.variants
                   for s in c.compare.sparsities for seed in c.compare.seeds}
-    results = so_far(name, out_dir)
+    results = so_far(name, out_dir, committed)
     try:
         if results is None:
             done = set()
@@ -127,9 +130,10 @@ def progress(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: lis
     return wanted, done & wanted, results
 
 
-def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None) -> dict | None:
+def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: list[int] | None = None,
+             committed: dict[str, list[dict]] | None = None) -> dict | None:
     """A run's results once every invocation of it (those numbered `parts`, all by default) has finished."""
-    wanted, done, results = progress(name, cfgs, out_dir, parts)
+    wanted, done, results = progress(name, cfgs, out_dir, parts, committed)
     return results if done == wanted else None
 
 

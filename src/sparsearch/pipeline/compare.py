@@ -159,7 +159,7 @@ def run_job(job: CompareJob) -> dict:
             "mask_sparsity": cfg.sparsity.sparsity,
             "test_acc": summary["final_test_acc"], "weight_density": summary.get("weight_density", 1.0),
             "params_nonzero": summary["params_nonzero"], "macs_effective": summary["macs_effective"],
-            "train_seconds": summary["train_seconds"]}
+            "train_seconds": summary["train_seconds"], "machine": summary["machine"]}
 
 
 def _jobs(cfg: Config) -> list[tuple[int, str, float]]:
@@ -174,17 +174,31 @@ def _jobs(cfg: Config) -> list[tuple[int, str, float]]:
     return [(seed, v, s) for seed in c.seeds for v in variants for s in ([0.0] if v == "dense" else c.sparsities)]
 
 
-def run_compare(cfg: Config | list[Config], show_progress: bool = True) -> Path:
+def _unrecorded(jobs: list[tuple[int, str, float]], recorded: set, cfg: Config) -> list[tuple[int, str, float]]:
+    """The jobs not in `recorded`, and the dense runs the methods among them that prune a trained network start
+    from (a recorded dense run's checkpoint may be gone with the folder that held it)."""
+    todo = [j for j in jobs if j not in recorded]
+    needs_dense = {seed for seed, v, s in todo
+                   if v != "dense" and REGISTRY[variant_config(cfg, v, s, seed).sparsity.method].starts_from_dense}
+    return [j for j in jobs if j not in recorded or (j[1] == "dense" and j[0] in needs_dense)]
+
+
+def run_compare(cfg: Config | list[Config], show_progress: bool = True,
+                recorded: set[tuple[int, str, float]] = frozenset()) -> Path:
     """Train everything the `compare` section lists, as trials of `run.executor`; returns the directory holding
     table.md and accuracy.png. Failed trials are listed in results.json and table.md, then raised. A list of
     configs that differ in their `compare` sections only (one run, several invocations' worth of work) is one
-    queue: no worker idles at the end of one part while the next waits."""
+    queue: no worker idles at the end of one part while the next waits. Trials (seed, variant, sparsity) in
+    `recorded` finished elsewhere (the book's committed rows) and are not trained, but a dense network that a
+    trial still to train starts from."""
     parts = [cfg] if isinstance(cfg, Config) else list(cfg)
     cfg = parts[0]
     if others := [i for i, p in enumerate(parts) if dataclasses.replace(p, compare=cfg.compare) != cfg]:
         raise ConfigError(f"the parts of one comparison may differ in their compare sections only (part {others[0]} "
                           "differs elsewhere)")
-    jobs = list(dict.fromkeys(job for part in parts for job in _jobs(part)))
+    jobs = _unrecorded(list(dict.fromkeys(job for part in parts for job in _jobs(part))), recorded, cfg)
+    if not jobs:
+        return cfg.run_dir / "compare"  # every trial recorded: nothing to train
     variants = list(dict.fromkeys(v for _, v, _ in jobs))
     ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
     for v, s in dict.fromkeys((v, s) for _, v, s in jobs):  # unknown names and bad settings fail before any training

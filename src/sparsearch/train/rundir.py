@@ -143,7 +143,7 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = (), sections: tup
         for section in extendable:
             before.pop(section, None)
             now.pop(section, None)
-        if changed := [k for k in _changed_keys(before, now) if k not in HOW_NOT_WHAT]:
+        if changed := [k for k in changed_keys(before, now) if k not in HOW_NOT_WHAT]:
             raise SparsearchError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])} differ); "
                                   "pick another name or delete it")
     write_atomic(written, text)
@@ -151,12 +151,12 @@ def prepare_run_dir(cfg: Config, extendable: tuple[str, ...] = (), sections: tup
     return run_dir
 
 
-def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+def changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
         if isinstance(x, dict) and isinstance(y, dict):
-            out += _changed_keys(x, y, f"{prefix}{key}.")
+            out += changed_keys(x, y, f"{prefix}{key}.")
         elif x != y:
             out.append(prefix + key)
     return out
