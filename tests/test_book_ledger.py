@@ -98,3 +98,26 @@ def test_the_committed_ledger_matches_the_books_config():
     output = Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"
     committed = make.committed_rows(_cfgs(Path("runs/book")), output, "cpu")
     assert len(committed[runs.V3]) >= 12  # the dense anchor, claim 3, claim 4's seed 0
+
+
+def test_a_finished_timing_is_kept_whole_and_read_back_an_unfinished_one_is_not(tmp_path):
+    cfgs, output, out_dir = _cfgs(tmp_path / "runs"), tmp_path / "RESULTS.md", tmp_path / "runs"
+    for name, complete in ((runs.BENCH_JSON, True), (runs.ARCHITECTURE_JSON, False)):
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / name).write_text(json.dumps({"complete": complete, "rows": [1, 2]}))
+    make.record_rows(cfgs, out_dir, output, "cpu", make.committed_rows(cfgs, output, "cpu"))
+    assert ledger.kept_path(output, "cpu", runs.BENCH_JSON).exists()
+    assert not ledger.kept_path(output, "cpu", runs.ARCHITECTURE_JSON).exists()  # still running: not a result
+    committed = make.committed_rows(cfgs, output, "cpu")
+    assert runs.bench_result(tmp_path / "new", runs.BENCH_JSON, committed) == {"complete": True, "rows": [1, 2]}
+    assert runs.bench_result(tmp_path / "new", runs.ARCHITECTURE_JSON, committed) is None
+
+
+def test_claim_8s_inference_waits_for_all_its_trained_networks_rather_than_timing_some(tmp_path, capsys):
+    seed_0 = tmp_path / runs.V3 / "compare" / "seed-0"
+    for network in ("wide-rigl-0.5", "wide-rigl-uniform-0.5"):  # the dense one went with an earlier sitting
+        (seed_0 / network).mkdir(parents=True)
+        (seed_0 / network / "summary.json").write_text("{}")
+    assert make.ift_inference(tmp_path, wide=2) is None
+    assert "wait for seed 0's dense and Sparse-IFT networks" in capsys.readouterr().out
+    assert not (tmp_path / runs.INFERENCE_JSON).exists()

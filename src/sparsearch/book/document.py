@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..config import Config
-from ..files import read_json, write_atomic
+from ..files import write_atomic
 from ..host import machine
 from .architecture import dass_vs_mobilenet, speedup
 from .chapters import compare_seconds, deferred, erk_vs_uniform, imp_vs_oneshot, rigl_set_static, setting, soup_vs_best_ingredient, sparse_ift
@@ -32,7 +32,7 @@ from .verdicts import Chapter, hours, rules_citation
 Labelled = list[tuple[str, "Chapter | list[str]"]]  # (the claim a chapter judges, the chapter or the runs it waits for)
 
 
-Committed = dict[str, list[dict]]  # run -> the rows the book's ledger holds for it (`ledger.py`)
+Committed = dict  # what the book's ledger holds (`ledger.py`): run -> its rows; a timing's path -> its JSON
 
 
 def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu", committed: Committed | None = None
@@ -43,10 +43,9 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     for i, part in enumerate(V3_PARTS):  # each claim with the anchor's invocation, which trains the dense network
         tally[f"{V3} ({part})"] = progress(V3, cfgs, out_dir, sorted({0, i}), committed)
     done = {key: results if have == wanted else None for key, (wanted, have, results) in tally.items()}
-    done["book-runtime"] = bench_result(out_dir)
-    done["book-architecture"] = bench_result(out_dir, ARCHITECTURE_JSON)
-    ift_json = out_dir / INFERENCE_JSON
-    done["sparse-ift-inference"] = read_json(ift_json) if ift_json.exists() else None
+    done["book-runtime"] = bench_result(out_dir, BENCH_JSON, committed)
+    done["book-architecture"] = bench_result(out_dir, ARCHITECTURE_JSON, committed)
+    done["sparse-ift-inference"] = bench_result(out_dir, INFERENCE_JSON, committed)
     v3, at = (lambda part: done[f"{V3} ({part})"]), setting(cfgs[V3][0])
     ablation = done[f"{V3} (ablation)"]
     cells = [cell_run(g) for g in CELLS]

@@ -2,8 +2,9 @@
 document). A sitting's checkout, and the `--out-dir` folder in it, may not outlive the sitting, while a training
 costs an hour of this machine: a row recorded here is not trained again, and the chapters read these rows with the
 ones under `--out-dir`. Each row keeps the machine that trained it; the config the rows were trained with is kept
-once per run, and rows of another config are refused, never mixed in. Comparison runs only: the searches run at
-`--scale gpu`, whose run folders hold what their chapters read.
+once per run, and rows of another config are refused, never mixed in. The benches' JSON files (claim 7) and the
+Sparse-IFT inference timings (claim 8) are kept here too, whole: delete one to measure it again. Comparison runs
+only: the searches run at `--scale gpu`, whose run folders hold what their chapters read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ ROWS = Path("results") / "rows"  # beside the document
 
 def ledger_path(output: Path, scale: str, name: str) -> Path:
     return Path(output).parent / ROWS / scale / f"{name}.json"
+
+
+def kept_path(output: Path, scale: str, measured: Path) -> Path:
+    """Where the ledger keeps a timing the chapters read (a bench's JSON), by its path under `--out-dir`."""
+    return Path(output).parent / ROWS / scale / measured
 
 
 def trial(row: dict) -> tuple[int, str, float]:

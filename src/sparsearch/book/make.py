@@ -17,7 +17,7 @@ from ..executors import stop_ray
 from ..files import read_json, write_atomic
 from ..train import exclusive
 from .document import Committed, chapters_of, write_book
-from .ledger import ledger_path, record, recorded, trial
+from .ledger import kept_path, ledger_path, record, recorded, trial
 from .runs import (
     ARCHITECTURE_JSON,
     BENCH_JSON,
@@ -26,9 +26,12 @@ from .runs import (
     FIVE_SEEDS,
     INFERENCE_BATCHES,
     INFERENCE_JSON,
+    MEASURED,
     MORE_SEEDS,
     RUNTIME_ARGS,
     SCALES,
+    V3,
+    V3_PARTS,
     bench_result,
     finished,
     load,
@@ -38,18 +41,29 @@ from .verdicts import Chapter
 
 
 def committed_rows(cfgs: dict[str, list[Config]], output: Path, scale: str) -> Committed:
-    """The ledger's rows of each comparison run (`ledger.py`); refuses rows of another config."""
-    return {name: recorded(ledger_path(output, scale, name), invocations[0])
-            for name, invocations in cfgs.items() if COMMANDS[name] == "compare"}
+    """What the ledger holds (`ledger.py`): each comparison run's rows (refused if of another config), and the
+    timings it keeps, by their path under `--out-dir`."""
+    committed: Committed = {name: recorded(ledger_path(output, scale, name), invocations[0])
+                            for name, invocations in cfgs.items() if COMMANDS[name] == "compare"}
+    for name in MEASURED:
+        if (path := kept_path(output, scale, name)).exists():
+            committed[name.as_posix()] = read_json(path)
+    return committed
 
 
 def record_rows(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, scale: str, committed: Committed) -> None:
-    """Copy the rows finished under `out_dir` into the ledger (and `committed`), to be committed with the document."""
-    for name in committed:
-        results = so_far(name, out_dir, committed)
-        if new := record(ledger_path(output, scale, name), cfgs[name][0], results):
-            committed[name] = results["rows"]
-            print(f"book: {new} new row(s) of {name} recorded in {ledger_path(output, scale, name)}", flush=True)
+    """Copy what finished under `out_dir` into the ledger (and `committed`), to be committed with the document:
+    the comparisons' rows and the finished timings."""
+    for name in cfgs:
+        if COMMANDS[name] == "compare":
+            results = so_far(name, out_dir, committed)
+            if new := record(ledger_path(output, scale, name), cfgs[name][0], results):
+                committed[name] = results["rows"]
+                print(f"book: {new} new row(s) of {name} recorded in {ledger_path(output, scale, name)}", flush=True)
+    for name in MEASURED:
+        if (out_dir / name).exists() and (measured := bench_result(out_dir, name)):
+            write_atomic(kept_path(output, scale, name), json.dumps(measured, indent=1) + "\n")
+            committed[name.as_posix()] = measured
 
 
 def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: bool, scale: str,
@@ -65,22 +79,26 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
               f"{cfg.train.device})", flush=True)
         if COMMANDS[name] == "compare":  # one queue: no core idles between the parts
             run_compare(invocations, show_progress=show_progress, recorded={trial(r) for r in committed[name]})
+            if name == V3 and not bench_result(out_dir, INFERENCE_JSON, committed):
+                claim_8 = invocations[list(V3_PARTS).index("claim 8")].compare
+                # now, while seed 0's networks are here: a later sitting's checkout may not have them
+                ift_inference(out_dir, len(claim_8.variants) * len(claim_8.sparsities))
             record_rows(cfgs, out_dir, output, scale, committed)
         else:
             for cfg in invocations:
                 run_all(cfg, show_progress=show_progress)
         more_seeds(cfgs, out_dir, scale, show_progress, output, committed)  # as soon as a claim's seeds are in
-    if not bench_result(out_dir):
+    if not bench_result(out_dir, BENCH_JSON, committed):
         stop_ray()  # a quiet machine for the timings
         wait_for_quiet()
         print("book: bench runtime", flush=True)
         bench("runtime", [*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
-    if not bench_result(out_dir, ARCHITECTURE_JSON):
+    if not bench_result(out_dir, ARCHITECTURE_JSON, committed):
         stop_ray()
         wait_for_quiet()
         print("book: bench architecture", flush=True)
         bench("architecture", ["--out", str(out_dir / ARCHITECTURE_JSON)])
-    ift_inference(out_dir)
+    record_rows(cfgs, out_dir, output, scale, committed)
     more_seeds(cfgs, out_dir, scale, show_progress, output, committed)  # claim 8 waits for its inference timings
 
 
@@ -114,9 +132,12 @@ def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_pr
     return extended
 
 
-def ift_inference(out_dir: Path) -> dict:
+def ift_inference(out_dir: Path, wide: int) -> dict | None:
     """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
-    network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it)."""
+    network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it). None, with a line
+    saying why, when one of those trained networks (`wide` Sparse-IFT ones and the dense) is not under `out_dir`
+    (gone with an earlier sitting's folder, its row kept by the ledger): a partial table would compare other
+    things."""
     from ..bench.common import wait_for_quiet
     from ..host import OtherLoad
     from ..pipeline.compile import run_compile
@@ -124,19 +145,24 @@ def ift_inference(out_dir: Path) -> dict:
     out = out_dir / INFERENCE_JSON
     if out.exists():
         return read_json(out)
+    seed_0 = out.parent / "compare" / "seed-0"
+    networks = sorted(p for p in seed_0.glob("*") if p.name == "dense" or p.name.startswith("wide-"))
+    if len(networks) != 1 + wide or not all((p / "summary.json").exists() for p in networks):
+        print(f"book: claim 8's inference timings wait for seed 0's dense and Sparse-IFT networks, trained, under "
+              f"{seed_0} (one whose folder is gone trains again once its row leaves the ledger)", flush=True)
+        return None
     stop_ray()
     wait_for_quiet()  # compile times its engines
     result: dict = {}
-    for where in sorted((out.parent / "compare" / "seed-0").iterdir()):
-        if where.name == "dense" or where.name.startswith("wide-"):
-            for batch in INFERENCE_BATCHES:
-                print(f"book: compile {where.name} at batch {batch}", flush=True)
-                load = OtherLoad()
-                plan = run_compile(where, batch=batch, threads=2)
-                other = load.cores()
-                result.setdefault(where.name, {})[f"batch-{batch}"] = {
-                    "engine": plan["engine"], "ms": plan["times_ms"][plan["engine"]]["median"],
-                    "other_cores": None if other is None else round(other, 2)}
+    for where in networks:
+        for batch in INFERENCE_BATCHES:
+            print(f"book: compile {where.name} at batch {batch}", flush=True)
+            load = OtherLoad()
+            plan = run_compile(where, batch=batch, threads=2)
+            other = load.cores()
+            result.setdefault(where.name, {})[f"batch-{batch}"] = {
+                "engine": plan["engine"], "ms": plan["times_ms"][plan["engine"]]["median"],
+                "other_cores": None if other is None else round(other, 2)}
     write_atomic(out, json.dumps(result, indent=2))
     return result
 

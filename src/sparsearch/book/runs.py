@@ -137,8 +137,12 @@ def finished(name: str, cfgs: dict[str, list[Config]], out_dir: Path, parts: lis
     return results if done == wanted else None
 
 
-def bench_result(out_dir: Path, name: Path = BENCH_JSON) -> dict | None:
-    """A bench's results once it has finished (it writes its file as it goes, `complete` at the end)."""
+MEASURED = (BENCH_JSON, ARCHITECTURE_JSON, INFERENCE_JSON)  # the timings the chapters read, besides the runs' rows
+
+
+def bench_result(out_dir: Path, name: Path = BENCH_JSON, committed: dict | None = None) -> dict | None:
+    """A bench's results once it has finished (it writes its file as it goes, `complete` at the end; the inference
+    timings are written whole), under `out_dir` or else as the ledger keeps them (`committed`, by their path)."""
     path = out_dir / name
-    bench = read_json(path) if path.exists() else None
-    return bench if bench and bench.get("complete") else None
+    bench = read_json(path) if path.exists() else (committed or {}).get(name.as_posix())
+    return bench if bench and (bench.get("complete") or name == INFERENCE_JSON) else None
