@@ -282,3 +282,25 @@ def test_a_training_process_keeps_freed_memory_unless_told_not_to():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, **env}).stdout.strip()
         assert out == want
+
+
+def _sleep_then_mark(item: tuple[str, float]) -> str:
+    """Sleeps `seconds`, then leaves a marker: a trial that was stopped leaves none."""
+    marker, seconds = item
+    time.sleep(seconds)
+    Path(marker).touch()
+    return marker
+
+
+@pytest.mark.parametrize("kind", ["process", "ray"])
+def test_an_interrupted_map_stops_the_trials_still_running(kind, request, tmp_path):
+    """Ctrl-C or SIGTERM in the process that holds the run: its trials must not train on behind it."""
+    def interrupt(i, result):
+        raise KeyboardInterrupt
+
+    slow, quick = str(tmp_path / "slow"), str(tmp_path / "quick")
+    with pytest.raises(KeyboardInterrupt):
+        _executor(kind, request).map(_sleep_then_mark, [(slow, 5.0), (quick, 0.0)], progress=False, on_finish=interrupt)
+    assert Path(quick).exists()
+    time.sleep(7)  # past the slow trial's end, had it gone on
+    assert not Path(slow).exists()

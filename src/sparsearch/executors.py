@@ -87,8 +87,8 @@ class _Backend:
     def submit(self, fn: Callable, item: Any) -> Any: ...
     def first_finished(self, handles: list) -> list: ...
     def result(self, handle: Any) -> Any: ...
-    def close(self, running: bool = False) -> None:
-        """Let go of the workers; `running`: trials are still in flight (an interrupted map), stop them."""
+    def close(self, running: Sequence = ()) -> None:
+        """Let go of the workers; `running`: the handles of trials still in flight (an interrupted map): stop them."""
 
 
 class _LocalBackend(_Backend):
@@ -139,7 +139,7 @@ class _ProcessBackend(_Backend):
             self.close()  # every trial still in this pool fails with it and is resubmitted to a new one
             raise
 
-    def close(self, running: bool = False):
+    def close(self, running: Sequence = ()):
         if self.pool is not None:
             workers = list((self.pool._processes or {}).values()) if running else []
             self.pool.shutdown(wait=False, cancel_futures=True)
@@ -182,6 +182,10 @@ class _RayBackend(_Backend):
             return self.ray.get(handle)
         except self.ray.exceptions.RayTaskError as e:  # the trial's own error, not Ray's wrapper around it
             raise (e.cause if isinstance(e.cause, Exception) else e) from None
+
+    def close(self, running: Sequence = ()):
+        for handle in running:  # on a cluster a task outlives this driver: it would train on in a folder no one holds
+            self.ray.cancel(handle, force=True)
 
 
 class Executor:
@@ -262,7 +266,7 @@ class Executor:
                     finish(i, result)
         finally:
             bar.close()
-            backend.close(running=bool(pending))
+            backend.close(running=pending)
         return results
 
 
