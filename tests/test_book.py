@@ -158,6 +158,9 @@ def test_sparse_ift_judges_the_papers_uniform_allocation_against_dense(uniform, 
     assert "kept 1.10 cores busy on average while it timed: not a quiet machine" in chapter.body  # the worst timing
     assert "| wide-rigl | 50% |" in chapter.body and "-5.00 [" in chapter.body  # ERK beside it, its paired effect
     assert "Paper vs ours" in chapter.body and "ResNet-20, 30 epochs" in chapter.body
+    assert "timed at its initialisation" not in chapter.body
+    initial = {**INFERENCE, "dense": {b: {**t, "weights": "initial"} for b, t in INFERENCE["dense"].items()}}
+    assert "timed at its initialisation" in chapters.sparse_ift(_ift(uniform, [-0.05] * 3), initial).body
 
 
 def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):

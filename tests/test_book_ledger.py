@@ -113,11 +113,32 @@ def test_a_finished_timing_is_kept_whole_and_read_back_an_unfinished_one_is_not(
     assert runs.bench_result(tmp_path / "new", runs.ARCHITECTURE_JSON, committed) is None
 
 
-def test_claim_8s_inference_waits_for_all_its_trained_networks_rather_than_timing_some(tmp_path, capsys):
+def test_claim_8s_inference_waits_for_its_trained_networks_and_times_a_lost_dense_one_untrained(tmp_path, capsys,
+                                                                                                    monkeypatch):
+    from sparsearch.pipeline import compile as compile_module
+
     seed_0 = tmp_path / runs.V3 / "compare" / "seed-0"
-    for network in ("wide-rigl-0.5", "wide-rigl-uniform-0.5"):  # the dense one went with an earlier sitting
-        (seed_0 / network).mkdir(parents=True)
-        (seed_0 / network / "summary.json").write_text("{}")
-    assert make.ift_inference(tmp_path, wide=2) is None
-    assert "wait for seed 0's dense and Sparse-IFT networks" in capsys.readouterr().out
+    (seed_0 / "wide-rigl-0.5").mkdir(parents=True)
+    (seed_0 / "wide-rigl-0.5" / "summary.json").write_text("{}")
+    cfg = runs.load(runs.V3, tmp_path, [], DATA)[0]
+    assert make.ift_inference(tmp_path, 2, cfg) is None  # one of two Sparse-IFT networks: no partial table
+    assert "wait for seed 0's 2 Sparse-IFT networks" in capsys.readouterr().out
     assert not (tmp_path / runs.INFERENCE_JSON).exists()
+
+    timed = []  # the dense network's folder went with an earlier sitting: it is timed at its initialisation
+    plan = {"engine": "sparse", "times_ms": {"sparse": {"median": 2.0}}}
+    monkeypatch.setattr(compile_module, "run_compile", lambda where, batch, threads: timed.append(where.name) or plan)
+    monkeypatch.setattr(compile_module, "compile_untrained", lambda c, batch, threads: timed.append(c.name) or plan)
+    monkeypatch.setattr("sparsearch.bench.common.wait_for_quiet", lambda: None)
+    result = make.ift_inference(tmp_path, 1, cfg)
+    assert timed == [runs.V3, runs.V3, "wide-rigl-0.5", "wide-rigl-0.5"]  # two batches each
+    assert result["dense"]["batch-1"]["weights"] == "initial" and "weights" not in result["wide-rigl-0.5"]["batch-1"]
+
+
+def test_a_dense_network_compiles_at_its_initialisation_writing_nothing(tmp_path):
+    from sparsearch.config import load_config
+    from sparsearch.pipeline.compile import compile_untrained
+
+    cfg = load_config(None, ["data.name=digits", "model.kwargs={width: 4}", f"out_dir={tmp_path}"])
+    plan = compile_untrained(cfg, batch=4, threads=1)
+    assert plan["engine"] in plan["times_ms"] and plan["batch"] == 4 and not list(tmp_path.iterdir())

@@ -255,6 +255,9 @@ def sparse_ift(results: dict, inference: dict, at: str = "") -> Chapter:
             "Inference of seed 0's networks, compiled (`sparsearch compile`: the fastest engine by measurement), ms per "
             "batch, against the compiled dense network:\n\n"
             + table(["network", "batch", "engine", "ms", "vs dense"], timing)
+            + ("\nThe dense network was timed at its initialisation (its trained folder went with an earlier "
+               "sitting): a dense network's time does not depend on its weights."
+               if any(p.get("weights") == "initial" for p in inference.get("dense", {}).values()) else "")
             + "\n" + load_text(max((p["other_cores"] for per in inference.values() for p in per.values()
                                     if p.get("other_cores") is not None), default=None)).strip()
             + " A widened sparse network is only a win at equal cost if the engine runs it as fast as the dense one.\n"

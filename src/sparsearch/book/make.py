@@ -82,7 +82,7 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
             if name == V3 and not bench_result(out_dir, INFERENCE_JSON, committed):
                 claim_8 = invocations[list(V3_PARTS).index("claim 8")].compare
                 # now, while seed 0's networks are here: a later sitting's checkout may not have them
-                ift_inference(out_dir, len(claim_8.variants) * len(claim_8.sparsities))
+                ift_inference(out_dir, len(claim_8.variants) * len(claim_8.sparsities), cfg)
             record_rows(cfgs, out_dir, output, scale, committed)
         else:
             for cfg in invocations:
@@ -132,37 +132,42 @@ def more_seeds(cfgs: dict[str, list[Config]], out_dir: Path, scale: str, show_pr
     return extended
 
 
-def ift_inference(out_dir: Path, wide: int) -> dict | None:
-    """Seed 0's Sparse-IFT networks and their dense one, compiled at each of INFERENCE_BATCHES on 2 threads:
-    network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it). None, with a line
-    saying why, when one of those trained networks (`wide` Sparse-IFT ones and the dense) is not under `out_dir`
-    (gone with an earlier sitting's folder, its row kept by the ledger): a partial table would compare other
-    things."""
+def ift_inference(out_dir: Path, wide: int, cfg: Config) -> dict | None:
+    """Seed 0's `wide` Sparse-IFT networks and the dense one (`cfg`'s model), compiled at each of INFERENCE_BATCHES
+    on 2 threads: network -> {"batch-<b>": {engine, ms}} in INFERENCE_JSON (kept: a second book reuses it). The
+    dense network is timed at its initialisation when its folder is gone (an earlier sitting's, its row kept by the
+    ledger): its time does not depend on its weights. None, with a line saying why, while a Sparse-IFT network is
+    not here, trained: a partial table would compare other things."""
     from ..bench.common import wait_for_quiet
     from ..host import OtherLoad
-    from ..pipeline.compile import run_compile
+    from ..pipeline.compile import compile_untrained, run_compile
 
     out = out_dir / INFERENCE_JSON
     if out.exists():
         return read_json(out)
     seed_0 = out.parent / "compare" / "seed-0"
-    networks = sorted(p for p in seed_0.glob("*") if p.name == "dense" or p.name.startswith("wide-"))
-    if len(networks) != 1 + wide or not all((p / "summary.json").exists() for p in networks):
-        print(f"book: claim 8's inference timings wait for seed 0's dense and Sparse-IFT networks, trained, under "
-              f"{seed_0} (one whose folder is gone trains again once its row leaves the ledger)", flush=True)
+    networks = sorted(p for p in seed_0.glob("wide-*") if (p / "summary.json").exists())
+    if len(networks) != wide:
+        print(f"book: claim 8's inference timings wait for seed 0's {wide} Sparse-IFT networks, trained, under "
+              f"{seed_0} ({len(networks)} there; one whose folder is gone trains again once its row leaves the "
+              "ledger)", flush=True)
         return None
+    dense = seed_0 / "dense"
+    trained = (dense / "summary.json").exists()
     stop_ray()
     wait_for_quiet()  # compile times its engines
     result: dict = {}
-    for where in networks:
+    for where in [dense, *networks]:
         for batch in INFERENCE_BATCHES:
             print(f"book: compile {where.name} at batch {batch}", flush=True)
             load = OtherLoad()
-            plan = run_compile(where, batch=batch, threads=2)
+            plan = (run_compile(where, batch=batch, threads=2) if where != dense or trained
+                    else compile_untrained(cfg, batch=batch, threads=2))
             other = load.cores()
             result.setdefault(where.name, {})[f"batch-{batch}"] = {
                 "engine": plan["engine"], "ms": plan["times_ms"][plan["engine"]]["median"],
-                "other_cores": None if other is None else round(other, 2)}
+                "other_cores": None if other is None else round(other, 2),
+                **({} if where != dense or trained else {"weights": "initial"})}
     write_atomic(out, json.dumps(result, indent=2))
     return result
 

@@ -50,20 +50,29 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
         return _compile(where, cfg, summary, final, batch, threads)
 
 
-def _compile(where: Path, cfg, summary: dict, final: Path, batch: int, threads: int | None) -> dict:
+def compile_untrained(cfg, batch: int = 1, threads: int | None = None) -> dict:
+    """The plan (engine, timings) of `cfg`'s model at its initialisation, written nowhere: a dense network's
+    inference time does not depend on its weights' values, so it needs no training (a sparse one's masks do)."""
+    return _compile(None, cfg, {}, None, batch, threads)
+
+
+def _compile(where: Path | None, cfg, summary: dict, final: Path | None, batch: int, threads: int | None) -> dict:
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     model = model_builder(cfg, ds)().eval()
-    weights = load_weights(final)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:  # weights of another model
-        raise SparsearchError(f"cannot load {final}: {str(exc).splitlines()[0]}") from None
+    if final is not None:
+        weights = load_weights(final)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # weights of another model
+            raise SparsearchError(f"cannot load {final}: {str(exc).splitlines()[0]}") from None
     if threads:
         torch.set_num_threads(threads)
     shape = check_input_shape([batch, ds.in_channels, *ds.image_size], "--batch")
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     compiled = compile(model, example)
+    if where is None:
+        return {**compiled.plan(), "batch": batch, "compile_seconds": time.perf_counter() - t0}
     out = where / "compiled"
     if cfg.ift.family != "parallel":  # parallel branches are surgery on the built model: no constructor rebuilds them
         export(model, out, cfg.model.name, num_classes=ds.num_classes, in_channels=ds.in_channels,
