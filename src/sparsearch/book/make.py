@@ -73,6 +73,18 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
     from ..pipeline.compare import run_compare
     from ..pipeline.run import run_all
 
+    # the timings first: an hour of a quiet machine, kept by the ledger, where the trainings take many sittings
+    if not bench_result(out_dir, BENCH_JSON, committed):
+        stop_ray()  # a quiet machine for the timings
+        wait_for_quiet()
+        print("book: bench runtime", flush=True)
+        bench("runtime", [*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
+    if not bench_result(out_dir, ARCHITECTURE_JSON, committed):
+        stop_ray()
+        wait_for_quiet()
+        print("book: bench architecture", flush=True)
+        bench("architecture", ["--out", str(out_dir / ARCHITECTURE_JSON)])
+    record_rows(cfgs, out_dir, output, scale, committed)
     for name, invocations in cfgs.items():
         cfg = invocations[0]
         print(f"book: {name} ({COMMANDS[name]}, {len(invocations)} part(s), {cfg.train.epochs} epochs on "
@@ -88,18 +100,6 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
             for cfg in invocations:
                 run_all(cfg, show_progress=show_progress)
         more_seeds(cfgs, out_dir, scale, show_progress, output, committed)  # as soon as a claim's seeds are in
-    if not bench_result(out_dir, BENCH_JSON, committed):
-        stop_ray()  # a quiet machine for the timings
-        wait_for_quiet()
-        print("book: bench runtime", flush=True)
-        bench("runtime", [*RUNTIME_ARGS, "--out", str(out_dir / BENCH_JSON)])
-    if not bench_result(out_dir, ARCHITECTURE_JSON, committed):
-        stop_ray()
-        wait_for_quiet()
-        print("book: bench architecture", flush=True)
-        bench("architecture", ["--out", str(out_dir / ARCHITECTURE_JSON)])
-    record_rows(cfgs, out_dir, output, scale, committed)
-    more_seeds(cfgs, out_dir, scale, show_progress, output, committed)  # claim 8 waits for its inference timings
 
 
 def wants_more_seeds(verdict: str) -> bool:
