@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("book", help="rerun the seed papers' comparisons on CIFAR-10 at CPU scale; write docs/RESULTS.md")
     p.add_argument("--out-dir", default="runs", help="where the book's runs live (finished runs there are reused)")
-    p.add_argument("--output", default="docs/RESULTS.md")
+    p.add_argument("--output", default="docs/RESULTS.md",
+                   help="the document; the ledger of finished trainings lies beside it (results/rows/): commit both")
     p.add_argument("--executor", choices=["local", "process", "ray"], default="process",
                    help="how independent trials run (process: a core each, no extra needed; ray: also across machines)")
     p.add_argument("--workers", type=int, default=2, help="trials at once")
@@ -218,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: budgets this machine can hold (tens of core-hours, resumable in sittings); gpu: paper-like "
                    "budgets on CUDA, and the claims the CPU book defers")
     p.add_argument("--write-only", action="store_true",
-                   help="run nothing: write the document from the runs finished so far (the rest marked pending)")
+                   help="run nothing: write the document and the ledger from the runs finished so far (the rest "
+                   "marked pending)")
     p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("report", help="rebuild the report of a finished `sparsearch run` directory")

@@ -128,8 +128,10 @@ def _document(chapters: Labelled, figures: Path, seconds: float | None, command:
              "and the benches' wall time)." if cpu_seconds is not None else "")
     lines = ["# Results book", "", f"Command: `{command}{' --write-only' if seconds is None else ''}`", "",
              f"It reruns the seed papers' comparisons on CIFAR-10 (`{CIFAR10}`, the official "
-             "images re-encoded as JPEG) and reuses runs that already finished under `--out-dir` (delete them to "
-             "measure from scratch); `docs/results/pilots.md` gives its schedule and cost.", "",
+             "images re-encoded as JPEG) and reuses what already finished: runs under `--out-dir`, and the rows and "
+             "timings its ledger keeps beside this document (`results/rows/`, committed: a sitting's `--out-dir` does "
+             "not outlive it; delete a row or a file there to measure it again); `docs/results/pilots.md` gives its "
+             "schedule and cost.", "",
              f"Written on: {info['cpu']} ({', '.join(info['isa']) or 'no vector extensions listed'}), {info['threads']} "
              "threads" + (f", {info['gpu']}" if info.get("gpu") else "")
              + f", torch {info['torch']}. "

@@ -1,6 +1,7 @@
 """`sparsearch book`: run what the book is missing (`runs.py` lists it), at CPU scale on CIFAR-10 or at `--scale gpu`,
 then write one document (`docs/RESULTS.md` plus plots, `document.py`) that gives for each claim the paper's claim,
-our numbers and a verdict by the rules fixed before the runs. Independent trials (comparison runs, random-search
+our numbers and a verdict by the rules fixed before the runs, and beside it the ledger (`ledger.py`) of what finished,
+which a later sitting without the `--out-dir` folder reads instead of training it again. Independent trials (comparison runs, random-search
 samples, soup ingredients) go to `--executor`: two at once, a core each, on this machine's two cores.
 """
 
