@@ -284,12 +284,19 @@ def test_a_training_process_keeps_freed_memory_unless_told_not_to():
         assert out == want
 
 
-def _sleep_then_mark(item: tuple[str, float]) -> str:
-    """Sleeps `seconds`, then leaves a marker: a trial that was stopped leaves none."""
-    marker, seconds = item
-    time.sleep(seconds)
-    Path(marker).touch()
-    return marker
+def _slow_or_quick(item: tuple[str, str]) -> str:
+    """("slow", folder): says it started, sleeps 5 s, then leaves a marker that a stopped trial never leaves.
+    ("quick", folder): returns once the slow one has started, so the map is interrupted while it runs."""
+    kind, folder = item
+    if kind == "quick":
+        deadline = time.monotonic() + 120
+        while not (Path(folder) / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return kind
+    (Path(folder) / "started").touch()
+    time.sleep(5)
+    (Path(folder) / "finished").touch()
+    return kind
 
 
 @pytest.mark.parametrize("kind", ["process", "ray"])
@@ -298,9 +305,9 @@ def test_an_interrupted_map_stops_the_trials_still_running(kind, request, tmp_pa
     def interrupt(i, result):
         raise KeyboardInterrupt
 
-    slow, quick = str(tmp_path / "slow"), str(tmp_path / "quick")
     with pytest.raises(KeyboardInterrupt):
-        _executor(kind, request).map(_sleep_then_mark, [(slow, 5.0), (quick, 0.0)], progress=False, on_finish=interrupt)
-    assert Path(quick).exists()
+        _executor(kind, request).map(_slow_or_quick, [("slow", str(tmp_path)), ("quick", str(tmp_path))],
+                                     progress=False, on_finish=interrupt)
+    assert (tmp_path / "started").exists()
     time.sleep(7)  # past the slow trial's end, had it gone on
-    assert not Path(slow).exists()
+    assert not (tmp_path / "finished").exists()
