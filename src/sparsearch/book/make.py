@@ -63,7 +63,7 @@ def record_rows(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, scal
                 print(f"book: {new} new row(s) of {name} recorded in {ledger_path(output, scale, name)}", flush=True)
     for name in MEASURED:
         if (out_dir / name).exists() and (measured := bench_result(out_dir, name)):
-            write_atomic(kept_path(output, scale, name), json.dumps(measured, indent=1) + "\n")
+            write_atomic(kept_path(output, scale, name), json.dumps(measured) + "\n")  # whole: per-op tables too
             committed[name.as_posix()] = measured
 
 
