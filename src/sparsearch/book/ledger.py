@@ -46,14 +46,14 @@ def _comparable(cfg: Config) -> dict:
     return data
 
 
-def recorded(path: Path, cfg: Config) -> list[dict]:
-    """The rows committed for `cfg`'s run ([] when none); refuses rows trained with another config."""
+def _load(path: Path, cfg: Config) -> dict | None:
+    """The ledger at `path` (None when there is none), checked: refuses rows trained with another config."""
     if not path.exists():
-        return []
+        return None
     try:
         ledger = read_json(path)
-        before, rows = _comparable(from_dict(ledger["config"])), ledger["rows"]
-        for r in rows:
+        before = _comparable(from_dict(ledger["config"]))
+        for r in ledger["rows"]:
             trial(r)
     except (ValueError, KeyError, TypeError) as exc:
         raise SparsearchError(f"{path} is not a book ledger ({type(exc).__name__}: {exc}); restore it from git") from None
@@ -63,7 +63,13 @@ def recorded(path: Path, cfg: Config) -> list[dict]:
     if changed := changed_keys(before, now):
         raise SparsearchError(f"{path} records trainings of another config ({', '.join(changed[:3])} differ): move it "
                               "away to train this config from scratch")
-    return rows
+    return ledger
+
+
+def recorded(path: Path, cfg: Config) -> list[dict]:
+    """The rows committed for `cfg`'s run ([] when none); refuses rows trained with another config."""
+    ledger = _load(path, cfg)
+    return ledger["rows"] if ledger else []
 
 
 def merged(results: dict | None, rows: list[dict]) -> dict | None:
@@ -76,14 +82,15 @@ def merged(results: dict | None, rows: list[dict]) -> dict | None:
 
 
 def record(path: Path, cfg: Config, results: dict | None) -> int:
-    """Commit-ready: write every row of `results` (already merged with the ledger) to the ledger; returns how many
-    rows are new to it."""
+    """Commit-ready: write every row of `results` (already merged with the ledger) to the ledger, unless it holds
+    them already; returns how many trials are new to it."""
     if not results or not results.get("rows"):
         return 0
-    before = {trial(r) for r in recorded(path, cfg)}
-    config = read_json(path)["config"] if path.exists() else _comparable(cfg)  # checked equal; keeps a known data file
+    ledger = _load(path, cfg)
     rows = sorted(results["rows"], key=lambda r: (r["seed"], r["variant"], r["sparsity"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if ledger and ledger["rows"] == rows:
+        return 0
+    config = ledger["config"] if ledger else _comparable(cfg)  # checked equal; keeps a known data file
     write_atomic(path, json.dumps({"run": cfg.name, "dataset": results.get("dataset"), "model": results.get("model"),
                                    "config": config, "rows": rows}, indent=1) + "\n")
-    return len({trial(r) for r in rows} - before)
+    return len({trial(r) for r in rows} - {trial(r) for r in (ledger or {}).get("rows", [])})

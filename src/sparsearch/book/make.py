@@ -62,7 +62,8 @@ def record_rows(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, scal
                 committed[name] = results["rows"]
                 print(f"book: {new} new row(s) of {name} recorded in {ledger_path(output, scale, name)}", flush=True)
     for name in MEASURED:
-        if (out_dir / name).exists() and (measured := bench_result(out_dir, name)):
+        measured = bench_result(out_dir, name) if (out_dir / name).exists() else None
+        if measured and measured != committed.get(name.as_posix()):
             write_atomic(kept_path(output, scale, name), json.dumps(measured) + "\n")  # whole: per-op tables too
             committed[name.as_posix()] = measured
 

@@ -47,16 +47,16 @@ def run_compile(training_dir: str | Path, batch: int = 1, threads: int | None = 
         raise SparsearchError("searched-cell trainings of `sparsearch run` are not supported yet; compile a "
                               "`sparsearch train` or `compare` result")
     with exclusive(run_dir if run_dir.is_dir() else where):
-        return _compile(where, cfg, summary, final, batch, threads)
+        return _compile(where, cfg, final, batch, threads)
 
 
 def compile_untrained(cfg, batch: int = 1, threads: int | None = None) -> dict:
     """The plan (engine, timings) of `cfg`'s model at its initialisation, written nowhere: a dense network's
     inference time does not depend on its weights' values, so it needs no training (a sparse one's masks do)."""
-    return _compile(None, cfg, {}, None, batch, threads)
+    return _compile(None, cfg, None, batch, threads)
 
 
-def _compile(where: Path | None, cfg, summary: dict, final: Path | None, batch: int, threads: int | None) -> dict:
+def _compile(where: Path | None, cfg, final: Path | None, batch: int, threads: int | None) -> dict:
     ds = dataset_from_config(cfg.data, seed=cfg.seed)
     model = model_builder(cfg, ds)().eval()
     if final is not None:
