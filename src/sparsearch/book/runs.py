@@ -17,13 +17,15 @@ from .ledger import merged
 SEEDS = "run.search_seeds=[0, 1, 2]"  # the searches (GPU scale) on three seeds, a search per sparsity
 V3 = "cifar10-v3"  # claims 3, 4 and 8 behind one dense anchor, one invocation per claim (configs/cifar10-v3.yaml)
 DST_INTERVALS = (25, 400)  # RigL's update interval ablated around the 100 steps of the claim-4 run (seed 0)
+# in queue order: the ablation before claim 8, so that claim 4's chapter, which reports it, completes first
 V3_PARTS = {"claim 3": [], "claim 4": ["compare.variants=[static-erk, set, rigl]", "compare.sparsities=[0.9]"],
-            "claim 8": ["compare.variants=[wide-rigl-uniform, wide-rigl]", "compare.sparsities=[0.5]"],
             "ablation": [f"compare.variants=[{', '.join(f'rigl-every-{n}' for n in DST_INTERVALS)}]",
-                         "compare.sparsities=[0.9]", "compare.seeds=[0]"]}
+                         "compare.sparsities=[0.9]", "compare.seeds=[0]"],
+            "claim 8": ["compare.variants=[wide-rigl-uniform, wide-rigl]", "compare.sparsities=[0.5]"]}
 # RULES.md's second stage: a claim whose three-seed verdict is inconclusive with too few seeds trains seeds 3 and 4
-# of the invocation that judges it (claim label: run, invocation, variants if not the invocation's own)
-MORE_SEEDS = {"3": (V3, 0, None), "4": (V3, 1, None), "8": (V3, 2, ["dense", "wide-rigl-uniform", "wide-rigl"]),
+# of the invocation that judges it (claim label: run, its invocation's index, variants if not the invocation's own)
+MORE_SEEDS = {"3": (V3, list(V3_PARTS).index("claim 3"), None), "4": (V3, list(V3_PARTS).index("claim 4"), None),
+              "8": (V3, list(V3_PARTS).index("claim 8"), ["dense", "wide-rigl-uniform", "wide-rigl"]),
               "9": ("vit-nm-cifar10", 0, None)}
 FIVE_SEEDS = [0, 1, 2, 3, 4]
 CELLS = {"DARTS_V2": (0.9, 0.95, 0.99), "DASS_90": (0.9,), "DASS_95": (0.95,), "DASS_99": (0.99,)}
