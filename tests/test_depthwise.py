@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from floats import assert_same_sum
+from floats import assert_same_sum, sum_tolerance, unit_roundoff
 from sparsearch.kernels.depthwise import block_vectors, depthwise_conv2d
 from sparsearch.kernels.loading import depthwise_library
 from sparsearch.models import operations
@@ -73,8 +73,35 @@ def test_it_declines_what_it_is_not_fast_or_right_for():
     assert depthwise_conv2d(x, w, 1, 1, 1) is None  # NCHW: torch's kernels
     assert depthwise_conv2d(x.double().contiguous(memory_format=torch.channels_last), w.double(), 1, 1, 1) is None
     assert depthwise_conv2d(x.contiguous(memory_format=torch.channels_last), torch.randn(8, 2, 3, 3), 1, 1, 1) is None
-    with torch.autocast("cpu", torch.bfloat16):  # torch's forward would be bf16: its gradient too
-        assert depthwise_conv2d(x.contiguous(memory_format=torch.channels_last), w, 1, 1, 1) is None
+    with torch.autocast("cpu", torch.bfloat16):  # neither float32 nor autocast's dtype
+        assert depthwise_conv2d(x.double().contiguous(memory_format=torch.channels_last), w, 1, 1, 1) is None
+
+
+@pytest.mark.parametrize("k, stride, dilation", [(3, 1, 1), (5, 1, 1), (3, 1, 2), (5, 2, 2), (3, 2, 1)])
+def test_under_autocast_it_is_autocasts_convolution(k, stride, dilation):
+    """Under bf16 autocast: the convolution of the bf16-rounded input and weight, each output (and gradient) within
+    a float32 sum's reordering plus one bf16 rounding of the exact value, in float64, of that function."""
+    c, bf = 16, torch.bfloat16
+    gen = torch.Generator().manual_seed(k * 10 + stride + dilation)
+    x = torch.randn(3, c, 12, 12, generator=gen).contiguous(memory_format=torch.channels_last).to(bf).requires_grad_()
+    weight = torch.randn(c, 1, k, k, generator=gen).requires_grad_()
+    args = (stride, dilation * (k // 2), dilation)
+    with torch.autocast("cpu", bf):
+        got = depthwise_conv2d(x, weight, *args)
+    probe = torch.randn(got.shape, generator=gen).to(bf)
+    (got * probe).float().sum().backward()
+    exact = [t.detach().to(bf).double().requires_grad_() for t in (x, weight)]
+    want = F.conv2d(*exact, None, *args, groups=c)
+    want_grads = torch.autograd.grad((want * probe.double()).sum(), exact)
+    sizes = [t.detach().abs().requires_grad_() for t in exact]
+    size = F.conv2d(*sizes, None, *args, groups=c)
+    size_grads = torch.autograd.grad((size * probe.double().abs()).sum(), sizes)
+    assert got.dtype == bf and got.is_contiguous(memory_format=torch.channels_last)
+    n_batch = x.shape[0] * got.shape[2] * got.shape[3]
+    for value, exact_value, scale, n in ((got, want, size, k * k), (x.grad, want_grads[0], size_grads[0], k * k),
+                                         (weight.grad, want_grads[1], size_grads[1], n_batch)):
+        bound = (sum_tolerance(n) / 2 + unit_roundoff(bf)) * scale + torch.finfo(bf).tiny
+        assert ((value.double() - exact_value).abs() <= bound).all()
 
 
 def test_the_search_operations_offer_it_training_only(monkeypatch):

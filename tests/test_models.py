@@ -86,16 +86,32 @@ def test_train_genotype_network_from_cli(tmp_path):
     assert summary["machine"]["cpu"] and isinstance(summary["machine"]["isa"], list)  # where its numbers came from
 
 
-@pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5", "sep_conv_5x5"])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_factorized_reduces_shifted_slice_keeps_its_inputs_layout(layout):
+    """torch's slice backward writes into NCHW zeros; the sum after it with a channels-last gradient was slow."""
+    from sparsearch.models.operations import _Shifted
+
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=layout).requires_grad_()
+    probe = torch.randn(2, 4, 5, 5)
+    y = _Shifted.apply(x)
+    (grad,) = torch.autograd.grad((y * probe).sum(), [x])
+    want = torch.zeros(2, 4, 6, 6)
+    want[:, :, 1:, 1:] = probe
+    assert torch.equal(y, x[:, :, 1:, 1:]) and torch.equal(grad, want) and grad.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5", "sep_conv_5x5", "skip_connect"])
 @pytest.mark.parametrize("size", [9, 16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_training_rewrites_compute_the_plain_layers_function(name, size, channels_last):
-    """Stride 2 (the dilated convolutions' even-taps rewrite) and stride 1, odd and even sizes, NCHW and NHWC (the
-    1x1 matrix product): the same outputs and gradients as the plain layers, with masks on the weights."""
+    """Stride 2 (the dilated convolutions' even-taps rewrite; skip_connect's FactorizedReduce and its shifted slice)
+    and stride 1, odd and even sizes, NCHW and NHWC (the 1x1 matrix product): the same outputs and gradients as the
+    plain layers, with masks on the weights, and an input gradient in the input's layout."""
     from sparsearch.bench.plain import plain_layers
     from sparsearch.models.operations import OPS
 
-    for stride in (1, 2):
+    for stride in (1, 2) if name != "skip_connect" else (2,) * (size % 2 == 0):  # stride 1: an identity; odd
+        # sizes: FactorizedReduce's two halves would differ
         torch.manual_seed(0)
         op = OPS[name](6, stride, True)
         sp.attach(op, {n: torch.rand_like(m.weight) > 0.5 for n, m in sp.find_layers(op, dense_first_last=False).items()})
@@ -111,6 +127,8 @@ def test_training_rewrites_compute_the_plain_layers_function(name, size, channel
                                             [x, *[p for p in op.parameters() if p.requires_grad]])
             results.append((out, grads))
         (plain, plain_grads), (fast, fast_grads) = results
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert fast_grads[0].is_contiguous(memory_format=layout)
         # sums in another order; per conv stage: taps, channels, and BatchNorm's batch statistics over 4 x size^2
         stage = 25 + 6 + 4 * size * size
         assert_same_sum(fast, plain, n_terms=2 * stage)

@@ -1,7 +1,7 @@
 """The plain implementations of the search's training path, as wave 1 wrote them: each mixed edge sums every
 operation's term (`none` included), each computing its own ReLU; the operations run their plain layers (no
-`TrainingRewrites`). No product path uses them: the tests check the fast path against them, and
-`sparsearch bench search --implementations` times them as its baseline. `plain_layers()` swaps them in for the
+`TrainingRewrites`; torch's own slice in FactorizedReduce). No product path uses them: the tests check the fast path
+against them, and `sparsearch bench search --implementations` times them as its baseline. `plain_layers()` swaps them in for the
 length of a `with` block (the classes are restored after it, also on an exception)."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.nn as nn
 
-from ..models.operations import DilConv, ReLUConvBN
+from ..models.operations import DilConv, FactorizedReduce, ReLUConvBN
 from ..search.supernet import MixedOp
 
 
@@ -20,9 +21,15 @@ def _plain_mixed(self: MixedOp, x, weights, into=None):
     return out if into is None else into + out
 
 
+def _plain_factorized_reduce(self: FactorizedReduce, x):
+    x = self.relu(x)
+    return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+
 @contextmanager
 def plain_layers() -> Iterator[None]:
-    swaps = [(MixedOp, _plain_mixed), (ReLUConvBN, nn.Sequential.forward), (DilConv, nn.Sequential.forward)]
+    swaps = [(MixedOp, _plain_mixed), (ReLUConvBN, nn.Sequential.forward), (DilConv, nn.Sequential.forward),
+             (FactorizedReduce, _plain_factorized_reduce)]
     saved = [(cls, cls.__dict__["forward"]) for cls, _ in swaps]
     try:
         for cls, forward in swaps:

@@ -134,12 +134,19 @@ class _Depthwise(torch.autograd.Function):
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int,
                      dilation: int) -> torch.Tensor | None:
     """conv2d(x, weight, groups=C) on the native kernels for a channels-last float32 CPU `x` and a (C, 1, k, k)
-    `weight`; None where they do not take it (no compiler, another layout or dtype, a channel count no block fits,
-    autocast: torch's forward would then run in bf16 and hand the float32 kernels a bf16 gradient)."""
+    `weight`; None where they do not take it (no compiler, another layout or dtype, a channel count no block fits).
+    Under CPU autocast it is the convolution autocast runs (x and weight rounded to its dtype, products summed in
+    float32, the output in its dtype): the kernels run in float32 on the rounded values."""
+    if torch.is_autocast_enabled("cpu"):
+        low = torch.get_autocast_dtype("cpu")
+        if x.dtype not in (low, torch.float32):
+            return None
+        with torch.autocast("cpu", enabled=False):
+            y = depthwise_conv2d(x.to(low).float(), weight.to(low).float(), stride, padding, dilation)
+        return None if y is None else y.to(low)
     c = x.shape[1]
     if not (x.dim() == 4 and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and weight.shape[:2] == (c, 1) and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.is_autocast_enabled("cpu")):
+            and weight.shape[:2] == (c, 1) and x.is_contiguous(memory_format=torch.channels_last)):
         return None
     if (nv := block_vectors(c)) is None:
         return None
