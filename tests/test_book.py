@@ -366,3 +366,17 @@ def test_an_inconclusive_claim_with_too_few_seeds_trains_two_more(tmp_path, monk
     tight = {("static-erk", 0.98): _shift(SEEDS, 0.02, 0.001), ("static-uniform", 0.98): SEEDS}  # reproduced
     (v3 / "results.json").write_text(json.dumps(_results(tight)))
     assert more() == [] and len(calls) == 1
+
+
+def test_the_book_step_bench_times_each_network_as_its_config_trains_it(tmp_path):
+    """`sparsearch bench book`: the book's own configs (batch, bf16, layout), both paths, ratios to the ResNet-20."""
+    import json
+
+    from sparsearch.book.steps import main as bench_book
+
+    out = tmp_path / "steps.json"
+    assert bench_book(["--trials", "1", "--only", "ViT", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["network"] for r in results] == ["ResNet-20 (claims 3, 4, 8)", "ViT (claim 9)"]
+    assert [r["batch"] for r in results] == [64, 128] and results[1]["kwargs"]["attention"] == "manual"
+    assert results[0]["vs_resnet20"] == 1.0 and all(r["times"]["plain"]["median"] > 0 < r["speedup"] for r in results)

@@ -89,6 +89,32 @@ def test_a_masked_attention_block_computes_with_the_masked_projection():
     assert sp.squash(mha)["in_proj_weight"].count_nonzero() == mask.sum()
 
 
+def test_attention_written_out_for_cpu_autocast_training_is_sdpas_function():
+    """Training under bf16 autocast, the ViT's attention runs written out in float32 (torch's fused bf16 backward is
+    slow on the CPU): output and gradients against float64 on the same bf16 inputs, within one bf16 rounding of the
+    value plus float32 reordering over the t keys and d features (the largest |value| as the scale: random data of
+    mixed signs, tests/floats.py); evaluation runs torch's fused kernel."""
+    from floats import sum_tolerance, unit_roundoff
+    from sparsearch.models.vit import attention
+
+    gen = torch.Generator().manual_seed(0)
+    b, h, t, d = 4, 2, 17, 16
+    q, k, v = (torch.randn(b, h, t, d, generator=gen).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    probe = torch.randn(b, h, t, d, generator=gen).to(torch.bfloat16)
+    with torch.autocast("cpu", torch.bfloat16):
+        got = attention(q, k, v)
+    (got.float() * probe.float()).sum().backward()
+    exact = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    want = F.scaled_dot_product_attention(*exact)
+    want_grads = torch.autograd.grad((want * probe.double()).sum(), exact)
+    assert got.dtype == torch.bfloat16
+    for value, reference in zip((got, q.grad, k.grad, v.grad), (want.detach(), *want_grads)):
+        bound = unit_roundoff(torch.bfloat16) * reference.abs() + sum_tolerance(2 * (t + d)) * float(reference.abs().max())
+        assert ((value.double() - reference).abs() <= bound).all()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
 def test_wanda_scores_the_weight_times_its_input_norm_within_each_row():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(),

@@ -176,6 +176,10 @@ def cmd_data_download(args) -> int:
 def cmd_bench(args) -> int:
     from . import bench
 
+    if args.which == "book":  # the book's networks' training steps (book/steps.py)
+        from .book.steps import main as run
+
+        return bench.timed(run, args.rest)
     return bench.main(args.which, args.rest)
 
 
@@ -251,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("bench", help="benchmarks that print a table and write JSON (bench WHICH --help)")
-    p.add_argument("which", choices=["train", "sparsity", "search", "runtime", "architecture"])
+    p.add_argument("which", choices=["train", "sparsity", "search", "runtime", "architecture", "book"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -8,8 +8,6 @@ import sys
 def main(which: str, argv: list[str]) -> int:
     """Run the benchmark `which` with its command-line `argv`; the load other processes put on the machine meanwhile
     goes into its JSON, and a warning is printed when the machine was not quiet."""
-    from .common import LOAD, load_warning
-
     if which == "train" and "--sparse" in argv:
         from .sparse_train import main as run
 
@@ -24,6 +22,13 @@ def main(which: str, argv: list[str]) -> int:
         from .architecture import main as run
     else:
         from .sparsity import main as run
+    return timed(run, argv)
+
+
+def timed(run, argv: list[str]) -> int:
+    """`run(argv)`, a benchmark's main, with the load other processes put on the machine meanwhile recorded."""
+    from .common import LOAD, load_warning
+
     LOAD.restart()
     code = run(argv)
     if warning := load_warning():

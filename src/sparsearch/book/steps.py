@@ -1,0 +1,109 @@
+"""`sparsearch bench book`: a training step of each network the CPU book trains, as its config trains it (bf16
+autocast, its batch, channels-last where set, one thread: two trainings share the machine a core each), on torch's
+plain layers and on the product's path, alternating; and each network's cost per training image on the product's
+path relative to the ResNet-20 of claims 3, 4 and 8: the ratios behind `docs/results/pilots.md`'s budget.
+
+The plain path: the DARTS operations' plain layers (`bench/plain.py`), torch's BatchNorm (no `nhwc_batchnorm`) and
+torch's fused attention in the ViT; the product's path is what `sparsearch train` runs. Random images of CIFAR's
+shape: a step's time does not depend on the pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..bench.common import machine, print_table, stats, write_json
+from ..bench.plain import plain_layers
+from ..models import build_model, split_logits, vit
+from ..train.nhwc import nhwc_batchnorm
+from ..train.steps import autocast
+from .runs import load
+
+# label: (the book run whose config trains it, which of its invocations)
+NETWORKS = {"ResNet-20 (claims 3, 4, 8)": ("cifar10-v3", 0),
+            **{f"{g} cells (claim 1)": (f"cells-{g.lower().replace('_', '-')}", 0)
+               for g in ("DARTS_V2", "DASS_90", "DASS_95", "DASS_99")},
+            "ViT (claim 9)": ("vit-nm-cifar10", 0)}
+
+
+@contextlib.contextmanager
+def _plain(model):
+    """torch's layers as written: plain DARTS operations and BatchNorm, the fused attention kernel."""
+    written_out, vit.attention = vit.attention, F.scaled_dot_product_attention
+    try:
+        with plain_layers():
+            yield
+    finally:
+        vit.attention = written_out
+
+
+def _step_fn(cfg, product: bool):
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, num_classes=10, in_channels=3, **cfg.model.kwargs)
+    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.data.batch_size, 3, 32, 32, generator=gen).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (cfg.data.batch_size,), generator=gen)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> float:
+        context = nhwc_batchnorm(model, cfg.train.channels_last) if product else _plain(model)
+        t0 = time.perf_counter()
+        with context:
+            with autocast("cpu", cfg.train.amp, cfg.train.amp_dtype):
+                logits, _ = split_logits(model(x))
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - t0
+    return step
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="sparsearch bench book", description=__doc__)
+    ap.add_argument("--trials", type=int, default=5, help="steps timed per path and network (alternating)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", help="only the networks whose label holds one of these")
+    ap.add_argument("--out", default="bench-results/book_steps.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    chosen = {label: where for label, where in NETWORKS.items()
+              if label.startswith("ResNet-20") or not args.only or any(w in label for w in args.only)}
+    results, rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, (run, part) in chosen.items():
+            cfg = load(run, Path(tmp), [], None)[part]
+            fns = {"plain": _step_fn(cfg, False), "product": _step_fn(cfg, True)}
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            for fn in fns.values():
+                fn()  # warm-up
+            for _ in range(args.trials):
+                for k, fn in fns.items():
+                    times[k].append(fn())
+            st = {k: stats(v) for k, v in times.items()}
+            per_image = st["product"]["median"] / cfg.data.batch_size
+            results.append({"network": label, "run": run, "model": cfg.model.name, "kwargs": cfg.model.kwargs,
+                            "batch": cfg.data.batch_size, "times": st, "speedup": st["plain"]["median"] / st["product"]["median"],
+                            "ms_per_image": 1000 * per_image})
+    base = results[0]["ms_per_image"]
+    for r in results:
+        r["vs_resnet20"] = r["ms_per_image"] / base
+        p, q = r["times"]["plain"], r["times"]["product"]
+        rows.append([r["network"], r["batch"], f"{p['median']:.3f} ({p['min']:.3f}-{p['max']:.3f})",
+                     f"{q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})", f"{r['speedup']:.2f}x",
+                     f"{r['ms_per_image']:.2f}", f"{r['vs_resnet20']:.2f}"])
+    info = machine()
+    print_table(f"the book's training steps, bf16, s/step medians (min-max) of {args.trials} ({info['cpu']}, "
+                f"{args.threads} thread(s))", ["network", "batch", "plain", "product", "speedup", "ms / image",
+                                               "x ResNet-20"], rows)
+    print(f"wrote {write_json(args.out, {'benchmark': 'book_steps', 'args': vars(args), 'results': results})}")
+    return 0
