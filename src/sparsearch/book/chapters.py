@@ -211,7 +211,7 @@ def deferred(which: str) -> Chapter:
     command = f"sparsearch book --scale gpu --out-dir runs-gpu --data-path {CIFAR10}"
     return Chapter(title, source, claim, "RULES.md (book v3), as at the GPU scale.",
                    f"Not run at CPU scale: {cost}, which the CPU book cannot hold (claims 3, 4, 8 and 9 already take "
-                   "~40 core-hours at a budget whose dense network means something: docs/results/pilots.md). "
+                   "~35 core-hours at a budget whose dense network means something: docs/results/pilots.md). "
                    f"`{command}` runs it ({', '.join(runs)}: 160 epochs a training, 3 "
                    "seeds).\n", "**not run at this scale**: runs at `--scale gpu`", None)
 
