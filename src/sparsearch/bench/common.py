@@ -20,6 +20,18 @@ def stats(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
 
 
+def alternated(contenders: dict[str, Any], trials: int) -> dict[str, dict[str, float]]:
+    """Each contender (a callable returning the seconds it took) once to warm up, then `trials` rounds taking each
+    in turn, so drifting machine load hits all alike: their `stats`."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()
+    for _ in range(trials):
+        for name, fn in contenders.items():
+            times[name].append(fn())
+    return {name: stats(samples) for name, samples in times.items()}
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

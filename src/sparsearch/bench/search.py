@@ -4,8 +4,7 @@ supernet and batch, first and second order. Configurations alternate within each
 
 `--implementations` instead times wave 1's plain supernet (`bench/plain.py`) against the fast one side by side (fused mixed edges and
 `train.channels_last`, with the NHWC BatchNorm backward and the operations' TrainingRewrites): first-order steps
-at batch 16 and 64, a second-order step, the DASS prune step, and genotype networks' training steps (DASS_95, 16
-channels, 8 cells, batch 64; the book's claim-1 networks in bf16 autocast, 16 channels, 5 cells, batch 128).
+at batch 16 and 64, a second-order step, the DASS prune step, and a genotype network's (DASS_95, 16 channels, 8 cells, batch 64) training step.
 
 Defaults are CPU-sized (C=8, 5 cells, batch 16); the paper's search net is --channels 16 --layers 8
 --batch-size 32, about 30 s (first order) / 65 s (second order) per dense step on 2 CPU cores."""
@@ -24,7 +23,7 @@ from .. import sparsity as sp
 from ..search import Architect, SuperNet
 from ..train import stage_parameters
 from ..train.nhwc import nhwc_batchnorm
-from .common import machine, print_table, stats, write_json
+from .common import alternated, machine, print_table, stats, write_json
 from .plain import plain_layers
 
 
@@ -79,12 +78,11 @@ def _step_fn(args, kind: str, batch: int, fast: bool, channels_last: bool):
 
 
 def _one_step_fn(args, kind: str, batch: int, channels_last: bool):
-    if kind.startswith("genotype"):  # "genotype" or "genotype:<name>:<cells>:bf16"
-        from ..models import build_model, split_logits
+    if kind == "genotype":
+        from ..models import build_model
 
-        _, genotype, layers, dtype = (kind + ":DASS_95:8:float32").split(":")[:4]
         torch.manual_seed(0)
-        net = build_model("genotype", genotype=genotype, channels=16, layers=int(layers))
+        net = build_model("genotype", genotype="DASS_95", channels=16, layers=8)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         (x, y), _ = _batches(batch, args.image_size, channels_last)
@@ -92,9 +90,7 @@ def _one_step_fn(args, kind: str, batch: int, channels_last: bool):
 
         def step():
             t0 = time.perf_counter()
-            with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
-                logits, _ = split_logits(net(x))
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -119,20 +115,11 @@ def _one_step_fn(args, kind: str, batch: int, channels_last: bool):
 
 def implementations(args) -> int:
     cases = [("first order", "first", 16), ("first order", "first", 64), ("second order", "second", 16),
-             (f"DASS prune ({args.sparsity:.0%})", "prune", 16), ("genotype net DASS_95 16x8", "genotype", 64),
-             # the book's claim 1 at CPU size (configs/cells-cifar10.yaml): bf16 autocast, 16 channels, 5 cells
-             *((f"genotype net {g} 16x5 bf16", f"genotype:{g}:5:bf16", 128) for g in ("DARTS_V2", "DASS_95"))]
-    cases = [c for c in cases if not args.cases or any(word in c[0] for word in args.cases)]
+             (f"DASS prune ({args.sparsity:.0%})", "prune", 16), ("genotype net DASS_95 16x8", "genotype", 64)]
     results, rows = [], []
     for label, kind, batch in cases:
-        fns = {"today": _step_fn(args, kind, batch, False, False), "new": _step_fn(args, kind, batch, True, True)}
-        times = {k: [] for k in fns}
-        for fn in fns.values():
-            fn()  # warm-up
-        for _ in range(args.trials):
-            for k, fn in fns.items():
-                times[k].append(fn())
-        st = {k: stats(v) for k, v in times.items()}
+        st = alternated({"today": _step_fn(args, kind, batch, False, False),
+                         "new": _step_fn(args, kind, batch, True, True)}, args.trials)
         ratio = st["today"]["median"] / st["new"]["median"]
         results.append({"case": label, "kind": kind, "batch": batch, "times": st, "speedup": ratio})
         rows.append([f"{label}, batch {batch}", f"{st['today']['median']:.3f} ({st['today']['min']:.3f}-{st['today']['max']:.3f})",
@@ -157,8 +144,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--out", default="bench-results/search.json")
     ap.add_argument("--implementations", action="store_true", help="today's supernet vs the fast one (see above)")
-    ap.add_argument("--cases", nargs="*", help="with --implementations: only the cases whose label holds one of these")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's; the book trains on one a run)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..bench.common import machine, print_table, stats, write_json
+from ..bench.common import alternated, machine, print_table, write_json
 from ..bench.plain import plain_layers
 from ..models import build_model, split_logits, vit
 from ..train.nhwc import nhwc_batchnorm
@@ -82,14 +82,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for label, (run, part) in chosen.items():
             cfg = load(run, Path(tmp), [], None)[part]
-            fns = {"plain": _step_fn(cfg, False), "product": _step_fn(cfg, True)}
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            for fn in fns.values():
-                fn()  # warm-up
-            for _ in range(args.trials):
-                for k, fn in fns.items():
-                    times[k].append(fn())
-            st = {k: stats(v) for k, v in times.items()}
+            st = alternated({"plain": _step_fn(cfg, False), "product": _step_fn(cfg, True)}, args.trials)
             per_image = st["product"]["median"] / cfg.data.batch_size
             results.append({"network": label, "run": run, "model": cfg.model.name, "kwargs": cfg.model.kwargs,
                             "batch": cfg.data.batch_size, "times": st, "speedup": st["plain"]["median"] / st["product"]["median"],
