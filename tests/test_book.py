@@ -172,7 +172,7 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
     assert runs.load("book-search", tmp_path, [], None, "gpu")[0].run.search_seeds == [0, 1, 2]
     from sparsearch.pipeline.compare import variant_config
 
-    ablation = runs.load("cifar10-v3", tmp_path, [], None, "gpu")[list(runs.V3_PARTS).index("ablation")]
+    ablation = runs.load("cifar10-v3", tmp_path, [], None, "gpu")[runs.V3_PART["ablation"]]
     ablated = variant_config(ablation, "rigl-every-25", 0.9, 0)
     assert ablated.dst.update_every == 25 and ablated.sparsity.allocation == "erk"  # not the GPU scale's 100
     cell = runs.load("cells-dass-99", tmp_path, [], None, "gpu")[0]

@@ -1,8 +1,9 @@
-"""The plain implementations of the search's training path, as wave 1 wrote them: each mixed edge sums every
-operation's term (`none` included), each computing its own ReLU; the operations run their plain layers (no
-`TrainingRewrites`; torch's own slice in FactorizedReduce). No product path uses them: the tests check the fast path
-against them, and `sparsearch bench search --implementations` times them as its baseline. `plain_layers()` swaps them in for the
-length of a `with` block (the classes are restored after it, also on an exception)."""
+"""The plain implementations of the training path, as wave 1 wrote them: each mixed edge sums every operation's term
+(`none` included), each computing its own ReLU; the operations run their plain layers (no `TrainingRewrites`; torch's
+own slice in FactorizedReduce); the CIFAR ViT's attention is torch's fused kernel. No product path uses them: the
+tests check the fast path against them, and `sparsearch bench search --implementations` and `sparsearch bench book`
+time them as their baseline. `plain_layers()` swaps them in for the length of a `with` block (restored after it,
+also on an exception)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from ..models import vit
 from ..models.operations import DilConv, FactorizedReduce, ReLUConvBN
 from ..search.supernet import MixedOp
 
@@ -31,10 +34,13 @@ def plain_layers() -> Iterator[None]:
     swaps = [(MixedOp, _plain_mixed), (ReLUConvBN, nn.Sequential.forward), (DilConv, nn.Sequential.forward),
              (FactorizedReduce, _plain_factorized_reduce)]
     saved = [(cls, cls.__dict__["forward"]) for cls, _ in swaps]
+    written_out = vit.attention
     try:
         for cls, forward in swaps:
             cls.forward = forward
+        vit.attention = F.scaled_dot_product_attention
         yield
     finally:
         for cls, forward in saved:
             cls.forward = forward
+        vit.attention = written_out

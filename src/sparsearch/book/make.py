@@ -32,7 +32,7 @@ from .runs import (
     RUNTIME_ARGS,
     SCALES,
     V3,
-    V3_PARTS,
+    V3_PART,
     bench_result,
     finished,
     load,
@@ -94,7 +94,7 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         if COMMANDS[name] == "compare":  # one queue: no core idles between the parts
             run_compare(invocations, show_progress=show_progress, recorded={trial(r) for r in committed[name]})
             if name == V3 and not bench_result(out_dir, INFERENCE_JSON, committed):
-                claim_8 = invocations[list(V3_PARTS).index("claim 8")].compare
+                claim_8 = invocations[V3_PART["claim 8"]].compare
                 # now, while seed 0's networks are here: a later sitting's checkout may not have them
                 ift_inference(out_dir, len(claim_8.variants) * len(claim_8.sparsities), cfg)
             record_rows(cfgs, out_dir, output, scale, committed)

@@ -22,10 +22,11 @@ V3_PARTS = {"claim 3": [], "claim 4": ["compare.variants=[static-erk, set, rigl]
             "ablation": [f"compare.variants=[{', '.join(f'rigl-every-{n}' for n in DST_INTERVALS)}]",
                          "compare.sparsities=[0.9]", "compare.seeds=[0]"],
             "claim 8": ["compare.variants=[wide-rigl-uniform, wide-rigl]", "compare.sparsities=[0.5]"]}
+V3_PART = {part: i for i, part in enumerate(V3_PARTS)}  # a part's invocation
 # RULES.md's second stage: a claim whose three-seed verdict is inconclusive with too few seeds trains seeds 3 and 4
 # of the invocation that judges it (claim label: run, its invocation's index, variants if not the invocation's own)
-MORE_SEEDS = {"3": (V3, list(V3_PARTS).index("claim 3"), None), "4": (V3, list(V3_PARTS).index("claim 4"), None),
-              "8": (V3, list(V3_PARTS).index("claim 8"), ["dense", "wide-rigl-uniform", "wide-rigl"]),
+MORE_SEEDS = {"3": (V3, V3_PART["claim 3"], None), "4": (V3, V3_PART["claim 4"], None),
+              "8": (V3, V3_PART["claim 8"], ["dense", "wide-rigl-uniform", "wide-rigl"]),
               "9": ("vit-nm-cifar10", 0, None)}
 FIVE_SEEDS = [0, 1, 2, 3, 4]
 CELLS = {"DARTS_V2": (0.9, 0.95, 0.99), "DASS_90": (0.9,), "DASS_95": (0.95,), "DASS_99": (0.99,)}

@@ -3,15 +3,14 @@ autocast, its batch, channels-last where set, one thread: two trainings share th
 plain layers and on the product's path, alternating; and each network's cost per training image on the product's
 path relative to the ResNet-20 of claims 3, 4 and 8: the ratios behind `docs/results/pilots.md`'s budget.
 
-The plain path: the DARTS operations' plain layers (`bench/plain.py`), torch's BatchNorm (no `nhwc_batchnorm`) and
-torch's fused attention in the ViT; the product's path is what `sparsearch train` runs. Random images of CIFAR's
+The plain path: `bench/plain.py`'s plain layers (the DARTS operations' and torch's fused attention in the ViT) and
+torch's BatchNorm (no `nhwc_batchnorm`); the product's path is what `sparsearch train` runs. Random images of CIFAR's
 shape: a step's time does not depend on the pixels.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 
 from ..bench.common import alternated, machine, print_table, write_json
 from ..bench.plain import plain_layers
-from ..models import build_model, split_logits, vit
+from ..models import build_model, split_logits
 from ..train.nhwc import nhwc_batchnorm
 from ..train.steps import autocast
 from .runs import load
@@ -31,17 +30,6 @@ NETWORKS = {"ResNet-20 (claims 3, 4, 8)": ("cifar10-v3", 0),
             **{f"{g} cells (claim 1)": (f"cells-{g.lower().replace('_', '-')}", 0)
                for g in ("DARTS_V2", "DASS_90", "DASS_95", "DASS_99")},
             "ViT (claim 9)": ("vit-nm-cifar10", 0)}
-
-
-@contextlib.contextmanager
-def _plain(model):
-    """torch's layers as written: plain DARTS operations and BatchNorm, the fused attention kernel."""
-    written_out, vit.attention = vit.attention, F.scaled_dot_product_attention
-    try:
-        with plain_layers():
-            yield
-    finally:
-        vit.attention = written_out
 
 
 def _step_fn(cfg, product: bool):
@@ -55,7 +43,7 @@ def _step_fn(cfg, product: bool):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> float:
-        context = nhwc_batchnorm(model, cfg.train.channels_last) if product else _plain(model)
+        context = nhwc_batchnorm(model, cfg.train.channels_last) if product else plain_layers()
         t0 = time.perf_counter()
         with context:
             with autocast("cpu", cfg.train.amp, cfg.train.amp_dtype):
