@@ -87,17 +87,19 @@ def test_train_genotype_network_from_cli(tmp_path):
 
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
-def test_factorized_reduces_shifted_slice_keeps_its_inputs_layout(layout):
+@pytest.mark.parametrize("offset", [0, 1])
+def test_factorized_reduces_sampled_input_keeps_its_layout(layout, offset):
     """torch's slice backward writes into NCHW zeros; the sum after it with a channels-last gradient was slow."""
-    from sparsearch.models.operations import _Shifted
+    from sparsearch.models.operations import _Sampled
 
     x = torch.randn(2, 4, 6, 6).contiguous(memory_format=layout).requires_grad_()
-    probe = torch.randn(2, 4, 5, 5)
-    y = _Shifted.apply(x)
+    probe = torch.randn(2, 4, 3, 3)
+    y = _Sampled.apply(x, offset)
     (grad,) = torch.autograd.grad((y * probe).sum(), [x])
     want = torch.zeros(2, 4, 6, 6)
-    want[:, :, 1:, 1:] = probe
-    assert torch.equal(y, x[:, :, 1:, 1:]) and torch.equal(grad, want) and grad.is_contiguous(memory_format=layout)
+    want[:, :, offset::2, offset::2] = probe
+    assert torch.equal(y, x[:, :, offset::2, offset::2]) and y.is_contiguous(memory_format=layout)
+    assert torch.equal(grad, want) and grad.is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5", "sep_conv_5x5", "skip_connect"])

@@ -25,7 +25,8 @@ def _plain_mixed(self: MixedOp, x, weights, into=None):
 
 
 def _plain_factorized_reduce(self: FactorizedReduce, x):
-    x = self.relu(x)
+    # its convolutions on NCHW: oneDNN's AVX2 channels-last 1x1 stride-2 weight gradient is wrong (operations.py)
+    x = self.relu(x).contiguous()
     return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 

@@ -28,7 +28,7 @@ class TrainingRewrites:
       faster);
     - a 1x1 convolution on channels-last input is one matrix product over the pixels (the same forward bit for
       bit; forward + backward 2x faster than mkldnn's at these sizes);
-    - FactorizedReduce's shifted input hands back its gradient in the input's layout (`_Shifted`).
+    - FactorizedReduce's halves run at stride 1 on its sampled input (`factorized`).
     `sparsearch.bench.plain` holds the plain forwards the tests check these against."""
 
     @staticmethod
@@ -49,19 +49,36 @@ class TrainingRewrites:
             return F.conv2d(x[:, :, ::d, ::d], conv.weight, None, 1, conv.padding[0] // d, 1, conv.groups)
         return conv(x)
 
-    @staticmethod
-    def shifted(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """x[:, :, 1:, 1:], in training on the CPU with its gradient in x's layout (`_Shifted`)."""
-        return _Shifted.apply(x) if module.training and x.device.type == "cpu" else x[:, :, 1:, 1:]
+    @classmethod
+    def factorized(cls, reduce: "FactorizedReduce", x: torch.Tensor) -> list[torch.Tensor]:
+        """FactorizedReduce's two halves: its 1x1 stride-2 convolutions as stride-1 ones on x[:, :, o::2, o::2]
+        (o = 0, 1: the same products), sampled in x's layout with the gradient handed back in it (`_Sampled`), on
+        the matrix product where x is channels-last. oneDNN's AVX2 kernel gets a channels-last 1x1 stride-2 weight
+        gradient wrong (torch 2.13 with ONEDNN_MAX_CPU_ISA=AVX2: off by a third of its size), and torch's slice
+        backward made NCHW zeros, after which the sum and ReLU backward were 3-7x slower (bf16)."""
+        halves = ((reduce.conv_1, 0), (reduce.conv_2, 1))
+        if not all(cls.active(conv, x) and "forward" not in vars(conv) for conv, _ in halves):
+            return [reduce.conv_1(x), reduce.conv_2(x[:, :, 1:, 1:])]
+        sampled = [_Sampled.apply(x, offset) for _, offset in halves]
+        return [y if (y := cls._product(conv, s)) is not None else F.conv2d(s, conv.weight, conv.bias)
+                for (conv, _), s in zip(halves, sampled)]
 
     @classmethod
     def pointwise(cls, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        if (cls.active(conv, x) and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
-                and conv.bias is None and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
-            n, c, h, w = x.shape
-            y = x.permute(0, 2, 3, 1).reshape(-1, c) @ conv.weight.view(-1, c).t()
-            return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+        if cls.active(conv, x) and conv.stride == (1, 1) and (y := cls._product(conv, x)) is not None:
+            return y
         return conv(x)
+
+    @staticmethod
+    def _product(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
+        """A bias-free 1x1 convolution, at stride 1, on channels-last x as one matrix product over the pixels (the
+        same forward bit for bit); None for anything else."""
+        if not (conv.kernel_size == (1, 1) and conv.groups == 1 and conv.bias is None
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+            return None
+        n, c, h, w = x.shape
+        y = x.permute(0, 2, 3, 1).reshape(-1, c) @ conv.weight.view(-1, c).t()
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 class ReLUConvBN(nn.Sequential):
@@ -125,25 +142,23 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x):
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(TrainingRewrites.shifted(self, x))], dim=1))
+        return self.bn(torch.cat(TrainingRewrites.factorized(self, x), dim=1))
 
 
-class _Shifted(torch.autograd.Function):
-    """x[:, :, 1:, 1:], its gradient in x's memory format: torch's slice backward writes into NCHW zeros, and on
-    channels-last x the mixed-layout sum and ReLU backward after it were 3-7x slower (bf16, [128, 64, 32, 32])."""
+class _Sampled(torch.autograd.Function):
+    """x[:, :, o::2, o::2] in x's memory format, its gradient too (torch's slice backward writes into NCHW zeros)."""
 
     @staticmethod
-    def forward(ctx, x):
-        ctx.shape = x.shape
+    def forward(ctx, x, offset: int):
+        ctx.shape, ctx.offset = x.shape, offset
         ctx.layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        return x[:, :, 1:, 1:].clone()  # a copy: a custom function's output should not be a view of its input
+        return x[:, :, offset::2, offset::2].contiguous(memory_format=ctx.layout)
 
     @staticmethod
     def backward(ctx, grad):
-        dx = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout)
-        dx[:, :, 0], dx[:, :, :, 0] = 0, 0
-        dx[:, :, 1:, 1:] = grad
-        return dx
+        dx = torch.zeros(ctx.shape, dtype=grad.dtype, device=grad.device).contiguous(memory_format=ctx.layout)
+        dx[:, :, ctx.offset::2, ctx.offset::2] = grad
+        return dx, None
 
 
 OPS = {
