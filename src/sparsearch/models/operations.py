@@ -156,7 +156,7 @@ class _Sampled(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        dx = torch.zeros(ctx.shape, dtype=grad.dtype, device=grad.device).contiguous(memory_format=ctx.layout)
+        dx = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout).zero_()
         dx[:, :, ctx.offset::2, ctx.offset::2] = grad
         return dx, None
 
