@@ -280,6 +280,11 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     assert machines == ["Zen 4 (avx2): 2 trainings", "Zen 3 (avx2): 1 training"]
     rows[0]["provenance"] = "transcribed: the document of commit abc"  # a row the ledger kept from a lost folder
     assert document.trained_on(rows)[0].startswith("Zen 4 (avx2): 2 trainings (1 of them transcribed")
+    resumed = {"machine": {"cpu": "Zen 4", "isa": ["avx2"]},  # a training a sitting on another CPU finished
+               "sittings": [{"machine": None}, {"machine": {"cpu": "Zen 3", "isa": ["avx2"]}},
+                            {"machine": {"cpu": "Zen 4", "isa": ["avx2"]}}]}
+    assert document.trained_on([resumed]) == ["an unrecorded machine (checkpoints before 2026-12-06 did not name "
+                                              "theirs) then Zen 3 (avx2) then Zen 4 (avx2): 1 training"]
     text = document._document(book, Path("results"), None, "sparsearch book", seconds, machines)
     assert "The trainings ran on: Zen 4 (avx2): 2 trainings; Zen 3 (avx2): 1 training." in text
     assert "| 4 | (waits for cifar10-v3 (claim 4): 15 of 18 finished) | pending |" in text and "ran nothing" in text

@@ -81,6 +81,26 @@ def test_resume_in_process_is_exact(tmp_path):
     for name, tensor in ref_trainer.model.state_dict().items():
         assert torch.equal(tensor, trainer.model.state_dict()[name]), name
     assert (tmp_path / "ref/metrics.jsonl").read_text() == (tmp_path / "resumed/metrics.jsonl").read_text()
+    # where each part trained: the killed sitting up to its last checkpoint (step 28), then the resumed one
+    total = ref["steps"]
+    assert [s["steps"] for s in ref["sittings"]] == [[0, total]]
+    assert [s["steps"] for s in got["sittings"]] == [[0, 28], [28, total]]
+    assert all(s["machine"]["torch"] == torch.__version__ and s["seconds"] >= 0 for s in got["sittings"])
+    assert got["train_seconds"] == pytest.approx(sum(s["seconds"] for s in got["sittings"]), abs=0.01)
+
+
+def test_checkpoint_from_before_sittings_names_no_machine_for_its_steps(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(cfg, tmp_path / "run", [Crash(at_step=9)])  # after the checkpoint at step 7
+    path = tmp_path / "run/checkpoints/last.ckpt"
+    state = load_checkpoint(path)
+    del state["sittings"]  # as an older version wrote it
+    save_checkpoint(path, state)
+    got, _ = _fit(cfg, tmp_path / "run", [Crash(at_step=-1)])
+    first, now = got["sittings"]
+    assert first["machine"] is None and first["steps"] == [0, state["position"]["step"]]
+    assert now["machine"]["cpu"] and now["steps"] == [state["position"]["step"], got["steps"]]
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def machine() -> dict[str, Any]:
         pass
     flags = set(cpu_flags().split())
     return {"cpu": cpu, "isa": [f for f in ISA if f in flags], "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+            "torch": str(torch.__version__), "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 

@@ -111,14 +111,22 @@ def trained_on(rows: list[dict]) -> list[str]:
     """The machines the book's finished trainings recorded (the CPU changes between sittings), each once."""
     seen: dict[str, list[int]] = {}  # machine -> [trainings, of them transcribed]
     for row in rows:
-        info = row.get("machine") or {}
-        text = f"{info.get('cpu', '?')} ({', '.join(info.get('isa', [])) or 'no vector extensions listed'})"
+        # a training resumed in several sittings is counted under all of its machines, in their order
+        where = [s["machine"] for s in row.get("sittings", [])] or [row.get("machine") or {}]
+        texts = [_machine_text(info) for info in where]
+        text = " then ".join(t for i, t in enumerate(texts) if i == 0 or t != texts[i - 1])
         counts = seen.setdefault(text, [0, 0])
         counts[0] += 1
         counts[1] += "provenance" in row
     return [f"{text}: {n} training{'s' * (n != 1)}" + (f" ({old} of them transcribed from an earlier sitting's documents, "
                                                         "their run folders lost: the ledger's rows say from where)" if old else "")
             for text, (n, old) in seen.items()]
+
+
+def _machine_text(info: dict | None) -> str:
+    if info is None:
+        return "an unrecorded machine (checkpoints before 2026-12-06 did not name theirs)"
+    return f"{info.get('cpu', '?')} ({', '.join(info.get('isa', [])) or 'no vector extensions listed'})"
 
 
 def _document(chapters: Labelled, figures: Path, seconds: float | None, command: str = "sparsearch book",

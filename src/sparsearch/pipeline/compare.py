@@ -159,7 +159,8 @@ def run_job(job: CompareJob) -> dict:
             "mask_sparsity": cfg.sparsity.sparsity,
             "test_acc": summary["final_test_acc"], "weight_density": summary.get("weight_density", 1.0),
             "params_nonzero": summary["params_nonzero"], "macs_effective": summary["macs_effective"],
-            "train_seconds": summary["train_seconds"], "machine": summary["machine"]}
+            "train_seconds": summary["train_seconds"], "machine": summary["machine"],
+            **({"sittings": summary["sittings"]} if len(summary.get("sittings", [])) > 1 else {})}  # resumed ones
 
 
 def _jobs(cfg: Config) -> list[tuple[int, str, float]]:

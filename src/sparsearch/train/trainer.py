@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..data import TensorLoader
 from ..errors import SparsearchError
 from ..files import write_json
+from ..host import machine
 from ..models import split_logits
 from ..workers import set_threads
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -94,6 +95,9 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.best_acc = 0.0
         self.elapsed = 0.0
+        # where it trained: one entry a fit() (a resumed run may finish on another sitting's CPU, whose bf16 arithmetic
+        # and speed differ), each {"machine", "steps": [first, last], "seconds"}; the current one is the last
+        self.sittings: list[dict[str, Any]] = []
         self.resyncs = 0  # under torchrun: steps after which a rank's masks differed and it took rank 0's state
         self.loss: torch.Tensor | None = None  # the current step's loss, for callbacks
         self.current_batch: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -112,6 +116,7 @@ class Trainer:
             "last_eval": dict(self.last_eval),
             "best_acc": self.best_acc,
             "elapsed": self.elapsed,
+            "sittings": self._sittings(),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "rng": rng_state(),
             "metrics_offset": self.metrics.offset(),
@@ -131,6 +136,9 @@ class Trainer:
         self.last_eval = dict(state["last_eval"])
         self.best_acc = state["best_acc"]
         self.elapsed = state["elapsed"]
+        # a checkpoint from before sittings were recorded: its steps ran on a machine nobody wrote down
+        self.sittings = state.get("sittings") or ([{"machine": None, "steps": [0, self.step], "seconds": self.elapsed}]
+                                                  if self.step else [])
         if len(state["callbacks"]) != len(self.callbacks):
             raise RuntimeError("checkpoint was written with a different set of callbacks")
         for cb, cb_state in zip(self.callbacks, state["callbacks"]):
@@ -155,6 +163,8 @@ class Trainer:
             return json.loads(self.summary_path.read_text())  # finished earlier: nothing to do
         if self.cfg.resume and self.checkpoint_path.exists():
             self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        self.sittings = [*self._sittings(), {"machine": machine(), "steps": [self.step, self.step], "seconds": 0.0,
+                                             "elapsed_before": self.elapsed}]
         self._call("on_train_start")
         self.step_model = distributed.wrap(self.model)  # after callbacks that attach masks or scores
         try:
@@ -261,6 +271,7 @@ class Trainer:
             "final_test_acc": self.last_eval.get("acc"), "final_test_loss": self.last_eval.get("loss"),
             "best_test_acc": self.best_acc, "train_seconds": round(self.elapsed, 3),
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "sittings": self._sittings(),
         }
         if distributed.active():
             summary.update(world_size=distributed.world_size(), mask_resyncs=self.resyncs)
@@ -271,6 +282,14 @@ class Trainer:
         save_final(self.model, self.out_dir)
         write_json(self.summary_path, summary)
         return summary
+
+    def _sittings(self) -> list[dict[str, Any]]:
+        """The sittings so far, the current one brought up to this step."""
+        if not self.sittings or "elapsed_before" not in self.sittings[-1]:
+            return list(self.sittings)
+        *done, now = self.sittings
+        return [*done, {"machine": now["machine"], "steps": [now["steps"][0], self.step],
+                        "seconds": round(self.elapsed - now["elapsed_before"], 3)}]
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
