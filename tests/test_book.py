@@ -373,6 +373,25 @@ def test_an_inconclusive_claim_with_too_few_seeds_trains_two_more(tmp_path, monk
     assert more() == [] and len(calls) == 1
 
 
+def test_a_claim_that_wants_more_seeds_takes_them_before_the_queues(tmp_path, monkeypatch):
+    """Claim 3 inconclusive with too few seeds from an earlier sitting: its seeds 3 and 4 train first."""
+    from sparsearch.book import make
+    from sparsearch.pipeline import compare, run
+
+    cfgs = {name: runs.load(name, tmp_path, [], None) for name in runs.RUNS}
+    v3 = tmp_path / "cifar10-v3" / "compare"
+    v3.mkdir(parents=True)
+    noisy = {("static-erk", 0.98): _shift(SEEDS, 0.003, 0.01), ("static-uniform", 0.98): SEEDS}
+    (v3 / "results.json").write_text(json.dumps(_results(noisy)))
+    calls = []
+    monkeypatch.setattr(compare, "run_compare", lambda parts, show_progress, recorded: calls.append(parts[0].compare.seeds))
+    monkeypatch.setattr(run, "run_all", lambda cfg, show_progress: calls.append("run_all"))
+    for quiet in ("bench_result", "record_rows", "ift_inference"):
+        monkeypatch.setattr(make, quiet, lambda *a, **k: {"done": True})
+    make._run_chapters(cfgs, tmp_path, False, "cpu", tmp_path / "RESULTS.md", {name: [] for name in cfgs})
+    assert calls[0] == [0, 1, 2, 3, 4] and calls[1] == [0, 1, 2]  # claim 3's seeds 3 and 4, then the v3 queue
+
+
 def test_the_book_step_bench_times_each_network_as_its_config_trains_it(tmp_path):
     """`sparsearch bench book`: the book's own configs (batch, bf16, layout), both paths, ratios to the ResNet-20."""
     import json

@@ -87,6 +87,9 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
         print("book: bench architecture", flush=True)
         bench("architecture", ["--out", str(out_dir / ARCHITECTURE_JSON)])
     record_rows(cfgs, out_dir, output, scale, committed)
+    # a claim whose three seeds an earlier sitting finished takes its seeds 3 and 4 before the queues go on: its
+    # chapter completes sooner, and a sitting's end interrupts those hour-long trainings, not the longer ones after
+    more_seeds(cfgs, out_dir, scale, show_progress, output, committed)
     for name, invocations in cfgs.items():
         cfg = invocations[0]
         print(f"book: {name} ({COMMANDS[name]}, {len(invocations)} part(s), {cfg.train.epochs} epochs on "
