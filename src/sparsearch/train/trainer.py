@@ -137,8 +137,8 @@ class Trainer:
         self.best_acc = state["best_acc"]
         self.elapsed = state["elapsed"]
         # a checkpoint from before sittings were recorded: its steps ran on a machine nobody wrote down
-        self.sittings = state.get("sittings") or ([{"machine": None, "steps": [0, self.step], "seconds": round(self.elapsed, 3)}]
-                                                  if self.step else [])
+        unrecorded = {"machine": None, "steps": [0, self.step], "seconds": round(self.elapsed, 3)}
+        self.sittings = state.get("sittings") or ([unrecorded] if self.step else [])
         if len(state["callbacks"]) != len(self.callbacks):
             raise RuntimeError("checkpoint was written with a different set of callbacks")
         for cb, cb_state in zip(self.callbacks, state["callbacks"]):
