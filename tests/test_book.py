@@ -324,9 +324,12 @@ def test_write_only_from_a_folder_without_the_books_runs_is_one_line_and_writes_
 def test_rigls_update_interval_ablation_stands_beside_the_claim():
     st = _results({("rigl", 0.9): [0.61, 0.62, 0.63], ("set", 0.9): SEEDS, ("static-erk", 0.9): SEEDS})
     ablation = _results({("rigl-every-400", 0.9): [0.58], ("rigl-every-25", 0.9): [0.55]}, dense=None)
-    chapter = chapters.rigl_set_static(st, "ResNet-20", ablation)
-    assert "| every 25 steps | 55.00 |\n| every 400 steps | 58.00 |\n| the claim's run (dst.update_every) | 61.00 |" in chapter.body
-    assert "not finished" in chapters.rigl_set_static(st, "ResNet-20", None).body
+    chapter = chapters.rigl_set_static(st, "ResNet-20", ablation, every=100)
+    assert ("| every 25 steps | 55.00 |\n| every 100 steps (the claim's runs) | 61.00 |\n| every 400 steps | 58.00 |"
+            in chapter.body) and "update every 100 steps" in chapter.rule
+    alone = chapters.rigl_set_static(st, "ResNet-20", None)
+    assert "not finished" in alone.body
+    assert chapter.seconds == alone.seconds + 2 * 60.0  # the ablation's two trainings count in the claim's budget
 @pytest.mark.parametrize("decay_by, verdict", [(0.02, "**reproduced**"), (-0.01, "**not reproduced**"),
                                                (0.003, "**inconclusive**")])
 def test_nm_mask_decay_vs_srste_is_one_test_over_the_ratios(decay_by, verdict):

@@ -20,6 +20,7 @@ from .runs import (
     COMMANDS,
     INFERENCE_JSON,
     V3,
+    V3_PART,
     V3_PARTS,
     bench_result,
     cell_run,
@@ -60,7 +61,8 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     else:
         specs.append(("2", [], lambda: deferred("search")))
     specs += [("3", [f"{V3} (claim 3)"], lambda: erk_vs_uniform(v3("claim 3"), at)),
-              ("4", [f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation)),
+              ("4", [f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation,
+                                                                         cfgs[V3][V3_PART["claim 4"]].dst.update_every)),
               ("5", ["imp-cifar10"] if gpu else [], lambda: imp_vs_oneshot(done["imp-cifar10"], out_dir / "imp-cifar10",
                                                                             done.get("dense-cifar10-480"))
                if gpu else deferred("imp")),
