@@ -330,6 +330,8 @@ def test_rigls_update_interval_ablation_stands_beside_the_claim():
     alone = chapters.rigl_set_static(st, "ResNet-20", None)
     assert "not finished" in alone.body
     assert chapter.seconds == alone.seconds + 2 * 60.0  # the ablation's two trainings count in the claim's budget
+
+
 @pytest.mark.parametrize("decay_by, verdict", [(0.02, "**reproduced**"), (-0.01, "**not reproduced**"),
                                                (0.003, "**inconclusive**")])
 def test_nm_mask_decay_vs_srste_is_one_test_over_the_ratios(decay_by, verdict):
