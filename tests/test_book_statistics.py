@@ -151,6 +151,7 @@ def test_a_paired_verdict_says_whether_its_seeds_were_enough():
     noisy = verdict("superiority", [0.62, 0.64, 0.66], [0.60, 0.62, 0.645], 0.005)[1]
     tight = verdict("superiority", [0.62, 0.64, 0.66], [0.60, 0.6201, 0.6399], 0.005)[1]
     assert noisy.endswith("too few seeds") and tight.endswith("enough seeds")  # RULES.md: too few -> five seeds
+    assert "against the 0.25 (half the smallest effect)" in noisy  # the bound it is held to, not the effect itself
     assert "seeds" not in verdict("superiority", [0.6, 0.7], [0.5, 0.6], 0.005, paired=False)[1]  # Welch: no note
 
 

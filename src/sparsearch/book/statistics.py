@@ -130,7 +130,8 @@ def power_note(n: int, sigma: float, smallest: float) -> str:
         return "one seed: no interval"
     half = float(_stats.t.ppf(0.975, n - 1)) * sigma / math.sqrt(n)
     enough = "enough" if half < smallest / 2 else "too few"
-    return f"n={n}: expected half-width {100 * half:.2f} points against {100 * smallest:g}: {enough} seeds"
+    return (f"n={n}: expected half-width {100 * half:.2f} points, against the {100 * smallest / 2:g} (half the smallest"
+            f" effect) it should stay below: {enough} seeds")
 
 
 __all__ = ["Effect", "VERDICTS", "difference", "pooled", "power_note", "seed_means", "verdict"]
