@@ -131,6 +131,21 @@ def test_document_lists_every_claim_with_its_verdict_and_figure():
     assert "the fastest dense engine" in architecture.speedup(bench).body
 
 
+def test_a_paired_claims_figure_joins_each_seed_across_the_variants_its_test_compares(tmp_path):
+    from sparsearch.report.plots import paired_seeds_plot
+
+    rows = [{"variant": v, "sparsity": s, "seed": k, "test_acc": 0.7 + 0.01 * k}
+            for v, sparsities in (("static-uniform", [0.9, 0.98]), ("static-erk", [0.9, 0.98]), ("rigl", [0.9]))
+            for s in sparsities for k in range(3)]
+    assert paired_seeds_plot(rows, ["static-uniform", "static-erk"], tmp_path / "a.png") == 0.98  # the highest shared
+    assert paired_seeds_plot(rows, ["static-erk", "rigl"], tmp_path / "b.png") == 0.9
+    assert paired_seeds_plot(rows, ["static-erk", "set"], tmp_path / "c.png") is None  # no sparsity in common
+    assert (tmp_path / "a.png").exists() and (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()
+    claim4 = chapters.rigl_set_static(_results({(v, 0.9): [0.80, 0.81, 0.82] for v in ("rigl", "set", "static-erk")}))
+    assert claim4.plot == "cifar10-rigl-set-static.png" and claim4.figure.kind == "paired"
+    assert set(claim4.figure.variants) == {"rigl", "set", "static-erk"}  # the chapter's figure shows what it judges
+
+
 def _ift(uniform: list[float], erk: list[float], dense: float = 0.90) -> dict:
     """A Sparse-IFT comparison: dense at `dense`, Sparse Wide + RigL (uniform, ERK) at s = 0.5, accuracies per seed."""
     base = [dense - 0.002, dense, dense + 0.002]

@@ -49,7 +49,7 @@ def test_rows_recorded_once_carry_a_chapter_after_the_runs_folder_is_gone(tmp_pa
     assert chapters["3"].verdict.startswith("**reproduced**")
     assert chapters["4"] == ["cifar10-v3 (claim 4): 9 of 18 finished"]
     document.write_book(cfgs, fresh, output, "sparsearch book", None, "cpu", committed)
-    assert "Zen 4 (avx2): 9 trainings" in output.read_text() and (output.parent / "results" / "cifar10-accuracy.png").exists()
+    assert "Zen 4 (avx2): 9 trainings" in output.read_text() and (output.parent / "results" / "cifar10-erk-uniform.png").exists()
 
 
 def test_a_trial_trained_again_under_out_dir_wins_over_its_record():

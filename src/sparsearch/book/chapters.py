@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import statistics as stats
 from .runs import CIFAR10
-from .verdicts import Chapter, common_seeds, effect_text, judged, load_text, pct, per_seed, proxy_budget, seeds_text, table
+from .verdicts import Chapter, Figure, common_seeds, effect_text, judged, load_text, pct, per_seed, proxy_budget, seeds_text, table
 
 
 # ------------------------------------------------------------------------------------------------ the comparisons
@@ -96,7 +96,7 @@ def erk_vs_uniform(pruning: dict, at: str = "") -> Chapter:
                  "our budget is a fifth of the paper's epochs, on JPEG-recompressed CIFAR-10, with one network"),
         proxy_budget(pruning) or judged("superiority", pruning, "static-erk", "static-uniform", [high], 0.005),
         compare_seconds(pruning, variants={"static-erk", "static-uniform"}, sparsities=set(sparsities)),
-        "cifar10-accuracy.png")
+        "cifar10-erk-uniform.png", figure=Figure("paired", ("static-uniform", "static-erk")))
 
 
 def _ablation_text(st: dict, ablation: dict | None, s: float, every: int) -> str:
@@ -141,7 +141,7 @@ def rigl_set_static(st: dict, at: str = "", ablation: dict | None = None, every:
                  "a smaller, sparser network and an eighth of the epochs; the paper's gap (~2 points) is four times "
                  "our smallest effect of interest"),
         said, compare_seconds(st, variants=set(order), sparsities=set(sparsities)) + _ablation_seconds(ablation),
-        "cifar10-accuracy.png")
+        "cifar10-rigl-set-static.png", figure=Figure("paired", ("static-erk", "set", "rigl")))
 
 
 def _ablation_seconds(ablation: dict | None) -> float:
@@ -284,4 +284,4 @@ def sparse_ift(results: dict, inference: dict, at: str = "") -> Chapter:
         "sparsities: reproduced when it lies above 0, not reproduced when it lies below 0.5 points, inconclusive "
         "between. ERK is reported beside it, not judged.",
         body, proxy_budget(results) or f"**{word}**: {IFT[0]} - dense, {reason}",
-        compare_seconds(results, variants={"dense", *IFT}), "cifar10-accuracy.png")
+        compare_seconds(results, variants={"dense", *IFT}), "cifar10-sparse-ift.png", figure=Figure("sparsity", ("dense", *IFT)))

@@ -28,7 +28,7 @@ from .runs import (
     so_far,
 )
 from .searches import dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
-from .verdicts import Chapter, hours, rules_citation
+from .verdicts import Chapter, Figure, hours, rules_citation
 
 Labelled = list[tuple[str, "Chapter | list[str]"]]  # (the claim a chapter judges, the chapter or the runs it waits for)
 
@@ -86,20 +86,18 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
                scale: str = "cpu", committed: Committed | None = None) -> Path:
     """Write the document from every chapter whose runs have finished (under `out_dir` or in the ledger's
     `committed` rows); the others are pending."""
-    from ..report.plots import comparison_plot
-
     chapters, cpu_seconds = chapters_of(cfgs, out_dir, scale, committed)
-    drawn = {"cifar10-accuracy.png": V3, "cells-accuracy.png": cell_run("DARTS_V2"),
+    drawn = {"cifar10-erk-uniform.png": V3, "cifar10-rigl-set-static.png": V3, "cifar10-sparse-ift.png": V3,
+             "cells-accuracy.png": cell_run("DARTS_V2"),
              "vit-nm-accuracy.png": "vit-nm-cifar10"}  # comparisons: drawn from their rows, committed ones too
     copied = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
               "runtime-speedup.png": (out_dir / BENCH_JSON).with_suffix(".png")}
     figures = output.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
-    shown = {c.plot for _, c in chapters if isinstance(c, Chapter)}
+    shown = {c.plot: c.figure for _, c in chapters if isinstance(c, Chapter)}
     for name, run in drawn.items():
         if name in shown and (results := so_far(run, out_dir, committed)):
-            comparison_plot(results["table"], figures / name,
-                            f"{results.get('model', '?')} on {results.get('dataset', '?')}: accuracy by method and sparsity")
+            _draw(shown[name], results, figures / name)
     for name, source in copied.items():
         if name in shown and source.exists():
             shutil.copyfile(source, figures / name)
@@ -107,6 +105,19 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
     write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command, cpu_seconds,
                                    trained_on(rows)))
     return output
+
+
+def _draw(figure: Figure, results: dict, path: Path) -> None:
+    from ..report.plots import comparison_plot, paired_seeds_plot
+
+    keep = lambda variant: figure.variants is None or variant in figure.variants  # noqa: E731
+    where = f"{results.get('model', '?')} on {results.get('dataset', '?')}"
+    if figure.kind == "paired":
+        variants = list(figure.variants or dict.fromkeys(r["variant"] for r in results["rows"]))
+        paired_seeds_plot(results["rows"], variants, path, f"{where}: each seed under each method")
+    else:
+        comparison_plot([t for t in results["table"] if keep(t["variant"])], path,
+                        f"{where}: accuracy by method and sparsity")
 
 
 def trained_on(rows: list[dict]) -> list[str]:

@@ -7,10 +7,20 @@ import hashlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..bench.common import quiet
 from . import statistics as stats
 from .statistics import Kind
+
+
+@dataclass(frozen=True)
+class Figure:
+    """What a chapter's figure draws from its comparison's rows: `paired`, each seed under each variant at the highest
+    sparsity they share (the pairs its test compares), or `sparsity`, accuracy over sparsity; of `variants` (None: all)."""
+
+    kind: Literal["paired", "sparsity"] = "sparsity"
+    variants: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -24,6 +34,7 @@ class Chapter:
     seconds: float | None  # the CPU time its runs recorded (None: not recorded)
     plot: str | None = None  # file name under docs/results/
     budget_note: str = ""
+    figure: Figure = Figure()  # what `plot` shows, where it is drawn from a comparison
 
     @property
     def budget(self) -> str:

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .search_plots import alpha_heatmap, cell_diagram  # noqa: E402
 
-__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot", "soup_plot"]
+__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot", "paired_seeds_plot",
+           "soup_plot"]
 
 
 def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: dict | None = None) -> None:
@@ -61,6 +62,28 @@ def comparison_plot(table: list[dict], path: Path, title: str = "") -> None:
         ax.axhline(mean, color="k", linestyle=":", linewidth=1, label=f"{t['variant']} (dense)")
         ax.axhspan(mean - std, mean + std, color="k", alpha=0.08)
     _finish(fig, ax, path, "sparsity (%)", "test accuracy (%)", title, legend={"fontsize": 8})
+
+
+def paired_seeds_plot(rows: list[dict], variants: list[str], path: Path, title: str = "") -> float | None:
+    """Each seed's test accuracy under each variant, a line per seed joining its variants (the pairs a paired test
+    compares), at the highest sparsity all of them ran, which it returns; None (nothing drawn) where there is none."""
+    shared = set.intersection(*({r["sparsity"] for r in rows if r["variant"] == v and "test_acc" in r} for v in variants))
+    if not shared:
+        return None
+    s = max(shared)
+    acc = {(r["variant"], r["seed"]): 100 * r["test_acc"] for r in rows if r.get("sparsity") == s and "test_acc" in r}
+    fig, ax = plt.subplots(figsize=(2.6 + 1.4 * len(variants), 4.2))
+    x = range(len(variants))
+    for i, seed in enumerate(sorted({k for _, k in acc})):
+        ys = [acc.get((v, seed)) for v in variants]
+        ax.plot(x, [float("nan") if y is None else y for y in ys], "o-", color=f"C{i}", alpha=0.7, label=f"seed {seed}")
+    means = [[a for (v2, _), a in acc.items() if v2 == v] for v in variants]
+    ax.plot(x, [sum(m) / len(m) for m in means], "k_", markersize=28, markeredgewidth=2, label="mean")
+    ax.set_xticks(list(x), variants)
+    ax.set_xlim(-0.5, len(variants) - 0.5)
+    _finish(fig, ax, path, f"at {100 * s:g}% sparsity", "test accuracy (%)", title,
+            legend={"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1)})
+    return s
 
 
 def churn_plot(churn: list[dict], path: Path, title: str = "") -> None:
