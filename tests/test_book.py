@@ -93,6 +93,8 @@ def test_erk_vs_uniform_follows_the_v3_rules(erk_at_98, dense, verdict):
                         ("static-erk", 0.98): erk_at_98, ("static-uniform", 0.98): SEEDS}, dense)
     chapter = chapters.erk_vs_uniform(results)
     assert chapter.verdict.startswith(verdict), chapter.verdict
+    # the effects figure shows a test only where the verdict rests on it, not behind a void anchor
+    assert [j.word for j in chapter.tested] == ([] if "no verdict" in verdict else [verdict.strip("*")])
     assert "| 98% |" in chapter.body and "(95%, paired, n=3) |" in chapter.body  # each sparsity's effect, reported
 
 
@@ -144,6 +146,22 @@ def test_a_paired_claims_figure_joins_each_seed_across_the_variants_its_test_com
     claim4 = chapters.rigl_set_static(_results({(v, 0.9): [0.80, 0.81, 0.82] for v in ("rigl", "set", "static-erk")}))
     assert claim4.plot == "cifar10-rigl-set-static.png" and claim4.figure.kind == "paired"
     assert set(claim4.figure.variants) == {"rigl", "set", "static-erk"}  # the chapter's figure shows what it judges
+
+
+def test_the_effects_figure_has_a_row_per_test_a_verdict_rests_on(tmp_path):
+    from sparsearch.report.plots import effects_plot
+
+    claim4 = chapters.rigl_set_static(_results({("rigl", 0.9): _shift(SEEDS, 0.01, 0.001), ("set", 0.9): _shift(SEEDS, 0.01),
+                                                ("static-erk", 0.9): SEEDS}))
+    void = chapters.erk_vs_uniform(_results({("static-erk", 0.98): SEEDS, ("static-uniform", 0.98): SEEDS}, 0.45))
+    rows = document._effects([("3", void), ("4", claim4), ("1", ["cells-darts-v2: 0 of 9 finished"])])
+    assert [r["label"] for r in rows] == ["claim 4 (a): rigl - static-erk over 90%", "claim 4 (b): set - rigl over 90%"]
+    assert rows[0]["word"] == "reproduced" and rows[0]["confidence"] == 0.95 and rows[1]["confidence"] == 0.90
+    assert rows[0]["low"] > 0 and rows[0]["smallest"] == 0.5  # in points
+    assert "results/effects.png" in document._document([("4", claim4)], Path("results"), None)
+    assert "effects.png" not in document._document([("3", void)], Path("results"), None)
+    effects_plot(rows, tmp_path / "effects.png")
+    assert (tmp_path / "effects.png").stat().st_size > 0
 
 
 def _ift(uniform: list[float], erk: list[float], dense: float = 0.90) -> dict:

@@ -79,6 +79,7 @@ def erk_vs_uniform(pruning: dict, at: str = "") -> Chapter:
     t = by_variant(pruning)
     sparsities = sorted(s for v, s in t if v == "static-uniform" and ("static-erk", s) in t)
     high = sparsities[-1]
+    test = judged("superiority", pruning, "static-erk", "static-uniform", [high], 0.005)
     return Chapter(
         "ERK vs uniform random pruning at high sparsity", "Liu et al., The Unreasonable Effectiveness of Random Pruning (ICLR 2022)",
         "Random pruning with ERK layer-wise ratios trains to higher accuracy than uniform ratios, the more so the higher the sparsity.",
@@ -94,9 +95,9 @@ def erk_vs_uniform(pruning: dict, at: str = "") -> Chapter:
                  "<= 0.1 (the per-table accuracies could not be read; the repository's code and recipe could)",
                  f"ResNet-20 at 98%: ERK {_mean(t, ('static-erk', high))}, uniform {_mean(t, ('static-uniform', high))}",
                  "our budget is a fifth of the paper's epochs, on JPEG-recompressed CIFAR-10, with one network"),
-        proxy_budget(pruning) or judged("superiority", pruning, "static-erk", "static-uniform", [high], 0.005),
+        proxy_budget(pruning) or test.text,
         compare_seconds(pruning, variants={"static-erk", "static-uniform"}, sparsities=set(sparsities)),
-        "cifar10-erk-uniform.png", figure=Figure("paired", ("static-uniform", "static-erk")))
+        "cifar10-erk-uniform.png", figure=Figure("paired", ("static-uniform", "static-erk")), judgements=[test])
 
 
 def _ablation_text(st: dict, ablation: dict | None, s: float, every: int) -> str:
@@ -118,8 +119,9 @@ def rigl_set_static(st: dict, at: str = "", ablation: dict | None = None, every:
     sparsities = sorted(s for v, s in t if v == "rigl")
     dynamic = judged("superiority", st, "rigl", "static-erk", sparsities, 0.005)
     regrowth = judged("no better", st, "set", "rigl", sparsities, 0.005)
-    words = {part.split(":")[0] for part in (dynamic, regrowth)}
-    said = proxy_budget(st) or (f"{words.pop()}: " if len(words) == 1 else "**mixed**: ") + f"(a) {dynamic}; (b) {regrowth}"
+    words = {dynamic.word, regrowth.word}
+    said = proxy_budget(st) or (f"**{words.pop()}**: " if len(words) == 1 else "**mixed**: ") + \
+        f"(a) {dynamic.text}; (b) {regrowth.text}"
     s = sparsities[0]
     return Chapter(
         "RigL vs SET vs static sparse training", "Evci et al., Rigging the Lottery (ICML 2020)",
@@ -141,7 +143,8 @@ def rigl_set_static(st: dict, at: str = "", ablation: dict | None = None, every:
                  "a smaller, sparser network and an eighth of the epochs; the paper's gap (~2 points) is four times "
                  "our smallest effect of interest"),
         said, compare_seconds(st, variants=set(order), sparsities=set(sparsities)) + _ablation_seconds(ablation),
-        "cifar10-rigl-set-static.png", figure=Figure("paired", ("static-erk", "set", "rigl")))
+        "cifar10-rigl-set-static.png", figure=Figure("paired", ("static-erk", "set", "rigl")),
+        judgements=[dynamic, regrowth])
 
 
 def _ablation_seconds(ablation: dict | None) -> float:
@@ -155,6 +158,7 @@ def imp_vs_oneshot(st: dict, run_dir: Path, long_dense: dict | None = None) -> C
     sparsities = sorted({s for v, s in t if v == "imp"})
     matched = ("" if not long_dense else " The dense network trained as long as IMP reaches "
                f"{seeds_text(by_variant(long_dense)['dense', 0.0])}.")
+    test = judged("superiority", st, "imp", "oneshot", sparsities, 0.005)
     return Chapter(
         *IMP,
         V3 + "pooled over the sparsities: reproduced when the interval of IMP - one-shot lies above 0, not reproduced "
@@ -167,8 +171,7 @@ def imp_vs_oneshot(st: dict, run_dir: Path, long_dense: dict | None = None) -> C
                  "rewinding to about step 2,000: matching subnetworks down to 16.8% density",
                  "ResNet-20, 160 epochs per level, 70% pruned per level to 90% (two levels), rewinding to step 2,000",
                  "fewer, larger pruning steps"),
-        proxy_budget(st) or judged("superiority", st, "imp", "oneshot", sparsities, 0.005),
-        compare_seconds(st, run_dir, {"oneshot", "imp"}))
+        proxy_budget(st) or test.text, compare_seconds(st, run_dir, {"oneshot", "imp"}), judgements=[test])
 
 
 def soup_vs_best_ingredient(st: dict, run_dir: Path) -> Chapter:
@@ -186,7 +189,7 @@ def soup_vs_best_ingredient(st: dict, run_dir: Path) -> Chapter:
                          f"{100 * (phase['uniform']['test_acc'] - chosen['test_acc']):+.2f}"])
     seeds = sorted(set.intersection(*(set(d) for d in by_phase.values()))) if by_phase else []
     pairs = [([d[k][0] for k in seeds], [d[k][1] for k in seeds]) for d in by_phase.values()]
-    judged_ = "**no verdict**: no soup finished" if not seeds else stats_verdict(pairs, 0.003)
+    tests = [stats.judge("uniform soup - best ingredient", "superiority", *stats.seed_means(pairs), 0.003)] if seeds else []
     return Chapter(
         *SOUP,
         V3 + "all phases and sparsities of a seed pooled into one paired comparison of the uniform soup against the "
@@ -197,12 +200,8 @@ def soup_vs_best_ingredient(st: dict, run_dir: Path) -> Chapter:
         + versus("ResNets and WRNs on CIFAR-10/100 and ImageNet, 3 phases to 90%; the soups beat their ingredients "
                  "at sparsities above 80% (per-table accuracies could not be read)",
                  "ResNet-20 on CIFAR-10, 2 phases to 90%, 3 ingredients a phase", "two phases, not three"),
-        proxy_budget(st) or judged_, compare_seconds(st, variants={"soup"}))
-
-
-def stats_verdict(pairs: list[tuple[list[float], list[float]]], smallest: float) -> str:
-    word, reason = stats.verdict("superiority", *stats.seed_means(pairs), smallest)
-    return f"**{word}**: uniform soup - best ingredient, {reason}"
+        proxy_budget(st) or (tests[0].text if tests else "**no verdict**: no soup finished"),
+        compare_seconds(st, variants={"soup"}), judgements=tests)
 
 
 DEFERRED = {"search": (RANDOM_SEARCH, ["book-search", "book-random-configuration"],
@@ -249,7 +248,7 @@ def sparse_ift(results: dict, inference: dict, at: str = "") -> Chapter:
                 ratio = per[batch]["ms"] / inference["dense"][batch]["ms"]
                 timing.append([name, batch.split("-")[1], per[batch]["engine"], f"{per[batch]['ms']:.2f}", f"{ratio:.2f}x"])
     pooled = [_against_dense(results, IFT[0], s) for s in sparsities]
-    word, reason = stats.verdict("superiority", *stats.seed_means(pooled), 0.005)
+    test = stats.judge(f"{IFT[0]} - dense", "superiority", *stats.seed_means(pooled), 0.005)
     body = (table(["network", "s", "test acc % (seeds)", "- dense, points [95%, paired]", "weight density",
                    "MMACs (non-zero)", "params (non-zero)"], rows)
             + "\nSparse Wide widens every layer by sqrt(1/(1-s)) and trains it with RigL at the mask sparsity that "
@@ -283,5 +282,6 @@ def sparse_ift(results: dict, inference: dict, at: str = "") -> Chapter:
         V3 + "of Sparse Wide + RigL with the paper's uniform allocation - dense, paired by seed and pooled over the "
         "sparsities: reproduced when it lies above 0, not reproduced when it lies below 0.5 points, inconclusive "
         "between. ERK is reported beside it, not judged.",
-        body, proxy_budget(results) or f"**{word}**: {IFT[0]} - dense, {reason}",
-        compare_seconds(results, variants={"dense", *IFT}), "cifar10-sparse-ift.png", figure=Figure("sparsity", ("dense", *IFT)))
+        body, proxy_budget(results) or test.text,
+        compare_seconds(results, variants={"dense", *IFT}), "cifar10-sparse-ift.png",
+        figure=Figure("sparsity", ("dense", *IFT)), judgements=[test])

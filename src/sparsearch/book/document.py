@@ -101,10 +101,31 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
     for name, source in copied.items():
         if name in shown and source.exists():
             shutil.copyfile(source, figures / name)
+    if effects := _effects(chapters):
+        from ..report.plots import effects_plot
+
+        effects_plot(effects, figures / EFFECTS, "the book's tests: each effect with the interval its rule read")
     rows = [r for name in cfgs if COMMANDS[name] == "compare" for r in (so_far(name, out_dir, committed) or {}).get("rows", [])]
     write_atomic(output, _document(chapters, figures.relative_to(output.parent), seconds, command, cpu_seconds,
                                    trained_on(rows)))
     return output
+
+
+EFFECTS = "effects.png"
+
+
+def _effects(chapters: Labelled) -> list[dict]:
+    """Every test a verdict rests on, in points, labelled by its claim (the effects figure's rows)."""
+    rows = []
+    for label, c in chapters:
+        tests = c.tested if isinstance(c, Chapter) else []
+        for i, j in enumerate(tests):
+            part = f" ({'abcdefgh'[i]})" if len(tests) > 1 else ""
+            e = j.effect
+            rows.append({"label": f"claim {label}{part}: {j.label}", "word": j.word, "kind": j.kind,
+                         "estimate": 100 * e.estimate, "low": 100 * e.low, "high": 100 * e.high,
+                         "confidence": e.confidence, "smallest": 100 * j.smallest})
+    return rows
 
 
 def _draw(figure: Figure, results: dict, path: Path) -> None:
@@ -170,6 +191,10 @@ def _document(chapters: Labelled, figures: Path, seconds: float | None, command:
         else:
             lines.append(f"| {label} | (waits for {', '.join(c)}) | pending |")
     lines.append("")
+    if _effects(chapters):
+        lines += [f"![The book's tests]({(figures / EFFECTS).as_posix()})", "",
+                  "Each test of accuracy a verdict rests on: the effect A - B in points with the interval its rule read (95%; 90% "
+                  "for a TOST), coloured by its verdict; the bar on its row marks its smallest effect of interest.", ""]
     for label, c in chapters:
         lines += render_chapter(label, c, figures) if isinstance(c, Chapter) else [
             f"## Claim {label}: pending", "", f"Waits for the runs {', '.join(c)}: `{command}` runs them (it resumes).", ""]

@@ -19,7 +19,8 @@ def nm_decay_vs_srste(results: dict, at: str = "") -> Chapter:
     t = by_variant(results)
     sparsities = sorted(s for v, s in t if v == VARIANTS[0] and (VARIANTS[1], s) in t)
     pairs = [common_seeds(per_seed(results, VARIANTS[0], s), per_seed(results, VARIANTS[1], s)) for s in sparsities]
-    word, reason = stats.verdict("superiority", *stats.seed_means(pairs), 0.005)
+    test = stats.judge(f"{VARIANTS[0]} - {VARIANTS[1]} over {', '.join(_ratio(s) for s in sparsities)}", "superiority",
+                       *stats.seed_means(pairs), 0.005)
     dense = t.get(("dense", 0.0))
     body = (table(["N:M", "mask decay % (seeds)", "SR-STE % (seeds)", "decay - SR-STE, points [95% interval]"],
                   [[_ratio(s), seeds_text(t[VARIANTS[0], s]), seeds_text(t[VARIANTS[1], s]),
@@ -42,5 +43,4 @@ def nm_decay_vs_srste(results: dict, at: str = "") -> Chapter:
         "trained with SR-STE.",
         "RULES.md (book v3): the paired effect of decay - SR-STE over seeds, pooled over the N:M ratios, with its 95% "
         "interval: reproduced when it lies above 0, not reproduced when it lies below 0.5 points, inconclusive between.",
-        body, f"**{word}**: {VARIANTS[0]} - {VARIANTS[1]} over {', '.join(_ratio(s) for s in sparsities)}, {reason}",
-        compare_seconds(results), "vit-nm-accuracy.png")
+        body, test.text, compare_seconds(results), "vit-nm-accuracy.png", judgements=[test])

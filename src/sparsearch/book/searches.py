@@ -60,11 +60,12 @@ def dass_vs_darts(search: dict) -> Chapter:
              + "\n\n" + _search_verdicts(search, methods))
     frozen = _frozen(search, methods)
     if frozen:
-        said = (f"**no evidence**: the searches {', '.join(frozen)} did not move away from uniform, so their cells "
-                "are noise and the accuracies above rank nothing")
+        said, tests = (f"**no evidence**: the searches {', '.join(frozen)} did not move away from uniform, so their "
+                       "cells are noise and the accuracies above rank nothing"), []
     else:
-        word, reason = stats.verdict("superiority", *stats.seed_means(pairs), 0.005)
-        said = f"**{word}**: DASS - DARTS over {', '.join(f'{100 * s:g}%' for s in sparsities)}, {reason}"
+        tests = [stats.judge(f"DASS - DARTS over {', '.join(f'{100 * s:g}%' for s in sparsities)}", "superiority",
+                             *stats.seed_means(pairs), 0.005)]
+        said = tests[0].text
     return Chapter(
         "DASS cell vs DARTS cell at equal sparsity, as searched", "Mousavi et al., DASS (ACM TECS 2023)",
         "A cell searched with sparse operations (DASS) is more accurate after pruning than the DARTS cell pruned the "
@@ -72,7 +73,8 @@ def dass_vs_darts(search: dict) -> Chapter:
         "RULES.md (book v3): no evidence when any DASS or DARTS search did not move its architecture weights away from "
         "uniform (its cell is noise); otherwise the paired effect DASS - DARTS over search seeds, pooled over the "
         "sparsities, with its 95% interval: reproduced above 0, not reproduced below 0.5 points, inconclusive between.",
-        body, said, run_seconds([r for r in search["rows"] if r["method"] in methods]), "search-accuracy.png")
+        body, said, run_seconds([r for r in search["rows"] if r["method"] in methods]), "search-accuracy.png",
+        judgements=tests)
 
 
 def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter:
@@ -84,7 +86,7 @@ def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter
                   "search - one [95%, paired]"],
                  [[f"{100 * s:g}%", seeds_text(best["random", s]), seeds_text(one["random", s]),
                    stats.difference(*p).text()] for s, p in zip(sparsities, pairs)])
-    word, reason = stats.verdict("no better", *stats.seed_means(pairs), 0.01)
+    test = stats.judge("random search - one configuration", "no better", *stats.seed_means(pairs), 0.01)
     runs = [r for r in [*search["rows"], *single["rows"]] if r["method"] == "random"]
     return Chapter(
         *RANDOM_SEARCH,
@@ -93,7 +95,7 @@ def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter
         "when its 95% interval lies above 0, inconclusive otherwise (never reproduced by default).",
         body + "\nBoth cells are trained by the same HYDRA pipeline; the random configuration is the first sample of "
         "the same search space, one per search seed.\n",
-        f"**{word}**: random search - one configuration, {reason}", run_seconds(runs))
+        test.text, run_seconds(runs), judgements=[test])
 
 
 # ------------------------------------------------------------------ claim 1 without the search: the published cells
@@ -111,11 +113,11 @@ def published_cells(by_cell: dict[str, dict], at: str = "") -> Chapter:
                      stats.difference(*pairs[-1]).text()])
     dense = {g: [r["test_acc"] for r in res["rows"] if r["variant"] == "dense"] for g, res in by_cell.items()}
     anchors = ", ".join(f"{g} {pct(statistics.fmean(v))}%" for g, v in dense.items() if v)
-    word, reason = stats.verdict("superiority", *stats.seed_means(pairs), 0.005)
+    test = stats.judge(f"DASS - DARTS_V2 over {', '.join(f'{100 * s:g}%' for s in sparsities)}", "superiority",
+                       *stats.seed_means(pairs), 0.005)
     darts_dense = statistics.fmean(dense["DARTS_V2"]) if dense["DARTS_V2"] else 0.0
     said = (f"**no verdict**: proxy budget (DARTS_V2's dense network reaches {pct(darts_dense)}% < "
-            f"{100 * CELL_ANCHOR:g}%), which says nothing about the paper" if darts_dense < CELL_ANCHOR else
-            f"**{word}**: DASS - DARTS_V2 over {', '.join(f'{100 * s:g}%' for s in sparsities)}, {reason}")
+            f"{100 * CELL_ANCHOR:g}%), which says nothing about the paper" if darts_dense < CELL_ANCHOR else test.text)
     return Chapter(
         "DASS cells vs the DARTS cell, both pruned by HYDRA", "Mousavi et al., DASS (ACM TECS 2023)",
         "The cells DASS searched for a sparsity (DASS_90/95/99) are more accurate after pruning to it than the DARTS "
@@ -129,4 +131,5 @@ def published_cells(by_cell: dict[str, dict], at: str = "") -> Chapter:
                  "of DARTS at 90/95/99% (the paper's tables; see docs/reference notes for what could be read)",
                  "the same cells at 16 channels and 5 cells, 10 dense epochs, 3 + 5 HYDRA epochs",
                  "a network 10x smaller trained 20x shorter; the searches are not rerun here (`--scale gpu` does)"),
-        said, sum(r["train_seconds"] for res in by_cell.values() for r in res["rows"]), "cells-accuracy.png")
+        said, sum(r["train_seconds"] for res in by_cell.values() for r in res["rows"]), "cells-accuracy.png",
+        judgements=[test])

@@ -87,39 +87,63 @@ def pooled(per_comparison: Sequence[tuple[Sequence[float], Sequence[float]]], co
     return difference(*seed_means(per_comparison), paired=True, confidence=confidence)
 
 
-def verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float, paired: bool = True) -> tuple[str, str]:
-    """(verdict, reason) for a claim of `kind` about A against B, by the module's rules; `smallest` > 0 is the
-    smallest effect of interest, in the values' units. A paired reason ends with `power_note` for its seeds, which
-    RULES.md reads to decide whether a claim needs five."""
-    word, reason = _verdict(kind, a, b, smallest, paired)
+@dataclass(frozen=True)
+class Judgement:
+    """One test of a claim: what it compares (`label`, "A - B over ..."), its verdict and reason, and the interval its
+    rule read (the 95% one; a TOST's 90%) against the smallest effect of interest."""
+
+    label: str
+    kind: Kind
+    word: str
+    reason: str
+    effect: Effect
+    smallest: float
+
+    @property
+    def text(self) -> str:
+        return f"**{self.word}**: {self.label}, {self.reason}"
+
+
+def judge(label: str, kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float,
+          paired: bool = True) -> Judgement:
+    """The test of a claim of `kind` about A against B, by the module's rules; `smallest` > 0 is the smallest effect
+    of interest, in the values' units. A paired reason ends with `power_note` for its seeds, which RULES.md reads to
+    decide whether a claim needs five."""
+    word, reason, effect = _verdict(kind, a, b, smallest, paired)
     if paired and len(a) >= 2:
         reason += "; power: " + power_note(len(a), statistics.stdev(x - y for x, y in zip(a, b)), smallest)
-    return word, reason
+    return Judgement(label, kind, word, reason, effect, smallest)
 
 
-def _verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float, paired: bool) -> tuple[str, str]:
+def verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float, paired: bool = True) -> tuple[str, str]:
+    """`judge`'s (verdict, reason)."""
+    j = judge("", kind, a, b, smallest, paired)
+    return j.word, j.reason
+
+
+def _verdict(kind: Kind, a: Sequence[float], b: Sequence[float], smallest: float, paired: bool) -> tuple[str, str, Effect]:
     if smallest <= 0:
         raise ValueError(f"the smallest effect of interest must be positive, got {smallest}")
     e95 = difference(a, b, paired, 0.95)
     e90 = difference(a, b, paired, 0.90)
     if kind == "superiority":
         if e95.low > 0:
-            return "reproduced", f"A - B = {e95.text()}: above 0"
+            return "reproduced", f"A - B = {e95.text()}: above 0", e95
         if e95.high < smallest:
-            return "not reproduced", f"A - B = {e95.text()}: an effect of {100 * smallest:g} points is ruled out"
-        return "inconclusive", f"A - B = {e95.text()}: holds both 0 and {100 * smallest:g} points"
+            return "not reproduced", f"A - B = {e95.text()}: an effect of {100 * smallest:g} points is ruled out", e95
+        return "inconclusive", f"A - B = {e95.text()}: holds both 0 and {100 * smallest:g} points", e95
     if kind == "no better":
         if e90.high < smallest:
-            return "reproduced", f"A - B = {e90.text()}: below {100 * smallest:g} points (TOST, 5%)"
+            return "reproduced", f"A - B = {e90.text()}: below {100 * smallest:g} points (TOST, 5%)", e90
         if e95.low > 0:
-            return "not reproduced", f"A - B = {e95.text()}: A is better"
-        return "inconclusive", f"A - B = {e90.text()}: neither below {100 * smallest:g} points nor above 0"
+            return "not reproduced", f"A - B = {e95.text()}: A is better", e95
+        return "inconclusive", f"A - B = {e90.text()}: neither below {100 * smallest:g} points nor above 0", e90
     if kind == "equivalence":
         if -smallest < e90.low and e90.high < smallest:
-            return "reproduced", f"A - B = {e90.text()}: within +-{100 * smallest:g} points (TOST, 5%)"
+            return "reproduced", f"A - B = {e90.text()}: within +-{100 * smallest:g} points (TOST, 5%)", e90
         if e95.low > 0 or e95.high < 0:
-            return "not reproduced", f"A - B = {e95.text()}: excludes 0"
-        return "inconclusive", f"A - B = {e90.text()}: not within +-{100 * smallest:g} points, not apart from 0"
+            return "not reproduced", f"A - B = {e95.text()}: excludes 0", e95
+        return "inconclusive", f"A - B = {e90.text()}: not within +-{100 * smallest:g} points, not apart from 0", e90
     raise ValueError(f"unknown claim kind {kind!r}; one of superiority, no better, equivalence")
 
 
@@ -134,4 +158,4 @@ def power_note(n: int, sigma: float, smallest: float) -> str:
             f" effect) it should stay below: {enough} seeds")
 
 
-__all__ = ["Effect", "VERDICTS", "difference", "pooled", "power_note", "seed_means", "verdict"]
+__all__ = ["Effect", "Judgement", "VERDICTS", "difference", "judge", "pooled", "power_note", "seed_means", "verdict"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +35,13 @@ class Chapter:
     plot: str | None = None  # file name under docs/results/
     budget_note: str = ""
     figure: Figure = Figure()  # what `plot` shows, where it is drawn from a comparison
+    judgements: list[stats.Judgement] = field(default_factory=list)  # its tests, for the book's effects figure
+
+    @property
+    def tested(self) -> list[stats.Judgement]:
+        """Its tests where its verdict rests on them (not where a weak dense anchor or a frozen search voids them)."""
+        word = self.verdict.split("**")[1] if self.verdict.startswith("**") else ""
+        return self.judgements if word in (*stats.VERDICTS, "mixed") else []
 
     @property
     def budget(self) -> str:
@@ -104,11 +111,10 @@ def paired(results: dict, a: str, b: str, sparsities: list[float]) -> tuple[list
     return mean(a), mean(b)
 
 
-def judged(kind: Kind, results: dict, a: str, b: str, sparsities: list[float], smallest: float) -> str:
-    """RULES.md's verdict for "A vs B" over `sparsities` (pooled), as the chapter's verdict text."""
-    word, reason = stats.verdict(kind, *paired(results, a, b, sparsities), smallest)
+def judged(kind: Kind, results: dict, a: str, b: str, sparsities: list[float], smallest: float) -> stats.Judgement:
+    """RULES.md's test of "A vs B" over `sparsities` (pooled); its `text` is the chapter's verdict."""
     where_ = ", ".join(f"{100 * s:g}%" for s in sparsities)
-    return f"**{word}**: {a} - {b} over {where_}, {reason}"
+    return stats.judge(f"{a} - {b} over {where_}", kind, *paired(results, a, b, sparsities), smallest)
 
 
 def effect_text(results: dict, a: str, b: str, s: float) -> str:

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .search_plots import alpha_heatmap, cell_diagram  # noqa: E402
 
-__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot", "paired_seeds_plot",
-           "soup_plot"]
+__all__ = ["accuracy_vs_sparsity", "alpha_heatmap", "cell_diagram", "churn_plot", "comparison_plot", "effects_plot",
+           "paired_seeds_plot", "soup_plot"]
 
 
 def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: dict | None = None) -> None:
@@ -84,6 +84,27 @@ def paired_seeds_plot(rows: list[dict], variants: list[str], path: Path, title: 
     _finish(fig, ax, path, f"at {100 * s:g}% sparsity", "test accuracy (%)", title,
             legend={"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1)})
     return s
+
+
+VERDICT_COLOURS = {"reproduced": "C2", "not reproduced": "C3", "inconclusive": "0.45"}
+
+
+def effects_plot(effects: list[dict], path: Path, title: str = "") -> None:
+    """A forest plot: per test (dicts of label, word, estimate, low, high, confidence, smallest, kind; in points),
+    the effect and the interval its rule read, coloured by verdict, with 0 and its smallest effect of interest
+    (+- for an equivalence test) marked on its row."""
+    fig, ax = plt.subplots(figsize=(7.6, 1.4 + 0.45 * len(effects)))
+    for y, e in enumerate(reversed(effects)):
+        colour = VERDICT_COLOURS.get(e["word"], "k")
+        ax.plot([e["low"], e["high"]], [y, y], color=colour, linewidth=2.5)
+        ax.plot(e["estimate"], y, "o", color=colour, label=e["word"])
+        deltas = [e["smallest"], -e["smallest"]] if e["kind"] == "equivalence" else [e["smallest"]]
+        ax.plot(deltas, [y] * len(deltas), "|", color="k", markersize=14, label="smallest effect of interest")
+    ax.axvline(0, color="k", linewidth=0.8)
+    ax.set_yticks(range(len(effects)), [f"{e['label']} ({e['confidence']:.0%} CI)" for e in reversed(effects)], fontsize=8)
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one legend entry per label
+    _finish(fig, ax, path, "A - B, points (the interval its rule read)", "", title,
+            legend={"handles": list(handles.values()), "labels": list(handles), "fontsize": 7})
 
 
 def churn_plot(churn: list[dict], path: Path, title: str = "") -> None:
