@@ -155,12 +155,15 @@ def test_the_effects_figure_has_a_row_per_test_a_verdict_rests_on(tmp_path):
                                                 ("static-erk", 0.9): SEEDS}))
     void = chapters.erk_vs_uniform(_results({("static-erk", 0.98): SEEDS, ("static-uniform", 0.98): SEEDS}, 0.45))
     rows = document._effects([("3", void), ("4", claim4), ("1", ["cells-darts-v2: 0 of 9 finished"])])
-    assert [r["label"] for r in rows] == ["claim 4 (a): rigl - static-erk over 90%", "claim 4 (b): set - rigl over 90%"]
-    assert rows[0]["word"] == "reproduced" and rows[0]["confidence"] == 0.95 and rows[1]["confidence"] == 0.90
+    assert [r["label"] for r in rows] == ["claim 4 (a): rigl - static-erk over 90% (95% CI)",
+                                          "claim 4 (b): set - rigl over 90% (90% CI)"]  # a TOST reads its 90% interval
+    assert rows[0]["word"] == "reproduced"
     assert rows[0]["low"] > 0 and rows[0]["smallest"] == 0.5  # in points
     assert "results/effects.png" in document._document([("4", claim4)], Path("results"), None)
     assert "effects.png" not in document._document([("3", void)], Path("results"), None)
-    effects_plot(rows, tmp_path / "effects.png")
+    one_seed = chapters.rigl_set_static(_results({(v, 0.9): [0.8] for v in ("rigl", "set", "static-erk")}))
+    assert document._effects([("4", one_seed)])[0]["label"].endswith("(one seed: no interval)")  # not a bare point
+    effects_plot(rows + document._effects([("4", one_seed)]), tmp_path / "effects.png")
     assert (tmp_path / "effects.png").stat().st_size > 0
 
 

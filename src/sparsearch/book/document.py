@@ -3,6 +3,7 @@ GPU scale with its command), the header that names the machine and the rules, an
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -122,9 +123,10 @@ def _effects(chapters: Labelled) -> list[dict]:
         for i, j in enumerate(tests):
             part = f" ({'abcdefgh'[i]})" if len(tests) > 1 else ""
             e = j.effect
-            rows.append({"label": f"claim {label}{part}: {j.label}", "word": j.word, "kind": j.kind,
+            interval = f"{e.confidence:.0%} CI" if math.isfinite(e.high - e.low) else "one seed: no interval"
+            rows.append({"label": f"claim {label}{part}: {j.label} ({interval})", "word": j.word, "kind": j.kind,
                          "estimate": 100 * e.estimate, "low": 100 * e.low, "high": 100 * e.high,
-                         "confidence": e.confidence, "smallest": 100 * j.smallest})
+                         "smallest": 100 * j.smallest})
     return rows
 
 

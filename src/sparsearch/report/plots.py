@@ -90,7 +90,7 @@ VERDICT_COLOURS = {"reproduced": "C2", "not reproduced": "C3", "inconclusive": "
 
 
 def effects_plot(effects: list[dict], path: Path, title: str = "") -> None:
-    """A forest plot: per test (dicts of label, word, estimate, low, high, confidence, smallest, kind; in points),
+    """A forest plot: per test (dicts of label, word, estimate, low, high, smallest, kind; in points),
     the effect and the interval its rule read, coloured by verdict, with 0 and its smallest effect of interest
     (+- for an equivalence test) marked on its row."""
     fig, ax = plt.subplots(figsize=(7.6, 1.4 + 0.45 * len(effects)))
@@ -101,7 +101,7 @@ def effects_plot(effects: list[dict], path: Path, title: str = "") -> None:
         deltas = [e["smallest"], -e["smallest"]] if e["kind"] == "equivalence" else [e["smallest"]]
         ax.plot(deltas, [y] * len(deltas), "|", color="k", markersize=14, label="smallest effect of interest")
     ax.axvline(0, color="k", linewidth=0.8)
-    ax.set_yticks(range(len(effects)), [f"{e['label']} ({e['confidence']:.0%} CI)" for e in reversed(effects)], fontsize=8)
+    ax.set_yticks(range(len(effects)), [e["label"] for e in reversed(effects)], fontsize=8)
     handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one legend entry per label
     _finish(fig, ax, path, "A - B, points (the interval its rule read)", "", title,
             legend={"handles": list(handles.values()), "labels": list(handles), "fontsize": 7})
