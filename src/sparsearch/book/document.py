@@ -133,14 +133,12 @@ def _effects(chapters: Labelled) -> list[dict]:
 def _draw(figure: Figure, results: dict, path: Path) -> None:
     from ..report.plots import comparison_plot, paired_seeds_plot
 
-    keep = lambda variant: figure.variants is None or variant in figure.variants  # noqa: E731
     where = f"{results.get('model', '?')} on {results.get('dataset', '?')}"
     if figure.kind == "paired":
-        variants = list(figure.variants or dict.fromkeys(r["variant"] for r in results["rows"]))
-        paired_seeds_plot(results["rows"], variants, path, f"{where}: each seed under each method")
+        paired_seeds_plot(results["rows"], list(figure.variants), path, f"{where}: each seed under each method")
     else:
-        comparison_plot([t for t in results["table"] if keep(t["variant"])], path,
-                        f"{where}: accuracy by method and sparsity")
+        comparison_plot([t for t in results["table"] if figure.variants is None or t["variant"] in figure.variants],
+                        path, f"{where}: accuracy by method and sparsity")
 
 
 def trained_on(rows: list[dict]) -> list[str]:

@@ -17,7 +17,8 @@ from .statistics import Kind
 @dataclass(frozen=True)
 class Figure:
     """What a chapter's figure draws from its comparison's rows: `paired`, each seed under each variant at the highest
-    sparsity they share (the pairs its test compares), or `sparsity`, accuracy over sparsity; of `variants` (None: all)."""
+    sparsity they share (the pairs its test compares; it names them), or `sparsity`, accuracy over sparsity; of
+    `variants` (None: all)."""
 
     kind: Literal["paired", "sparsity"] = "sparsity"
     variants: tuple[str, ...] | None = None
