@@ -214,6 +214,9 @@ def test_the_gpu_scale_runs_the_same_chapters_at_paper_like_budgets(tmp_path):
     cell = runs.load("cells-dass-99", tmp_path, [], None, "gpu")[0]
     assert cell.model.kwargs == {"genotype": "DASS_99", "channels": 36, "layers": 20, "auxiliary": True}  # DASS-Small
     assert runs.load("vit-nm-cifar10", tmp_path, [], None, "gpu")[0].model.kwargs["dim"] == 192
+    mobilenet = runs.load(runs.MOBILENET, tmp_path, [], None, "gpu")[0]  # claim 7's accuracy: HYDRA as the cells take it
+    assert (mobilenet.model.name, mobilenet.model.kwargs, mobilenet.compare.sparsities) == ("mobilenetv2", {}, [0.99])
+    assert (mobilenet.hydra, mobilenet.train.epochs, mobilenet.compare.seeds) == (cell.hydra, cell.train.epochs, cell.compare.seeds)
     imp, dense = (runs.load(n, tmp_path, [], None, "gpu")[0] for n in ("imp-cifar10", "dense-cifar10-480"))
     levels = 2  # 0.3 then 0.09 -> 0.1 of the weights left: two prunings after the dense level
     assert (1 - imp.imp.prune_fraction) ** levels <= 0.1 < (1 - imp.imp.prune_fraction) ** (levels - 1)

@@ -103,6 +103,26 @@ def test_claim_7_judges_the_eager_log_ratio_at_99_percent(ratios, word):
     assert dass_vs_mobilenet(_architecture_bench(ratios, 0.95)).verdict.startswith("**no evidence**")
 
 
+def test_claim_7_sets_the_accuracies_beside_the_latency_where_its_scale_trains_them():
+    from sparsearch.book.architecture import ACCURACY_RUNS, dass_vs_mobilenet
+
+    bench = _architecture_bench([0.5, 0.52, 0.48, 0.51, 0.49])
+    cpu = dass_vs_mobilenet(bench)  # the CPU book trains neither network: it says where they are trained
+    assert "not measured at this scale" in cpu.body and "--scale gpu" in cpu.body and "mobilenetv2-cifar10" in cpu.body
+    waiting = dass_vs_mobilenet(bench, {"DASS": None, "MobileNetV2": {"rows": []}})
+    assert f"Accuracy waits for {ACCURACY_RUNS['DASS']}." in waiting.body
+
+    def run(hydra: list[float], dense: float) -> dict:
+        return {"rows": [{"variant": "hydra", "sparsity": 0.99, "seed": i, "test_acc": a} for i, a in enumerate(hydra)]
+                + [{"variant": "dense", "sparsity": 0.0, "seed": i, "test_acc": dense} for i in range(3)]}
+
+    chapter = dass_vs_mobilenet(bench, {"DASS": run([0.80, 0.81, 0.82], 0.9), "MobileNetV2": run([0.74, 0.73, 0.75], 0.92)})
+    assert "| DASS | 81.00 (3) | 90.00 (3) | 81.35 |" in chapter.body and "| MobileNetV2 | 74.00 (3) |" in chapter.body
+    assert "DASS - MobileNetV2: +7.00 [" in chapter.body and "Welch" in chapter.body  # two networks: nothing paired
+    assert chapter.verdict == cpu.verdict and chapter.judgements == cpu.judgements  # described, never judged
+    assert "accuracy DASS - MobileNetV2 +7.00 points" in chapter.body  # in the paper-vs-ours row too
+
+
 def test_the_architecture_bench_times_both_networks_in_both_quantities_and_the_chapter_reads_it(tmp_path, monkeypatch):
     import json
 

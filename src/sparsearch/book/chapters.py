@@ -1,5 +1,5 @@
 """The results book's chapters: for each seed paper's claim, its verdict rule (fixed before the numbers), our numbers
-from the book's runs, a table, and the verdict the rule gives. `book.py` runs what they read and writes the document."""
+from the book's runs, a table, and the verdict the rule gives. `make.py` runs what they read and writes the document."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from . import statistics as stats
-from .runs import CIFAR10
+from .runs import GPU_COMMAND
 from .verdicts import Chapter, Figure, common_seeds, effect_text, judged, load_text, pct, per_seed, proxy_budget, seeds_text, table
 
 
@@ -214,11 +214,10 @@ DEFERRED = {"search": (RANDOM_SEARCH, ["book-search", "book-random-configuration
 def deferred(which: str) -> Chapter:
     """A claim the CPU book does not run (each seed needs several trainings or a search): where it runs instead."""
     (title, source, claim), runs, cost = DEFERRED[which]
-    command = f"sparsearch book --scale gpu --out-dir runs-gpu --data-path {CIFAR10}"
     return Chapter(title, source, claim, "RULES.md (book v3), as at the GPU scale.",
                    f"Not run at CPU scale: {cost}, which the CPU book cannot hold (claims 3, 4, 8 and 9 already take "
                    "~35 core-hours at a budget whose dense network means something: docs/results/pilots.md). "
-                   f"`{command}` runs it ({', '.join(runs)}: 160 epochs a training, 3 "
+                   f"`{GPU_COMMAND}` runs it ({', '.join(runs)}: 160 epochs a training, 3 "
                    "seeds).\n", "**not run at this scale**: runs at `--scale gpu`", None)
 
 

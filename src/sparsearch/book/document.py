@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import Config
 from ..files import write_atomic
 from ..host import machine
-from .architecture import dass_vs_mobilenet, speedup
+from .architecture import ACCURACY_RUNS, dass_vs_mobilenet, speedup
 from .chapters import compare_seconds, deferred, erk_vs_uniform, imp_vs_oneshot, rigl_set_static, setting, soup_vs_best_ingredient, sparse_ift
 from .nm import nm_decay_vs_srste
 from .runs import (
@@ -69,7 +69,8 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
                if gpu else deferred("imp")),
               ("6", ["soup-cifar10"] if gpu else [],
                lambda: soup_vs_best_ingredient(done["soup-cifar10"], out_dir / "soup-cifar10") if gpu else deferred("soup")),
-              ("7", ["book-architecture"], lambda: dass_vs_mobilenet(done["book-architecture"])),
+              ("7", ["book-architecture"], lambda: dass_vs_mobilenet(
+                  done["book-architecture"], {k: done[n] for k, n in ACCURACY_RUNS.items()} if gpu else None)),
               ("7 (kernels)", ["book-runtime"], lambda: speedup(done["book-runtime"])),
               ("8", [f"{V3} (claim 8)", "sparse-ift-inference"],
                lambda: sparse_ift(v3("claim 8"), done["sparse-ift-inference"], at)),

@@ -55,6 +55,8 @@ FULL = [*GPU, "train.epochs=160", "oneshot.finetune_epochs=40", "hydra.prune_epo
         "hydra.finetune_epochs=40", "gmp.frequency=100", "dst.update_every=100", "soup.retrain_epochs=40",
         "imp.rewind_step=2000"]  # Frankle et al.: ResNet-20 is stable from about step 2,000 of 63,000
 ST, R20 = "sparse-training-cifar10.yaml", "model.kwargs={width: 16}"
+MOBILENET = "mobilenetv2-cifar10"
+GPU_COMMAND = f"sparsearch book --scale gpu --out-dir runs-gpu --data-path {CIFAR10}"
 # the ViT of claim 9 at its usual CIFAR size; the decay rate carried to 160 epochs as configs/vit-nm-cifar10.yaml says
 GPU_MODELS = {"vit-nm-cifar10": ["model.kwargs={dim: 192, depth: 6, heads: 3, mlp_ratio: 2.0, attention: manual}",
                                  "nm.decay_rate=6.0e-4"],
@@ -72,6 +74,10 @@ GPU_ONLY: dict[str, tuple[str, str, list[list[str]]]] = {
                                      "compare.sparsities=[0.9]", "oneshot.finetune_epochs=320"]]),
     "dense-cifar10-480": ("compare", ST, [[*FULL, R20, "name=dense-cifar10-480", "train.epochs=480", "compare.variants=[dense]"]]),
     "soup-cifar10": ("compare", ST, [[*FULL, R20, "name=soup-cifar10", "compare.variants=[soup]", "compare.sparsities=[0.9]"]]),
+    # claim 7's accuracies: the CIFAR MobileNetV2 through the cells' HYDRA pipeline at 99%, beside DASS-Small of
+    # DASS_99 (cells-dass-99 at this scale), the two networks the latency bench times
+    MOBILENET: ("compare", "cells-cifar10.yaml", [[*FULL, f"name={MOBILENET}", "model.name=mobilenetv2",
+                                                  "model.kwargs={}", "compare.sparsities=[0.99]"]]),
 }
 GPU_RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
     **{name: (command, config, [[*FULL, *o, *GPU_MODELS.get(name, [])] for o in invocations])
