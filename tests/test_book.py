@@ -436,6 +436,16 @@ def test_a_claim_that_wants_more_seeds_takes_them_before_the_queues(tmp_path, mo
     assert calls[0] == [0, 1, 2, 3, 4] and calls[1] == [0, 1, 2]  # claim 3's seeds 3 and 4, then the v3 queue
 
 
+def test_the_gpu_scale_refuses_a_machine_without_cuda_before_any_work(tmp_path, monkeypatch):
+    from sparsearch.book import make
+    from sparsearch.errors import SparsearchError
+
+    monkeypatch.setattr(make, "_has_cuda", lambda: False)
+    monkeypatch.setattr(make, "_run_chapters", lambda *a, **k: pytest.fail("the book started work"))
+    with pytest.raises(SparsearchError, match="--scale gpu trains on CUDA and this machine has none"):
+        make.run_book(tmp_path / "runs", tmp_path / "RESULTS.md", data_path="cifar10.tar.xz", scale="gpu")
+
+
 def test_the_book_step_bench_times_each_network_as_its_config_trains_it(tmp_path):
     """`sparsearch bench book`: the book's own configs (batch, bf16, layout), both paths, ratios to the ResNet-20."""
     import json

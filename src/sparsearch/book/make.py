@@ -191,6 +191,9 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     if not write_only and data_path is None:
         raise SparsearchError("the book trains on CIFAR-10: give its path with --data-path (an image-folder archive "
                               f"such as {CIFAR10}, or the python batches)")
+    if not write_only and scale == "gpu" and not _has_cuda():  # before the benches' half hour of waiting and timing
+        raise SparsearchError("--scale gpu trains on CUDA and this machine has none: run it where a GPU is (its rows "
+                              "come back through the ledger), or write the document from its runs with --write-only")
     committed = committed_rows(cfgs, output, scale)
     if write_only:  # reads finished results only (each written whole), writes nothing under out_dir: no lock
         if not any((out_dir / name).is_dir() for name in cfgs) and not any(committed.values()):
@@ -201,3 +204,9 @@ def run_book(out_dir: str | Path = "runs", output: str | Path = "docs/RESULTS.md
     with exclusive(out_dir):  # one book at a time per out_dir; each run inside claims its own directory too
         _run_chapters(cfgs, out_dir, show_progress, scale, output, committed)
         return write_book(cfgs, out_dir, output, command, time.time() - started, scale, committed)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
