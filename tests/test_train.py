@@ -217,6 +217,16 @@ def test_channels_last_trains_the_same_function_and_float16_needs_cuda(tmp_path)
             from_dict({**TINY, "out_dir": str(tmp_path / "d"), "train": {**TINY["train"], "amp": True, "amp_dtype": "float16"}})
 
 
+def test_a_cuda_device_without_cuda_is_refused_with_what_to_set(monkeypatch):
+    from sparsearch.errors import SparsearchError
+    from sparsearch.train.steps import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SparsearchError, match="train.device is cuda:1, but .* sees no CUDA device: set train.device=auto"):
+        resolve_device("cuda:1")
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_the_nhwc_batchnorm_is_torchs_function_and_leaves_plain_layers_behind(momentum):
     """Same outputs, gradients and running statistics as nn.BatchNorm2d (8 channels: the NCHW backward; 16:

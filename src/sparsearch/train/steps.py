@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .. import distributed
 from .. import sparsity as sp
 from ..data import TensorLoader
+from ..errors import SparsearchError
 from ..files import save_weights
 from ..models import split_logits
 
@@ -20,7 +21,11 @@ from ..models import split_logits
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():  # else torch's own error comes from deep inside .to()
+        raise SparsearchError(f"train.device is {name}, but this torch ({torch.__version__}) sees no CUDA device: "
+                              "set train.device=auto or cpu")
+    return device
 
 
 def save_final(model: nn.Module, out_dir: Path) -> None:
