@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sparsearch.book import architecture, chapters, document, runs, searches
+from sparsearch.book.verdicts import Figure
 from sparsearch.pipeline.run import seed_summary
 
 
@@ -146,6 +147,8 @@ def test_a_paired_claims_figure_joins_each_seed_across_the_variants_its_test_com
     claim4 = chapters.rigl_set_static(_results({(v, 0.9): [0.80, 0.81, 0.82] for v in ("rigl", "set", "static-erk")}))
     assert claim4.plot == "cifar10-rigl-set-static.png" and claim4.figure.kind == "paired"
     assert set(claim4.figure.variants) == {"rigl", "set", "static-erk"}  # the chapter's figure shows what it judges
+    dense = [{"variant": "dense", "sparsity": 0.0, "seed": k, "test_acc": 0.75} for k in range(3)]
+    assert paired_seeds_plot(rows + dense, ["dense", "rigl"], tmp_path / "d.png") == 0.9  # dense joins any sparsity
 
 
 def test_the_effects_figure_has_a_row_per_test_a_verdict_rests_on(tmp_path):
@@ -195,6 +198,7 @@ def test_sparse_ift_judges_the_papers_uniform_allocation_against_dense(uniform, 
     assert "| wide-rigl | 50% |" in chapter.body and "-5.00 [" in chapter.body  # ERK beside it, its paired effect
     assert "Paper vs ours" in chapter.body and "ResNet-20, 30 epochs" in chapter.body
     assert "timed at its initialisation" not in chapter.body
+    assert chapter.figure == Figure("paired", ("dense", "wide-rigl-uniform", "wide-rigl"))  # each seed against its dense
     initial = {**INFERENCE, "dense": {b: {**t, "weights": "initial"} for b, t in INFERENCE["dense"].items()}}
     assert "timed at its initialisation" in chapters.sparse_ift(_ift(uniform, [-0.05] * 3), initial).body
 

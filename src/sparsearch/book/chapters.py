@@ -283,4 +283,4 @@ def sparse_ift(results: dict, inference: dict, at: str = "") -> Chapter:
         "between. ERK is reported beside it, not judged.",
         body, proxy_budget(results) or test.text,
         compare_seconds(results, variants={"dense", *IFT}), "cifar10-sparse-ift.png",
-        figure=Figure("sparsity", ("dense", *IFT)), judgements=[test])
+        figure=Figure("paired", ("dense", *(v for v in IFT if any((v, s) in t for s in sparsities)))), judgements=[test])

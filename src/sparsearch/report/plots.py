@@ -66,12 +66,16 @@ def comparison_plot(table: list[dict], path: Path, title: str = "") -> None:
 
 def paired_seeds_plot(rows: list[dict], variants: list[str], path: Path, title: str = "") -> float | None:
     """Each seed's test accuracy under each variant, a line per seed joining its variants (the pairs a paired test
-    compares), at the highest sparsity all of them ran, which it returns; None (nothing drawn) where there is none."""
-    shared = set.intersection(*({r["sparsity"] for r in rows if r["variant"] == v and "test_acc" in r} for v in variants))
+    compares), at the highest sparsity all of them ran, which it returns; None (nothing drawn) where there is none.
+    A "dense" variant, the reference of a comparison against the dense network, joins at any sparsity."""
+    sparse = [v for v in variants if v != "dense"]
+    shared = set.intersection(*({r["sparsity"] for r in rows if r["variant"] == v and "test_acc" in r} for v in sparse)) \
+        if sparse else {0.0}
     if not shared:
         return None
     s = max(shared)
-    acc = {(r["variant"], r["seed"]): 100 * r["test_acc"] for r in rows if r.get("sparsity") == s and "test_acc" in r}
+    acc = {(r["variant"], r["seed"]): 100 * r["test_acc"] for r in rows if r["variant"] in variants and "test_acc" in r
+           and r.get("sparsity") == (0.0 if r["variant"] == "dense" else s)}
     fig, ax = plt.subplots(figsize=(2.6 + 1.4 * len(variants), 4.2))
     x = range(len(variants))
     for i, seed in enumerate(sorted({k for _, k in acc})):
@@ -81,7 +85,8 @@ def paired_seeds_plot(rows: list[dict], variants: list[str], path: Path, title: 
     ax.plot(x, [sum(m) / len(m) for m in means], "k_", markersize=28, markeredgewidth=2, label="mean")
     ax.set_xticks(list(x), variants)
     ax.set_xlim(-0.5, len(variants) - 0.5)
-    _finish(fig, ax, path, f"at {100 * s:g}% sparsity", "test accuracy (%)", title,
+    dense_at = " (dense: 0%)" if s and "dense" in variants else ""
+    _finish(fig, ax, path, f"at {100 * s:g}% sparsity{dense_at}", "test accuracy (%)", title,
             legend={"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1)})
     return s
 
