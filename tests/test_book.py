@@ -356,6 +356,18 @@ def test_the_published_cells_are_one_test_over_the_sparsities_behind_an_80_perce
     assert "| 99% |" in chapter.body and "(95%, paired, n=3)" in chapter.body and "Paper vs ours" in chapter.body
 
 
+def test_claim_1s_figure_draws_each_dass_cell_against_darts_at_its_sparsity(tmp_path):
+    from sparsearch.report.plots import comparison_plot
+
+    merged = searches.cells_results({**_cells(0.02), "DASS_95": None})  # a cell still training is left out
+    lines = {(t["variant"], t["sparsity"]) for t in merged["table"]}
+    assert lines == {("DARTS_V2", 0.0), ("DARTS_V2", 0.9), ("DARTS_V2", 0.95), ("DARTS_V2", 0.99),
+                     (searches.DASS_CELL, 0.9), (searches.DASS_CELL, 0.99)}  # DARTS_V2's dense network: the anchor
+    comparison_plot(merged["table"], tmp_path / "cells.png")
+    assert (tmp_path / "cells.png").stat().st_size > 0
+    assert searches.cells_results({g: None for g in runs.CELLS}) is None
+
+
 def test_write_only_from_a_folder_without_the_books_runs_is_one_line_and_writes_nothing(tmp_path, capsys):
     from sparsearch.cli import main
 

@@ -28,7 +28,7 @@ from .runs import (
     progress,
     so_far,
 )
-from .searches import dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
+from .searches import cells_results, dass_vs_darts, published_cells, random_search_vs_random_configuration, run_seconds
 from .verdicts import Chapter, Figure, hours, rules_citation
 
 Labelled = list[tuple[str, "Chapter | list[str]"]]  # (the claim a chapter judges, the chapter or the runs it waits for)
@@ -90,7 +90,7 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
     `committed` rows); the others are pending."""
     chapters, cpu_seconds = chapters_of(cfgs, out_dir, scale, committed)
     drawn = {"cifar10-erk-uniform.png": V3, "cifar10-rigl-set-static.png": V3, "cifar10-sparse-ift.png": V3,
-             "cells-accuracy.png": cell_run("DARTS_V2"),
+             "cells-accuracy.png": lambda: cells_results({g: so_far(cell_run(g), out_dir, committed) for g in CELLS}),
              "vit-nm-accuracy.png": "vit-nm-cifar10"}  # comparisons: drawn from their rows, committed ones too
     copied = {"search-accuracy.png": out_dir / "book-search" / "report" / "accuracy_vs_sparsity.png",
               "runtime-speedup.png": (out_dir / BENCH_JSON).with_suffix(".png")}
@@ -98,7 +98,7 @@ def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, comma
     figures.mkdir(parents=True, exist_ok=True)
     shown = {c.plot: c.figure for _, c in chapters if isinstance(c, Chapter)}
     for name, run in drawn.items():
-        if name in shown and (results := so_far(run, out_dir, committed)):
+        if name in shown and (results := run() if callable(run) else so_far(run, out_dir, committed)):
             _draw(shown[name], results, figures / name)
     for name, source in copied.items():
         if name in shown and source.exists():

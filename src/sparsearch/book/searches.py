@@ -102,6 +102,17 @@ def random_search_vs_random_configuration(search: dict, single: dict) -> Chapter
 CELL_ANCHOR = 0.80  # RULES.md (claim 1): no verdict where DARTS_V2's dense network is below this
 
 
+DASS_CELL = "DASS cell (searched for its sparsity)"
+
+
+def cells_results(by_cell: dict[str, dict | None]) -> dict | None:
+    """Claim 1's runs as one comparison, for its figure: DARTS_V2 pruned by HYDRA to each sparsity against the DASS
+    cell searched for that sparsity, over DARTS_V2's dense network (the anchor its rule reads); None before a row."""
+    table = [{**t, "variant": "DARTS_V2" if g == "DARTS_V2" else DASS_CELL} for g, res in by_cell.items()
+             for t in (res or {}).get("table", []) if t["variant"] == "hydra" or (t["variant"], g) == ("dense", "DARTS_V2")]
+    return {"model": "the published cells", "dataset": "cifar10", "table": table} if table else None
+
+
 def published_cells(by_cell: dict[str, dict], at: str = "") -> Chapter:
     """DASS_<s> against DARTS_V2, both trained dense and pruned by HYDRA to s, paired by seed and pooled over s."""
     darts = by_cell["DARTS_V2"]
