@@ -53,11 +53,11 @@ def accuracy_text(runs: dict[str, dict | None] | None) -> tuple[str, str]:
                 f"({', '.join(ACCURACY_RUNS.values())}).\n", "no accuracies (`--scale gpu`)")
     if waiting := [ACCURACY_RUNS[k] for k, r in runs.items() if r is None]:
         return f"\nAccuracy waits for {', '.join(waiting)}.\n", "accuracies pending"
-    seeds = {k: per_seed(r, "hydra", 0.99) for k, r in runs.items()}
-    dense = {k: [r["test_acc"] for r in res["rows"] if r["variant"] == "dense"] for k, res in runs.items()}
+    pruned = {k: list(per_seed(r, "hydra", 0.99).values()) for k, r in runs.items()}
+    dense = {k: list(per_seed(r, "dense", 0.0).values()) for k, r in runs.items()}
     mean = lambda v: f"{pct(statistics.fmean(v))} ({len(v)})" if v else "none"  # noqa: E731
-    rows = [[k, mean(list(seeds[k].values())), mean(dense[k]), pct(PAPER_ACCURACY[k])] for k in runs]
-    e = stats.difference(*(list(seeds[k].values()) for k in runs), paired=False)  # two networks: no shared init
+    rows = [[k, mean(pruned[k]), mean(dense[k]), pct(PAPER_ACCURACY[k])] for k in runs]
+    e = stats.difference(*pruned.values(), paired=False)  # two networks: no shared initialisation
     return ("\n" + table(["network at 99% (HYDRA)", "test % (seeds)", "dense % (seeds)", "paper %"], rows)
             + f"\nDASS - MobileNetV2: {e.text()} points, described beside the latency, not judged (RULES.md).\n",
             f"accuracy DASS - MobileNetV2 {100 * e.estimate:+.2f} points")
