@@ -194,6 +194,7 @@ def test_sparse_ift_judges_the_papers_uniform_allocation_against_dense(uniform, 
     assert chapter.verdict.startswith(verdict) and "wide-rigl-uniform - dense" in chapter.verdict, chapter.verdict
     assert chapters.sparse_ift(_ift(uniform, [0.0] * 3, dense=0.40), INFERENCE).verdict.startswith("**no verdict**: proxy")
     assert "| wide-rigl-0.5 | 1 | engine | 1.50 | 1.50x |" in chapter.body  # inference against the compiled dense
+    assert "here the widened networks take 1.50x its time" in chapter.body  # said, not left to the table
     assert "kept 1.10 cores busy on average while it timed: not a quiet machine" in chapter.body  # the worst timing
     assert "| wide-rigl | 50% |" in chapter.body and "-5.00 [" in chapter.body  # ERK beside it, its paired effect
     assert "Paper vs ours" in chapter.body and "ResNet-20, 30 epochs" in chapter.body
