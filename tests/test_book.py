@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsearch.book import architecture, chapters, document, runs, searches
+from sparsearch.book import architecture, chapters, document, runs, searches, verdicts
 from sparsearch.book.verdicts import Figure
 from sparsearch.pipeline.run import seed_summary
 
@@ -432,6 +432,17 @@ def test_an_inconclusive_claim_with_too_few_seeds_trains_two_more(tmp_path, monk
     tight = {("static-erk", 0.98): _shift(SEEDS, 0.02, 0.001), ("static-uniform", 0.98): SEEDS}  # reproduced
     (v3 / "results.json").write_text(json.dumps(_results(tight)))
     assert more() == [] and len(calls) == 1
+
+
+def test_a_verdict_reads_three_seeds_until_all_five_are_in():
+    """RULES.md's two stages: seeds 0-2, then 0-4; four seeds (a sitting ended between seeds 3 and 4) is no stage."""
+    seeds = {n: _results({("a", 0.5): [0.70, 0.71, 0.72, 0.90, 0.91][:n], ("b", 0.5): [0.60] * n}) for n in (3, 4, 5)}
+    for n, expect in ((3, 3), (4, 3), (5, 5)):
+        a, b = verdicts.paired(seeds[n], "a", "b", [0.5])
+        assert len(a) == len(b) == expect
+        pairs = verdicts.common_seeds(verdicts.per_seed(seeds[n], "a", 0.5), verdicts.per_seed(seeds[n], "b", 0.5))
+        assert pairs == (a, b)
+    assert "n=3" in verdicts.judged("superiority", seeds[4], "a", "b", [0.5], 0.005).text
 
 
 def test_a_claim_that_wants_more_seeds_takes_them_before_the_queues(tmp_path, monkeypatch):
