@@ -251,7 +251,8 @@ def sparse_ift(results: dict, inference: dict, at: str = "") -> Chapter:
             if batch in per:
                 ratio = per[batch]["ms"] / inference["dense"][batch]["ms"]
                 timing.append([name, batch.split("-")[1], per[batch]["engine"], f"{per[batch]['ms']:.2f}", f"{ratio:.2f}x"])
-                slower += [ratio] if name != "dense" else []
+                if name != "dense":
+                    slower.append(ratio)
     pooled = [_against_dense(results, IFT[0], s) for s in sparsities]
     test = stats.judge(f"{IFT[0]} - dense", "superiority", *stats.seed_means(pooled), 0.005)
     body = (table(["network", "s", "test acc % (seeds)", "- dense, points [95%, paired]", "weight density",

@@ -12,6 +12,7 @@ from ..config import Config, load_config
 from ..errors import SparsearchError
 from ..files import read_json
 from .ledger import merged
+from .verdicts import STAGES
 
 # name: (command, config file, one list of overrides per invocation)
 SEEDS = "run.search_seeds=[0, 1, 2]"  # the searches (GPU scale) on three seeds, a search per sparsity
@@ -28,7 +29,7 @@ V3_PART = {part: i for i, part in enumerate(V3_PARTS)}  # a part's invocation
 MORE_SEEDS = {"3": (V3, V3_PART["claim 3"], None), "4": (V3, V3_PART["claim 4"], None),
               "8": (V3, V3_PART["claim 8"], ["dense", "wide-rigl-uniform", "wide-rigl"]),
               "9": ("vit-nm-cifar10", 0, None)}
-FIVE_SEEDS = [0, 1, 2, 3, 4]
+FIVE_SEEDS = list(range(STAGES[1]))
 CELLS = {"DARTS_V2": (0.9, 0.95, 0.99), "DASS_90": (0.9,), "DASS_95": (0.95,), "DASS_99": (0.99,)}
 CELL_SIZE, CELL_SIZE_GPU = "channels: 16, layers: 5", "channels: 36, layers: 20, auxiliary: true"  # GPU: DASS-Small
 

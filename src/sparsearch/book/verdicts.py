@@ -97,17 +97,20 @@ def proxy_budget(results: dict) -> str | None:
     return None
 
 
-def staged(seeds: list[int]) -> list[int]:
-    """The seeds a verdict reads (RULES.md): the first three until its second stage has all five (`runs.FIVE_SEEDS`),
-    never the four between: an interim look would judge on seeds no rule names, and a verdict it made conclusive
-    would end the second stage early."""
-    return seeds if len(seeds) >= 5 else seeds[:3]
+STAGES = (3, 5)  # RULES.md: the seeds a claim is judged on, and on how many after an inconclusive first look
+
+
+def shared_seeds(*per: dict[int, float]) -> list[int]:
+    """The seeds every run of a comparison has, in order, as a verdict reads them: the first stage's until the
+    second stage has all its seeds, never the ones between (an interim look would judge on seeds no rule names, and
+    a verdict it made conclusive would end the second stage early)."""
+    seeds = sorted(set.intersection(*(set(d) for d in per)))
+    return seeds if len(seeds) >= STAGES[1] else seeds[:STAGES[0]]
 
 
 def common_seeds(a: dict[int, float], b: dict[int, float]) -> tuple[list[float], list[float]]:
-    """Two runs' accuracies on the seeds both have, in seed order (`staged`): pairs that share initialisation and
-    data order."""
-    seeds = staged(sorted(set(a) & set(b)))
+    """Two runs' accuracies on their `shared_seeds`: pairs that share initialisation and data order."""
+    seeds = shared_seeds(a, b)
     return [a[k] for k in seeds], [b[k] for k in seeds]
 
 
@@ -115,7 +118,7 @@ def paired(results: dict, a: str, b: str, sparsities: list[float]) -> tuple[list
     """A's and B's accuracies on the seeds both ran at every sparsity, each seed averaged over the sparsities (one
     test for comparisons that are not independent)."""
     by = {(v, s): per_seed(results, v, s) for v in (a, b) for s in sparsities}
-    seeds = staged(sorted(set.intersection(*(set(d) for d in by.values()))))
+    seeds = shared_seeds(*by.values())
     mean = lambda v: [statistics.fmean(by[v, s][seed] for s in sparsities) for seed in seeds]  # noqa: E731
     return mean(a), mean(b)
 
