@@ -89,6 +89,21 @@ def test_resume_in_process_is_exact(tmp_path):
     assert got["train_seconds"] == pytest.approx(sum(s["seconds"] for s in got["sittings"]), abs=0.01)
 
 
+def test_an_attempt_killed_before_its_first_checkpoint_leaves_no_lines(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    _fit(cfg, tmp_path / "ref", [])
+    log = tmp_path / "run/metrics.jsonl"
+    log.parent.mkdir()
+    log.write_text('{"stage": "other", "kind": "note"}\n')  # another stage's line, which stays
+    with pytest.raises(KeyboardInterrupt):
+        _fit(cfg, tmp_path / "run", [Crash(at_step=6)])  # the first checkpoint comes at step 7
+    assert not (tmp_path / "run/checkpoints").exists() and '"step": 5' in log.read_text()
+    with open(log, "a") as fh:
+        fh.write('{"stage": "train", "kind": "st')  # a line the kill tore
+    _fit(cfg, tmp_path / "run", [])
+    assert log.read_text() == '{"stage": "other", "kind": "note"}\n' + (tmp_path / "ref/metrics.jsonl").read_text()
+
+
 def test_checkpoint_from_before_sittings_names_no_machine_for_its_steps(tmp_path):
     cfg = tiny_cfg(tmp_path, epochs=1)
     with pytest.raises(KeyboardInterrupt):

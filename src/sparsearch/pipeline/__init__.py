@@ -67,9 +67,12 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
 def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: str) -> dict[str, Any]:
     """The method's summary.json: the final stage's numbers plus sizes and costs of the final model; and the config
     this variant trained with (config.yaml beside it: a compare variant's method, a Sparse-IFT network's widths)."""
+    # where the final stage trained, not where this summary is written again (a rerun finds it finished)
+    sittings = final.summary.get("sittings") or [{}]
     summary = {**final.summary, "variant": variant, "dataset": ds.name, "model": ctx.cfg.model.name,
                **count_flops(final.model, (ds.in_channels, *ds.image_size)), "run_dir": str(ctx.run_dir),
-               "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir), "machine": machine()}
+               "out_dir": str(ctx.out_dir), "final_stage": str(final.out_dir),
+               "machine": sittings[-1].get("machine") or machine()}
     if not distributed.is_main():  # under torchrun rank 0 writes
         return summary
     write_json(ctx.out_dir / "summary.json", summary)

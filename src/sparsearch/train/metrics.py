@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _stage_of(line: str) -> Any:
+    try:
+        return json.loads(line).get("stage")
+    except (ValueError, AttributeError):  # not ours to judge: kept as it is
+        return None
+
+
 class MetricsLog:
-    """Append-only JSON lines. `offset()`/`truncate()` let a resumed run drop lines logged after its checkpoint."""
+    """Append-only JSON lines, a stage per training. `offset()`/`truncate()` let a resumed run drop lines logged
+    after its checkpoint; `forget_stage()` lets one started afresh drop those of an earlier attempt."""
 
     def __init__(self, path: str | Path, stage: str = "train"):
         self.path = Path(path)
@@ -52,6 +61,19 @@ class MetricsLog:
         if self.path.exists() and distributed.is_main() and offset < self.offset():
             with open(self.path, "r+") as fh:
                 fh.truncate(offset)
+
+    def forget_stage(self) -> None:
+        """Drop this stage's lines: a stage that starts from step 0 again (its earlier attempt killed before its
+        first checkpoint, or retrained) would otherwise leave them beside the new ones. A torn last line goes too."""
+        if not self.path.exists() or not distributed.is_main():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        whole = lines[:-1] if lines and not lines[-1].endswith("\n") else lines  # a write the kill tore
+        kept = [line for line in whole if _stage_of(line) != self.stage]
+        if len(kept) < len(lines):
+            part = self.path.with_name(self.path.name + ".part")
+            part.write_text("".join(kept))
+            os.replace(part, self.path)
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

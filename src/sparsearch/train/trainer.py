@@ -163,6 +163,8 @@ class Trainer:
             return json.loads(self.summary_path.read_text())  # finished earlier: nothing to do
         if self.cfg.resume and self.checkpoint_path.exists():
             self.load_state_dict(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        if self.step == 0:  # lines an earlier attempt logged before its first checkpoint are not this run's
+            self.metrics.forget_stage()
         self.sittings = [*self._sittings(), {"machine": machine(), "steps": [self.step, self.step], "seconds": 0.0,
                                              "elapsed_before": self.elapsed}]
         self._call("on_train_start")
