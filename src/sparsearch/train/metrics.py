@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from rich.progress import (
 )
 
 from .. import distributed
+from ..files import write_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -71,9 +71,7 @@ class MetricsLog:
         whole = lines[:-1] if lines and not lines[-1].endswith("\n") else lines  # a write the kill tore
         kept = [line for line in whole if _stage_of(line) != self.stage]
         if len(kept) < len(lines):
-            part = self.path.with_name(self.path.name + ".part")
-            part.write_text("".join(kept))
-            os.replace(part, self.path)
+            write_atomic(self.path, "".join(kept))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
