@@ -481,8 +481,9 @@ def test_the_book_step_bench_times_each_network_as_its_config_trains_it(tmp_path
     from sparsearch.book.steps import main as bench_book
 
     out = tmp_path / "steps.json"
-    assert bench_book(["--trials", "1", "--only", "ViT", "--out", str(out)]) == 0
+    assert bench_book(["--trials", "1", "--only", "ViT", "--precision", "--out", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
     assert [r["network"] for r in results] == ["ResNet-20 (claims 3, 4, 8)", "ViT (claim 9)"]
     assert [r["batch"] for r in results] == [64, 128] and results[1]["kwargs"]["attention"] == "manual"
     assert results[0]["vs_resnet20"] == 1.0 and all(r["times"]["plain"]["median"] > 0 < r["speedup"] for r in results)
+    assert all(r["times"][path]["median"] > 0 for r in results for path in ("torch bf16", "float32"))

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from .. import sparsity as sp
 from ..models import build_model
-from ..native import cpu_flags
 from ..runtime.common import median_seconds
+from ..train.precision import has_bf16_units
 from ..train.sparse import Pattern, sparse_conv2d, sparse_kernels
 from .common import machine, print_table, stats, write_json
 from .sparse_cases import CASES
@@ -83,15 +83,10 @@ def _stepper(sparsity: float, net: dict, batch: int, kernels: str, channels_last
     return step
 
 
-def _bf16_units() -> bool:
-    flags = cpu_flags().split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _contenders(sparsity: float) -> dict[str, tuple[str, bool, bool]]:
     """name -> (kernels, channels_last, bf16)"""
     dense = {"dense fp32 NCHW": ("off", False, False), "dense fp32 NHWC": ("off", True, False)}
-    if _bf16_units():
+    if has_bf16_units():  # without them torch's bf16 is no contender (train/precision.py)
         dense.update({"dense bf16 NCHW": ("off", False, True), "dense bf16 NHWC": ("off", True, True)})
     # auto on a channels-last model: its layers that stay dense keep torch's faster NHWC kernels
     auto = {"sparse (auto)": ("auto", False, False), "sparse (auto, NHWC)": ("auto", True, False)}

@@ -4,11 +4,12 @@ from ..models import split_logits
 from .callbacks import DropPathSchedule, SparsityCallback
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, Reporter
+from .precision import autocast
 from .rundir import claim_run_dir, exclusive, prepare_run_dir
 from .schedule import build_optimizer, lr_at, set_lr
 from .sparse import sparse_kernels
 from .stage import STAGES, StageKind, StageResult, fit, stage_model, stage_parameters, train_stage
-from .steps import autocast, evaluate, resolve_device, save_final
+from .steps import evaluate, resolve_device, save_final
 from .trainer import Callback, Trainer
 
 __all__ = [

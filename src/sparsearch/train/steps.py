@@ -1,9 +1,8 @@
-"""What a training step and an evaluation need besides the loop: the device, mixed precision, logits from a
-model's output, and the final weights."""
+"""What a training step and an evaluation need besides the loop: the device, logits from a model's output, an
+evaluation, and the final weights (mixed precision: precision.py)."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from ..data import TensorLoader
 from ..errors import SparsearchError
 from ..files import save_weights
 from ..models import split_logits
+from .precision import autocast
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,8 +52,3 @@ def evaluate(model: nn.Module, loader: TensorLoader, amp: bool = False, dtype: s
     loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], loader.device)
     return {"loss": loss_sum / max(1, seen), "acc": correct / max(1, seen)}
 
-
-def autocast(device_type: str, enabled: bool, dtype: str = "bfloat16"):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))

@@ -24,9 +24,10 @@ from ..workers import set_threads
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import MetricsLog, Reporter
 from .nhwc import nhwc_batchnorm
+from .precision import autocast, mixed_precision
 from .schedule import build_optimizer, lr_at, set_lr
 from .sparse import sparse_kernels
-from .steps import autocast, evaluate, resolve_device, save_final
+from .steps import evaluate, resolve_device, save_final
 
 
 class Callback:
@@ -170,7 +171,8 @@ class Trainer:
         self._call("on_train_start")
         self.step_model = distributed.wrap(self.model)  # after callbacks that attach masks or scores
         try:
-            with nhwc_batchnorm(self.model, self.cfg.channels_last), sparse_kernels(self.model, self.cfg.sparse_kernels):
+            with (nhwc_batchnorm(self.model, self.cfg.channels_last), sparse_kernels(self.model, self.cfg.sparse_kernels),
+                  mixed_precision(self.device.type, self.cfg.amp, self.cfg.amp_dtype)):
                 while self.epoch < self.cfg.epochs:
                     self._run_epoch()
         finally:
