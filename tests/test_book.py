@@ -331,6 +331,9 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
                                               "theirs) then Zen 3 (avx2) then Zen 4 (avx2): 1 training"]
     text = document._document(book, Path("results"), None, "sparsearch book", seconds, machines)
     assert "The trainings ran on: Zen 4 (avx2): 2 trainings; Zen 3 (avx2): 1 training." in text
+    assert "bf16 products ran on torch's kernels or, since 2026-12-07, in float32" in text  # no bf16 units listed
+    assert "in float32" not in document._document(book, Path("results"), None, "sparsearch book", seconds,
+                                                  ["SPR (avx2, avx512_bf16, amx_bf16): 1 training"])
     assert "| 4 | (waits for cifar10-v3 (claim 4): 15 of 18 finished) | pending |" in text and "ran nothing" in text
     assert "| 2 | Random search vs random sparse configurations | not run at this scale |" in text
     assert "recorded 15 CPU-minutes in all" in text

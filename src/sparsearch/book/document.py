@@ -164,6 +164,10 @@ def _machine_text(info: dict | None) -> str:
     return f"{info.get('cpu', '?')} ({', '.join(info.get('isa', [])) or 'no vector extensions listed'})"
 
 
+def _without_bf16_units(trained_on: str) -> bool:
+    return any("avx2" in where and "bf16" not in where for where in trained_on.split(" then "))
+
+
 def _document(chapters: Labelled, figures: Path, seconds: float | None, command: str = "sparsearch book",
               cpu_seconds: float | None = None, machines: list[str] | None = None) -> str:
     info = machine()
@@ -180,7 +184,10 @@ def _document(chapters: Labelled, figures: Path, seconds: float | None, command:
              + f", torch {info['torch']}. "
              + ("This invocation ran nothing: it wrote the document from the finished runs." if seconds is None else
                 f"This invocation took {seconds / 60:.0f} min.") + spent
-             + (f" The trainings ran on: {'; '.join(machines)}." if machines else ""), "",
+             + (f" The trainings ran on: {'; '.join(machines)}." if machines else "")
+             + (" Where a CPU has no bf16 units (neither avx512_bf16 nor amx_bf16 listed), bf16 products ran on torch's "
+                "kernels or, since 2026-12-07, in float32 on their bf16 operands (`train/precision.py`, ~10x faster "
+                "there): the same function up to summation order." if any(_without_bf16_units(m) for m in machines or []) else ""), "",
              f"Every verdict follows the book v3 rules ({rules_citation()}), fixed before the runs: paired effects with "
              "95% intervals, a smallest effect of interest per claim, reproduced / not reproduced / inconclusive, and no "
              "verdict where the dense network is too weak to say anything about the paper. Each chapter states its "
