@@ -2,13 +2,14 @@
 have no bf16 instructions.
 
 torch's bf16 matrix products and convolutions on an AVX2-only CPU (AMD Zen 3, Intel before Cooper Lake) run about
-10x slower than float32 (a ResNet-20 training step at batch 128 on Zen 3: 3.35 s against 0.29 s), so a config with
+10x slower than float32 (the book's ResNet-20 training step, batch 64, on Zen 3: 3.15 s against 0.27 s), so a config with
 `train.amp: true` written on one machine would silently train ten times slower on another. A bf16 matrix unit
 multiplies bf16 operands exactly, sums in float32 and rounds the sum to bf16; float32 kernels given the same bf16
 operands compute that same function (two 8-bit significands multiply exactly within float32's 24), differing only
 in summation order. So `float32_products` runs those ops in float32 on their bf16 operands and rounds the results to
-bf16: what autocast computes, at float32 speed (0.28 s that step). It is on only where it pays: bf16 on a CPU
-without avx512_bf16, amx_bf16 or Arm's bf16.
+bf16: what autocast computes, at about float32 speed (0.30 s that step; the ViT of claim 9 0.27 s against torch's 1.56
+and float32's 0.19: `sparsearch bench book --precision`). It is on only where it pays: bf16 on a CPU without
+avx512_bf16, amx_bf16 or Arm's bf16.
 """
 
 from __future__ import annotations
