@@ -186,7 +186,7 @@ def _document(chapters: Labelled, figures: Path, seconds: float | None, command:
                 f"This invocation took {seconds / 60:.0f} min.") + spent
              + (f" The trainings ran on: {'; '.join(machines)}." if machines else "")
              + (" Where a CPU has no bf16 units (neither avx512_bf16 nor amx_bf16 listed), bf16 products ran on torch's "
-                "kernels or, since 2026-12-07, in float32 on their bf16 operands (`train/precision.py`, ~10x faster "
+                "kernels or, since 2026-12-07, in float32 on their bf16 operands (`train/precision.py`, 6-10x faster "
                 "there): the same function up to summation order." if any(_without_bf16_units(m) for m in machines or []) else ""), "",
              f"Every verdict follows the book v3 rules ({rules_citation()}), fixed before the runs: paired effects with "
              "95% intervals, a smallest effect of interest per claim, reproduced / not reproduced / inconclusive, and no "
