@@ -460,11 +460,16 @@ def test_a_claim_that_wants_more_seeds_takes_them_before_the_queues(tmp_path, mo
     (v3 / "results.json").write_text(json.dumps(_results(noisy)))
     calls = []
     monkeypatch.setattr(compare, "run_compare", lambda parts, show_progress, recorded: calls.append(parts[0].compare.seeds))
+    monkeypatch.setattr(compare, "run_comparisons", lambda comparisons, show_progress: calls.append(
+        [(parts[0].name, parts[0].compare.seeds) for parts, _ in comparisons]))
     monkeypatch.setattr(run, "run_all", lambda cfg, show_progress: calls.append("run_all"))
     for quiet in ("bench_result", "record_rows", "ift_inference"):
         monkeypatch.setattr(make, quiet, lambda *a, **k: {"done": True})
     make._run_chapters(cfgs, tmp_path, False, "cpu", tmp_path / "RESULTS.md", {name: [] for name in cfgs})
-    assert calls[0] == [0, 1, 2, 3, 4] and calls[1] == [0, 1, 2]  # claim 3's seeds 3 and 4, then the v3 queue
+    queues = [c for c in calls if c != [0, 1, 2, 3, 4]]  # (the mock trains nothing: claim 3 asks again after each)
+    assert calls[0] == [0, 1, 2, 3, 4] and calls[1] == [(runs.V3, [0, 1, 2])]  # claim 3's seeds 3 and 4, then v3
+    assert queues == [[(runs.V3, [0, 1, 2])], [("vit-nm-cifar10", [0, 1, 2])],
+                      [(name, [0, 1, 2]) for name in runs.ONE_QUEUE]]  # claim 1's four runs: one queue
 
 
 def test_the_gpu_scale_refuses_a_machine_without_cuda_before_any_work(tmp_path, monkeypatch):

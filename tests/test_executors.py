@@ -267,6 +267,40 @@ def test_the_parts_of_one_comparison_are_one_queue_and_must_differ_in_compare_on
         compare.run_compare([parts[0], longer], show_progress=False)
 
 
+def test_comparisons_of_other_runs_are_one_queue_each_with_its_own_results(tmp_path, cache_dir, monkeypatch):
+    """The book's claim 1: four runs (other models) as one queue; each pruned network waits for its own run's dense
+    one, and each run keeps its rows; runs on other executors, or one run given twice, are refused."""
+    from sparsearch.config import ConfigError, from_dict
+    from sparsearch.pipeline import compare
+
+    def cfg(name, width, **run):
+        return from_dict({"out_dir": str(tmp_path), "name": name, "data": {"name": "digits", "train_subset": 256},
+                          "model": {"name": "cnn", "kwargs": {"width": width}}, "train": {"epochs": 1, "log_every": 0},
+                          "run": run, "compare": {"variants": ["oneshot"], "sparsities": [0.8], "seeds": [0, 1]}})
+    ran = []
+
+    def quick(job):
+        ran.append((Path(job.run_dir).name, job.cfg.seed, job.name))
+        return {"variant": job.variant, "sparsity": job.cfg.sparsity.sparsity, "seed": job.cfg.seed,
+                "test_acc": job.cfg.model.kwargs["width"] / 100, "weight_density": 1.0, "params_nonzero": 1,
+                "macs_effective": 1, "train_seconds": 0.0}
+
+    monkeypatch.setattr(compare, "run_job", quick)
+    outs = compare.run_comparisons([(cfg("a", 8), {(0, "dense", 0.0), (0, "oneshot", 0.8)}), ([cfg("b", 4)], set())], show_progress=False)
+    assert [o.parent.name for o in outs] == ["a", "b"]
+    # a's seed 0 is recorded (the book's ledger): only its seed 1 trains
+    assert sorted(ran) == [("a", 1, "dense"), ("a", 1, "oneshot-0.8"), ("b", 0, "dense"), ("b", 0, "oneshot-0.8"),
+                           ("b", 1, "dense"), ("b", 1, "oneshot-0.8")]
+    assert all(ran.index((run, seed, "dense")) < ran.index((run, seed, "oneshot-0.8")) for run, seed, _ in ran)
+    assert {r[:3] for r in _rows(outs[0] / "results.json")} == {(1, "dense", 0.0), (1, "oneshot", 0.8)}
+    assert len(_rows(outs[1] / "results.json")) == 4
+    assert all(r["test_acc"] == 0.04 for r in json.loads((outs[1] / "results.json").read_text())["rows"])
+    with pytest.raises(ConfigError, match="run sections must agree"):
+        compare.run_comparisons([(cfg("c", 8), set()), (cfg("d", 8, workers=1), set())], show_progress=False)
+    with pytest.raises(ConfigError, match="one run directory"):
+        compare.run_comparisons([(cfg("e", 8), set()), (cfg("e", 8), set())], show_progress=False)
+
+
 def test_a_training_process_keeps_freed_memory_unless_told_not_to():
     """allocator.py: glibc keeps large freed blocks (no page faults on every step's activations); the CLI and the
     trial workers set it; SPARSEARCH_ALLOCATOR=default leaves the allocator alone."""

@@ -29,6 +29,7 @@ from .runs import (
     INFERENCE_JSON,
     MEASURED,
     MORE_SEEDS,
+    ONE_QUEUE,
     RUNTIME_ARGS,
     SCALES,
     V3,
@@ -72,7 +73,7 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
                   output: Path, committed: Committed) -> None:
     from ..bench import main as bench
     from ..bench.common import wait_for_quiet
-    from ..pipeline.compare import run_compare
+    from ..pipeline.compare import run_comparisons
     from ..pipeline.run import run_all
 
     # the timings first: an hour of a quiet machine, kept by the ledger, where the trainings take many sittings
@@ -90,16 +91,22 @@ def _run_chapters(cfgs: dict[str, list[Config]], out_dir: Path, show_progress: b
     # a claim whose three seeds an earlier sitting finished takes its seeds 3 and 4 before the queues go on: its
     # chapter completes sooner, and a sitting's end interrupts those hour-long trainings, not the longer ones after
     more_seeds(cfgs, out_dir, scale, show_progress, output, committed)
+    queued = [name for name in cfgs if name in ONE_QUEUE]
     for name, invocations in cfgs.items():
-        cfg = invocations[0]
-        print(f"book: {name} ({COMMANDS[name]}, {len(invocations)} part(s), {cfg.train.epochs} epochs on "
-              f"{cfg.train.device})", flush=True)
-        if COMMANDS[name] == "compare":  # one queue: no core idles between the parts
-            run_compare(invocations, show_progress=show_progress, recorded={trial(r) for r in committed[name]})
+        if name in queued[1:]:
+            continue  # trained in the first one's queue
+        together = queued if name in queued else [name]
+        for each in together:
+            cfg = cfgs[each][0]
+            print(f"book: {each} ({COMMANDS[each]}, {len(cfgs[each])} part(s), {cfg.train.epochs} epochs on "
+                  f"{cfg.train.device})", flush=True)
+        if COMMANDS[name] == "compare":  # one queue: no core idles between the parts, nor between `together`
+            run_comparisons([(cfgs[each], {trial(r) for r in committed[each]}) for each in together],
+                            show_progress=show_progress)
             if name == V3 and not bench_result(out_dir, INFERENCE_JSON, committed):
                 claim_8 = invocations[V3_PART["claim 8"]].compare
                 # now, while seed 0's networks are here: a later sitting's checkout may not have them
-                ift_inference(out_dir, len(claim_8.variants) * len(claim_8.sparsities), cfg)
+                ift_inference(out_dir, len(claim_8.variants) * len(claim_8.sparsities), invocations[0])
             record_rows(cfgs, out_dir, output, scale, committed)
         else:
             for cfg in invocations:

@@ -47,6 +47,8 @@ RUNS: dict[str, tuple[str, str, list[list[str]]]] = {
                                                           f"model.kwargs={{genotype: {g}, {CELL_SIZE}}}"]])
        for g, s in CELLS.items()},
 }
+# claim 1's runs, one chapter: one queue (`run_comparisons`), so no core idles at the end of one while the next waits
+ONE_QUEUE = [cell_run(g) for g in CELLS]
 INFERENCE_BATCHES = (1, 32)
 CIFAR10 = "../shared/data/cifar10-images.tar.xz"  # where this project keeps CIFAR-10 (never in the repository)
 # `--scale gpu`: the same chapters at paper-like budgets on CUDA (full CIFAR-10 training set, full-width ResNet-20,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..config import Config, ConfigError
@@ -184,6 +185,51 @@ def _unrecorded(jobs: list[tuple[int, str, float]], recorded: set, cfg: Config) 
     return [j for j in jobs if j not in recorded or (j[1] == "dense" and j[0] in needs_dense)]
 
 
+@dataclasses.dataclass
+class _Queued:
+    """One comparison in a queue: its config, what it still trains, and its results as they come in."""
+
+    cfg: Config
+    jobs: list[tuple[int, str, float]]
+    dataset: str
+    out: Path | None = None
+    rows: dict = dataclasses.field(default_factory=dict)
+    failed: list[Failed] = dataclasses.field(default_factory=list)
+
+
+def _queued(cfg: Config | list[Config], recorded: set) -> _Queued:
+    """A comparison's parts checked (they may differ in their `compare` sections only), its jobs listed and
+    preflighted: unknown names, bad settings and a bad data path fail before anything is written."""
+    parts = [cfg] if isinstance(cfg, Config) else list(cfg)
+    cfg = parts[0]
+    if others := [i for i, p in enumerate(parts) if dataclasses.replace(p, compare=cfg.compare) != cfg]:
+        raise ConfigError(f"the parts of one comparison may differ in their compare sections only (part {others[0]} "
+                          "differs elsewhere)")
+    jobs = _unrecorded(list(dict.fromkeys(job for part in parts for job in _jobs(part))), recorded, cfg)
+    if not jobs:
+        return _Queued(cfg, [], "")  # every trial recorded: nothing to train
+    ds = dataset_from_config(cfg.data, seed=cfg.seed)
+    for v, s in dict.fromkeys((v, s) for _, v, s in jobs):
+        preflight(iso_config(variant_config(cfg, v, s, cfg.seed), ds), ds)
+    return _Queued(cfg, jobs, ds.name)
+
+
+def _claim(q: _Queued, stack: ExitStack) -> Path:
+    """Hold the comparison's run directory for the queue's lifetime; load the rows earlier invocations left."""
+    configs = [variant_config(q.cfg, v, 0.5, q.cfg.seed) for v in dict.fromkeys(v for _, v, _ in q.jobs)]
+    methods = list(dict.fromkeys(c.sparsity.method for c in configs))
+    ift = ("ift",) if any(c.ift.family != "none" for c in configs) else ()
+    run_dir = stack.enter_context(claim_run_dir(q.cfg, extendable=("compare",),
+                                                sections=sections_used(methods, "compare", "run", *ift)))
+    q.out = run_dir / "compare"
+    q.out.mkdir(exist_ok=True)
+    # rows of earlier invocations stay (a variant run for fewer seeds, say); rows of this one replace them
+    results = q.out / "results.json"
+    q.rows = {(r["seed"], r["variant"], r["sparsity"]): r
+              for r in (json.loads(results.read_text())["rows"] if results.exists() else [])}
+    return run_dir
+
+
 def run_compare(cfg: Config | list[Config], show_progress: bool = True,
                 recorded: set[tuple[int, str, float]] = frozenset()) -> Path:
     """Train everything the `compare` section lists, as trials of `run.executor`; returns the directory holding
@@ -192,48 +238,47 @@ def run_compare(cfg: Config | list[Config], show_progress: bool = True,
     queue: no worker idles at the end of one part while the next waits. Trials (seed, variant, sparsity) in
     `recorded` finished elsewhere (the book's committed rows) and are not trained, but a dense network that a
     trial still to train starts from."""
-    parts = [cfg] if isinstance(cfg, Config) else list(cfg)
-    cfg = parts[0]
-    if others := [i for i, p in enumerate(parts) if dataclasses.replace(p, compare=cfg.compare) != cfg]:
-        raise ConfigError(f"the parts of one comparison may differ in their compare sections only (part {others[0]} "
-                          "differs elsewhere)")
-    jobs = _unrecorded(list(dict.fromkeys(job for part in parts for job in _jobs(part))), recorded, cfg)
-    if not jobs:
-        return cfg.run_dir / "compare"  # every trial recorded: nothing to train
-    variants = list(dict.fromkeys(v for _, v, _ in jobs))
-    ds = dataset_from_config(cfg.data, seed=cfg.seed)  # a bad data path fails before anything is written
-    for v, s in dict.fromkeys((v, s) for _, v, s in jobs):  # unknown names and bad settings fail before any training
-        preflight(iso_config(variant_config(cfg, v, s, cfg.seed), ds), ds)
-    configs = [variant_config(cfg, v, 0.5, cfg.seed) for v in variants]
-    methods = list(dict.fromkeys(c.sparsity.method for c in configs))
-    ift = ("ift",) if any(c.ift.family != "none" for c in configs) else ()
-    with claim_run_dir(cfg, extendable=("compare",), sections=sections_used(methods, "compare", "run", *ift)) as run_dir:
-        out = run_dir / "compare"
-        out.mkdir(exist_ok=True)
-        executor = make_executor(cfg.run)
-        trials = [CompareJob(variant_config(cfg, v, s, seed), v, cfg.seed, str(run_dir.resolve()),
-                             executor.trial_bars(show_progress)) for seed, v, s in jobs]
-        # rows of earlier invocations stay (a variant run for fewer seeds, say); rows of this one replace them
-        results = out / "results.json"
-        earlier = json.loads(results.read_text())["rows"] if results.exists() else []
-        rows = {(r["seed"], r["variant"], r["sparsity"]): r for r in earlier}
-        failed: list[Failed] = []
-        # the dense runs first; a method that prunes a trained network waits for its own seed's dense run only
-        order = [t for t in trials if t.variant == "dense"] + [t for t in trials if t.variant != "dense"]
-        dense_of = {t.cfg.seed: i for i, t in enumerate(order) if t.variant == "dense"}
-        after = [dense_of.get(t.cfg.seed) if t.variant != "dense" and REGISTRY[t.cfg.sparsity.method].starts_from_dense
-                 else None for t in order]
+    return run_comparisons([(cfg, recorded)], show_progress)[0]
+
+
+def run_comparisons(comparisons: list[tuple[Config | list[Config], set]], show_progress: bool = True) -> list[Path]:
+    """Several comparisons (other runs: other models, say), each given as `run_compare`'s `cfg` and `recorded`,
+    as one queue on one executor (their `run` sections must agree): a later comparison's trainings take the workers
+    an earlier one leaves idle at its end. Each keeps its run directory and results; returns their directories."""
+    queue = [_queued(cfg, recorded) for cfg, recorded in comparisons]
+    busy = [q for q in queue if q.jobs]
+    if not busy:
+        return [q.cfg.run_dir / "compare" for q in queue]
+    if len({repr(q.cfg.run) for q in busy}) > 1:
+        raise ConfigError("comparisons queued together run on one executor: their run sections must agree")
+    if len({q.cfg.run_dir for q in busy}) < len(busy):
+        raise ConfigError("two comparisons of one run directory: give them as the parts of one comparison")
+    executor = make_executor(busy[0].cfg.run)
+    with ExitStack() as stack:
+        order: list[tuple[_Queued, CompareJob]] = []
+        for q in busy:
+            run_dir = _claim(q, stack)
+            trials = [CompareJob(variant_config(q.cfg, v, s, seed), v, q.cfg.seed, str(run_dir.resolve()),
+                                 executor.trial_bars(show_progress)) for seed, v, s in q.jobs]
+            # the dense runs first; a method that prunes a trained network waits for its own seed's dense run only
+            order += [(q, t) for t in trials if t.variant == "dense"] + [(q, t) for t in trials if t.variant != "dense"]
+        dense_of = {(id(q), t.cfg.seed): i for i, (q, t) in enumerate(order) if t.variant == "dense"}
+        after = [dense_of.get((id(q), t.cfg.seed)) if t.variant != "dense"
+                 and REGISTRY[t.cfg.sparsity.method].starts_from_dense else None for q, t in order]
 
         def finished(i: int, row) -> None:
-            name = f"seed {order[i].cfg.seed} {order[i].name}"
+            q, job = order[i]
+            name = f"seed {job.cfg.seed} {job.name}"
             if isinstance(row, Failed):
-                failed.append(dataclasses.replace(row, trial=name))
+                q.failed.append(dataclasses.replace(row, trial=name))
             else:
-                rows[row["seed"], row["variant"], row["sparsity"]] = row
+                q.rows[row["seed"], row["variant"], row["sparsity"]] = row
                 if show_progress:
-                    print(f"compare: {name}: test acc {100 * row['test_acc']:.2f}%", flush=True)
-            _write_results(out, cfg, list(rows.values()), ds.name, failed)
+                    print(f"compare: {name}{f' ({q.cfg.name})' if len(busy) > 1 else ''}: test acc "
+                          f"{100 * row['test_acc']:.2f}%", flush=True)
+            _write_results(q.out, q.cfg, list(q.rows.values()), q.dataset, q.failed)
 
-        executor.map(run_job, order, label="compare", progress=show_progress, on_finish=finished, after=after)
-        raise_failures(failed, "comparison runs")
-        return out
+        executor.map(run_job, [t for _, t in order], label="compare", progress=show_progress, on_finish=finished,
+                     after=after)
+        raise_failures([f for q in busy for f in q.failed], "comparison runs")
+    return [q.out or q.cfg.run_dir / "compare" for q in queue]
