@@ -45,7 +45,7 @@ def ray_local():
 def _executor(kind: str, request, **kwargs) -> Executor:
     if kind == "ray":
         request.getfixturevalue("ray_local")
-    return Executor(kind, workers=2, **kwargs)
+    return Executor(kind, **{"workers": 2, **kwargs})
 
 
 def _threads_after_asking_for(threads: int) -> int:
@@ -112,6 +112,22 @@ def test_a_trial_starts_after_the_one_it_starts_from_and_fails_with_it(kind, req
     assert results[0] == dense and results[2] == str(tmp_path / "pruned") and results[4] == str(tmp_path / "static")
     assert isinstance(results[1], Failed) and isinstance(results[3], Failed)
     assert "the trial it starts from failed" in results[3].error and not (tmp_path / "orphan").exists()
+
+
+def _started(item: tuple[str, str]) -> str:
+    with open(item[0], "a") as log:
+        log.write(item[1] + "\n")
+    return item[1]
+
+
+@pytest.mark.parametrize("kind", ["local", "process"])
+def test_a_free_worker_takes_the_first_ready_trial_so_a_pruning_follows_its_dense_one(kind, request, tmp_path):
+    """A dense checkpoint lives under runs/, which may not outlive a sitting: its pruning trains as soon as it is
+    ready, before later comparisons' trainings, not after all of them."""
+    log = str(tmp_path / "order")
+    items = [(log, "dense a"), (log, "pruned a"), (log, "dense b"), (log, "pruned b")]
+    _executor(kind, request, retries=0, workers=1).map(_started, items, progress=False, after=[None, 0, None, 2])
+    assert Path(log).read_text().split("\n")[:-1] == ["dense a", "pruned a", "dense b", "pruned b"]
 
 
 @pytest.mark.parametrize("kind", ["process", "ray"])

@@ -12,6 +12,7 @@ hands back its result (or raises its error).
 
 from __future__ import annotations
 
+import bisect
 import multiprocessing
 import os
 import sys
@@ -217,7 +218,9 @@ class Executor:
         """`on_finish(index, result)` is called in this process as each trial ends (result or `Failed`), so
         callers can save as they go. `after[i]`, where given, is the index of the trial item i starts from: it is
         submitted once that one has finished, and fails with it (a pruned network waits for its own dense one only,
-        so no worker idles at a phase's end)."""
+        so no worker idles at a phase's end). A free worker takes the first ready item in `items`' order, so a
+        trial that waited goes before later items (a pruned network soon after its dense one: the checkpoint it
+        starts from is needed no longer than that); Ray takes every ready trial at once (its cluster sizes it)."""
         backend = self._backend()
         results: list[Any] = [None] * len(items)
         attempts = [1] * len(items)
@@ -225,18 +228,24 @@ class Executor:
         if len(after) != len(items) or any(a is not None and not 0 <= a < len(items) or a == i for i, a in enumerate(after)):
             raise ValueError(f"`after` must give, per item, None or another item's index; got {after}")
         waiting = {i for i, a in enumerate(after) if a is not None}
+        slots = {"local": 1, "process": self.workers}.get(self.kind, len(items))
         bar = TrialProgress(len(items), label, progress, 1 if self.kind == "local" else self.workers)
         index_of: dict[Any, int] = {}
         pending: list[Any] = []  # submission order: the local backend runs trials in it
+        ready = [i for i in range(len(items)) if i not in waiting]  # kept sorted: the first goes next
 
         def submit(i: int) -> None:
             handle = backend.submit(fn, items[i])
             index_of[handle] = i
             pending.append(handle)
 
+        def fill() -> None:
+            while ready and len(pending) < slots:
+                submit(ready.pop(0))
+
         def finish(i: int, result: Any) -> None:
             results[i] = result
-            bar.update(in_flight=len(pending), finished=True, failed=isinstance(result, Failed))
+            bar.update(in_flight=len(pending) + len(ready), finished=True, failed=isinstance(result, Failed))
             if on_finish is not None:
                 on_finish(i, result)
             for j in sorted(j for j in waiting if after[j] == i):
@@ -244,12 +253,10 @@ class Executor:
                 if isinstance(result, Failed):
                     finish(j, Failed(repr(items[j])[:200], f"the trial it starts from failed: {result.error}", 0))
                 else:
-                    submit(j)
+                    bisect.insort(ready, j)
 
         try:
-            for i in range(len(items)):
-                if i not in waiting:
-                    submit(i)
+            fill()
             while pending:
                 for handle in backend.first_finished(pending):
                     pending.remove(handle)
@@ -260,10 +267,11 @@ class Executor:
                         if attempts[i] <= self.retries:
                             attempts[i] += 1
                             submit(i)
-                            bar.update(in_flight=len(pending), retried=f"trial {i + 1}: {_one_line(e)}")
+                            bar.update(in_flight=len(pending) + len(ready), retried=f"trial {i + 1}: {_one_line(e)}")
                             continue
                         result = Failed(repr(items[i])[:200], _one_line(e), attempts[i])
                     finish(i, result)
+                fill()
         finally:
             bar.close()
             backend.close(running=pending)
