@@ -88,6 +88,10 @@ def test_hydra_stages(tmp_path, cache_dir):
     assert [r["name"] for r in rows if "shape" in r] == scored  # first conv and classifier stay dense (default)
     assert all(r["density"] == pytest.approx(0.2, abs=0.005) for r in rows if "shape" in r)
     assert summary["final_stage"].endswith("sparsity-0.8/finetune")
+    # the trial's cost is both of its stages (the dense pretraining is a trial of its own), not only the last one
+    stage_seconds = [json.loads((root / "sparsity-0.8" / s / "summary.json").read_text())["train_seconds"]
+                     for s in ("prune", "finetune")]
+    assert min(stage_seconds) > 0 and summary["train_seconds"] == pytest.approx(sum(stage_seconds), abs=0.002)
     assert run_train(cfg, show_progress=False)["final_test_acc"] == summary["final_test_acc"]  # done: skipped
 
 

@@ -55,7 +55,7 @@ def hydra(ctx: MethodContext) -> StageResult:
     densities = density_map(sp.configured_layers(ctx.build(), s), s.sparsity, s.allocation)
     result = run_hydra(ctx.build, {s.sparsity: densities}, ctx.cfg.hydra, ctx.cfg.train, ctx.train_loader, ctx.eval_loader,
                        ctx.out_dir, ctx.metrics_path, ctx.run_dir, ctx.show_progress, ctx.pretrain_dir)
-    return result.finetune[s.sparsity]
+    return result.finetune[s.sparsity].costing_too(result.prune[s.sparsity])  # the dense one is a trial of its own
 
 
 register(MethodSpec("hydra", hydra, "HYDRA: train dense, learn importance scores with the weights frozen, finetune",

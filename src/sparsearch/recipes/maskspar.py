@@ -21,7 +21,8 @@ def maskspar(ctx: MethodContext) -> StageResult:
         write_json(ctx.out_dir / "channels.json", method.channels())
     pruned = ctx.build()
     pruned.load_state_dict(reg.model.state_dict())
-    return ctx.fit(method.prune(pruned), ctx.out_dir / "finetune", ctx.stage_cfg(m.finetune_epochs, m.finetune_lr))
+    final = ctx.fit(method.prune(pruned), ctx.out_dir / "finetune", ctx.stage_cfg(m.finetune_epochs, m.finetune_lr))
+    return final.costing_too(reg)
 
 
 def _check(cfg) -> None:

@@ -41,6 +41,12 @@ class StageResult:
     def checkpoint(self) -> Path:
         return self.out_dir / "checkpoints" / "last.ckpt"
 
+    def costing_too(self, *earlier: StageResult) -> StageResult:
+        """This stage, its `train_seconds` the cost of the `earlier` stages too: a trial's cost is every stage it
+        trained itself (a HYDRA trial's prune stage beside its finetuning), not only its last."""
+        seconds = self.summary["train_seconds"] + sum(e.summary["train_seconds"] for e in earlier)
+        return dataclasses.replace(self, summary={**self.summary, "train_seconds": round(seconds, 3)})
+
 
 def fit(model: nn.Module, out_dir: Path, cfg: TrainConfig, train_loader: TensorLoader, eval_loader: TensorLoader | None,
         metrics: MetricsLog, *, callbacks: list[Callback] | None = None, params: list[nn.Parameter] | None = None,
