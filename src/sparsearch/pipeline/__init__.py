@@ -65,8 +65,9 @@ def run_train(cfg: Config, show_progress: bool = True) -> dict[str, Any]:
 
 
 def write_summary(ctx: MethodContext, final: StageResult, ds: Dataset, variant: str) -> dict[str, Any]:
-    """The method's summary.json: the final stage's numbers plus sizes and costs of the final model; and the config
-    this variant trained with (config.yaml beside it: a compare variant's method, a Sparse-IFT network's widths)."""
+    """The method's summary.json: the final stage's numbers (train_seconds: every stage the trial trained) plus sizes
+    and costs of the final model; and the config this variant trained with (config.yaml beside it: a compare
+    variant's method, a Sparse-IFT network's widths)."""
     # where the final stage trained, not where this summary is written again (a rerun finds it finished)
     sittings = final.summary.get("sittings") or [{}]
     summary = {**final.summary, "variant": variant, "dataset": ds.name, "model": ctx.cfg.model.name,
