@@ -47,6 +47,10 @@ def test_imp_levels_rewind_and_branches(tmp_path, cache_dir):
         assert torch.equal(reinit[f"{name}.parametrizations.weight.0.mask"].bool(), mask)  # same masks, other init
         other = random_mask[f"{name}.parametrizations.weight.0.mask"].bool()
         assert int(other.sum()) == int(mask.sum()) and not torch.equal(other, mask)  # same density, other positions
+    # the trial's cost is every level it trained (the dense level 0 too), not its last; the branches are controls
+    level_seconds = [json.loads((out / f"level-{lv}" / "summary.json").read_text())["train_seconds"] for lv in range(5)]
+    seconds = json.loads((out / "summary.json").read_text())["train_seconds"]
+    assert min(level_seconds) > 0 and seconds == pytest.approx(sum(level_seconds), abs=0.003)
     before = {p: p.stat().st_mtime for p in out.rglob("last.ckpt")}
     assert _imp(tmp_path, "--set", "imp.branches=[reinit, random_mask]") == 0  # a re-run skips every finished level
     assert before == {p: p.stat().st_mtime for p in out.rglob("last.ckpt")}

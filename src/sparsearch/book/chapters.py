@@ -23,19 +23,12 @@ def _dense_line(t: dict) -> str:
     return f" The dense network reaches {seeds_text(d)}." if d else ""
 
 
-def _imp_levels(run_dir: Path) -> float:
-    """An IMP run's summary times its last level only: every level's training, added up."""
-    return sum(json.loads(p.read_text())["train_seconds"] for p in run_dir.glob("compare/seed-*/imp-*/level-*/summary.json"))
-
-
-def compare_seconds(results: dict, run_dir: Path | None = None, variants: set[str] | None = None,
-                    sparsities: set[float] | None = None) -> float:
-    """The CPU time of a comparison's rows (of `variants` at `sparsities`, all by default), IMP's every level
-    counted. A chapter names its sparsities: one run holds several claims' rows, static ERK in two of them."""
-    rows = [r for r in results["rows"] if (variants is None or r["variant"] in variants)
-            and (sparsities is None or r["sparsity"] in sparsities)]
-    imp = run_dir is not None and any(r["variant"] == "imp" for r in rows)
-    return sum(r["train_seconds"] for r in rows if not (imp and r["variant"] == "imp")) + (_imp_levels(run_dir) if imp else 0)
+def compare_seconds(results: dict, variants: set[str] | None = None, sparsities: set[float] | None = None) -> float:
+    """The CPU time of a comparison's rows (of `variants` at `sparsities`, all by default): a row's seconds are every
+    stage its trial trained (IMP's every level). A chapter names its sparsities: one run holds several claims' rows,
+    static ERK in two of them."""
+    return sum(r["train_seconds"] for r in results["rows"] if (variants is None or r["variant"] in variants)
+               and (sparsities is None or r["sparsity"] in sparsities))
 
 
 V3 = ("RULES.md (book v3): no verdict where the dense network is below 85%; otherwise the paired effect over seeds "
@@ -153,7 +146,7 @@ def _ablation_seconds(ablation: dict | None) -> float:
     return compare_seconds(ablation, variants={r["variant"] for r in ablation["rows"] if r["variant"].startswith("rigl-every-")})
 
 
-def imp_vs_oneshot(st: dict, run_dir: Path, long_dense: dict | None = None) -> Chapter:
+def imp_vs_oneshot(st: dict, long_dense: dict | None = None) -> Chapter:
     t = by_variant(st)
     sparsities = sorted({s for v, s in t if v == "imp"})
     matched = ("" if not long_dense else " The dense network trained as long as IMP reaches "
@@ -171,7 +164,7 @@ def imp_vs_oneshot(st: dict, run_dir: Path, long_dense: dict | None = None) -> C
                  "rewinding to about step 2,000: matching subnetworks down to 16.8% density",
                  "ResNet-20, 160 epochs per level, 70% pruned per level to 90% (two levels), rewinding to step 2,000",
                  "fewer, larger pruning steps"),
-        proxy_budget(st) or test.text, compare_seconds(st, run_dir, {"oneshot", "imp"}), judgements=[test])
+        proxy_budget(st) or test.text, compare_seconds(st, {"oneshot", "imp"}), judgements=[test])
 
 
 def soup_vs_best_ingredient(st: dict, run_dir: Path) -> Chapter:

@@ -64,8 +64,7 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
     specs += [("3", [f"{V3} (claim 3)"], lambda: erk_vs_uniform(v3("claim 3"), at)),
               ("4", [f"{V3} (claim 4)"], lambda: rigl_set_static(v3("claim 4"), at, ablation,
                                                                          cfgs[V3][V3_PART["claim 4"]].dst.update_every)),
-              ("5", ["imp-cifar10"] if gpu else [], lambda: imp_vs_oneshot(done["imp-cifar10"], out_dir / "imp-cifar10",
-                                                                            done.get("dense-cifar10-480"))
+              ("5", ["imp-cifar10"] if gpu else [], lambda: imp_vs_oneshot(done["imp-cifar10"], done.get("dense-cifar10-480"))
                if gpu else deferred("imp")),
               ("6", ["soup-cifar10"] if gpu else [],
                lambda: soup_vs_best_ingredient(done["soup-cifar10"], out_dir / "soup-cifar10") if gpu else deferred("soup")),
@@ -79,7 +78,7 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
                  [f"{n}: {len(tally[n][1])} of {len(tally[n][0])} finished" if n in tally else n
                   for n in needs if not done[n]]) for label, needs, build in specs]
     recorded = {n: tally[n][2] for n in cfgs}  # finished trials count, in unfinished runs too
-    seconds = sum(run_seconds(r["rows"]) if COMMANDS[n] == "run" else compare_seconds(r, out_dir / n)
+    seconds = sum(run_seconds(r["rows"]) if COMMANDS[n] == "run" else compare_seconds(r)
                   for n, r in recorded.items() if r)
     return chapters, seconds + sum((done[n] or {}).get("seconds", 0.0) for n in ("book-runtime", "book-architecture"))
 

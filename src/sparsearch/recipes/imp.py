@@ -72,7 +72,7 @@ def imp(ctx: MethodContext) -> StageResult:
         history.append({"branch": branch, "density": history[-1]["density"], "test_acc": result.summary["final_test_acc"]})
     if distributed.is_main():
         (ctx.out_dir / "levels.json").write_text(json.dumps(history, indent=2))
-    return current
+    return current.costing_too(*stages[:-1])  # every level, the dense level 0 too; the branches are controls
 
 
 register(MethodSpec("imp", imp, "iterative magnitude pruning with rewinding (lottery tickets), optional control branches",
