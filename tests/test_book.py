@@ -302,10 +302,14 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     results = _results({("static-erk", 0.98): _shift(SEEDS, 0.02, 0.001), ("static-uniform", 0.98): SEEDS,
                         ("static-erk", 0.9): SEEDS, ("rigl", 0.9): SEEDS})
     (v3 / "results.json").write_text(json.dumps(results))
+    cell = tmp_path / "cells-dass-90" / "compare"  # two of its seeds' dense networks trained, none pruned yet
+    cell.mkdir(parents=True)
+    (cell / "results.json").write_text(json.dumps({**_results({}), "rows": _results({})["rows"][:2]}))
     book, seconds = document.chapters_of(cfgs, tmp_path)
     labels, chapters_ = zip(*book)
     assert labels == ("1", "2", "3", "4", "5", "6", "7", "7 (kernels)", "8", "9")
     assert chapters_[0][0] == "cells-darts-v2: 0 of 9 finished" and len(chapters_[0]) == len(runs.CELLS)
+    assert chapters_[0][1] == "cells-dass-90: 0 of 3 finished (and 2 dense networks to prune from)"
     assert chapters_[3] == ["cifar10-v3 (claim 4): 15 of 18 finished"]  # claim 3's nine and six of its own
     assert chapters_[2].verdict.startswith("**reproduced**")
     deferred = [chapters_[i] for i in (1, 4, 5)]  # the searches, IMP and soups run at the GPU scale only
@@ -313,7 +317,7 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
     assert deferred[1].claim.startswith("Pruning iteratively")
     assert chapters_[8] == ["cifar10-v3 (claim 8): 9 of 15 finished", "sparse-ift-inference"]
     assert chapters_[9] == ["vit-nm-cifar10: 0 of 15 finished"]
-    assert seconds == 15 * 60.0  # the finished trials of an unfinished run count
+    assert seconds == 17 * 60.0  # the finished trials of unfinished runs count, dense ones too
     rows = [{"machine": {"cpu": cpu, "isa": ["avx2"]}} for cpu in ("Zen 4", "Zen 4", "Zen 3")]  # other sittings
     machines = document.trained_on(rows)
     assert machines == ["Zen 4 (avx2): 2 trainings", "Zen 3 (avx2): 1 training"]
@@ -331,7 +335,7 @@ def test_a_book_written_before_its_runs_finish_marks_their_chapters_pending(tmp_
                                                   ["SPR (avx2, avx512_bf16, amx_bf16): 1 training"])
     assert "| 4 | (waits for cifar10-v3 (claim 4): 15 of 18 finished) | pending |" in text and "ran nothing" in text
     assert "| 2 | Random search vs random sparse configurations | not run at this scale |" in text
-    assert "recorded 15 CPU-minutes in all" in text
+    assert "recorded 17 CPU-minutes in all" in text
 
 
 def _cells(dass_by: float | None, darts_dense: float = 0.85) -> dict[str, dict]:

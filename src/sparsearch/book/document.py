@@ -75,12 +75,21 @@ def chapters_of(cfgs: dict[str, list[Config]], out_dir: Path, scale: str = "cpu"
                lambda: sparse_ift(v3("claim 8"), done["sparse-ift-inference"], at)),
               ("9", ["vit-nm-cifar10"], lambda: nm_decay_vs_srste(done["vit-nm-cifar10"], setting(cfgs["vit-nm-cifar10"][0])))]
     chapters = [(label, build() if all(done[n] for n in needs) else
-                 [f"{n}: {len(tally[n][1])} of {len(tally[n][0])} finished" if n in tally else n
-                  for n in needs if not done[n]]) for label, needs, build in specs]
+                 [_pending(n, *tally[n]) if n in tally else n for n in needs if not done[n]])
+                for label, needs, build in specs]
     recorded = {n: tally[n][2] for n in cfgs}  # finished trials count, in unfinished runs too
     seconds = sum(run_seconds(r["rows"]) if COMMANDS[n] == "run" else compare_seconds(r)
                   for n, r in recorded.items() if r)
     return chapters, seconds + sum((done[n] or {}).get("seconds", 0.0) for n in ("book-runtime", "book-architecture"))
+
+
+def _pending(name: str, wanted: set, have: set, results: dict | None) -> str:
+    """A pending run's progress: its finished trainings, and the dense networks it trains to prune from where its
+    variants leave them out (a cell's HYDRA rows wait on hours of dense training the count would not show)."""
+    anchors = {r["seed"] for r in (results or {}).get("rows", []) if r.get("variant") == "dense"}
+    extra = len(anchors - {k[-1] for k in wanted if k[0] == "dense"})
+    return f"{name}: {len(have)} of {len(wanted)} finished" + (
+        f" (and {extra} dense network{'s' * (extra > 1)} to prune from)" if extra else "")
 
 
 def write_book(cfgs: dict[str, list[Config]], out_dir: Path, output: Path, command: str, seconds: float | None,
